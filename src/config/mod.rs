@@ -1,0 +1,491 @@
+//! The route table's configuration: parse (`raw`), then validate into [`Config`], whose values
+//! cannot be wrong: every template names a known secret or parameter, every upstream has a fixed
+//! origin, plain HTTP only where allowed.
+//!
+//! Parsing works on a `&str` so tests need no disk; [`load`] adds the file lookup order.
+
+mod error;
+mod raw;
+pub mod template;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+
+pub use error::{ConfigError, Location};
+use error::Source;
+use raw::{RawConfig, RawKeyring, RawRoute, RawSecret};
+use template::{UrlTemplate, ValuePart, ValueTemplate, is_name};
+
+use crate::secrets::SecretSource;
+
+/// Default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+/// Default limit for establishing the upstream connection (TCP + TLS).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default limit from sending the request until the upstream's response headers arrive.
+/// Bodies are not limited: a stream that keeps sending is never cut off.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The keyring service used for `keyring = "account"`.
+pub const KEYRING_SERVICE: &str = "secretproxy";
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from, for messages (`<memory>` in tests).
+    pub origin: String,
+    pub server: ServerConfig,
+    pub secrets: BTreeMap<String, SecretSource>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+}
+
+/// One entry of the route table.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    /// matchit syntax: `/api/{id}/x/{*rest}`.
+    pub path: String,
+    pub methods: Vec<Method>,
+    pub upstream: UrlTemplate,
+    /// Injected headers; they replace any the client sent with the same name.
+    pub headers: Vec<(HeaderName, ValueTemplate)>,
+    /// Injected query parameters; they replace any the client sent with the same name.
+    pub query: Vec<(String, ValueTemplate)>,
+    /// Client headers forwarded although they are withheld by default (Authorization, Cookie,
+    /// Host).
+    pub forward_headers: Vec<HeaderName>,
+    /// Pass the upstream's `Set-Cookie` to the client (dropped by default).
+    pub keep_set_cookie: bool,
+    /// Extra PEM roots trusted for this route's upstream, on top of the OS trust store.
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    /// Every secret this route injects.
+    pub secrets: BTreeSet<String>,
+}
+
+impl Config {
+    /// Parses and validates `text`; `name` is used in error locations.
+    pub fn parse(text: &str, name: &str) -> Result<Config, ConfigError> {
+        let source = Source { name, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| source.from_toml(&e))?;
+        validate(raw, &source)
+    }
+
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|route| route.name == name)
+    }
+}
+
+/// The config file to use: `--config`, then `$SECRETPROXY_CONFIG`, then `./proxy.toml`, then
+/// `$XDG_CONFIG_HOME/secretproxy/proxy.toml` (`~/.config` when unset).
+pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    if let Some(path) = explicit {
+        return Ok(path.to_path_buf());
+    }
+    if let Some(path) = std::env::var_os("SECRETPROXY_CONFIG").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let mut tried = vec![PathBuf::from("proxy.toml")];
+    if let Some(dir) = xdg_config_home() {
+        tried.push(dir.join("secretproxy").join("proxy.toml"));
+    }
+    if let Some(found) = tried.iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
+    }
+    Err(ConfigError::NotFound {
+        tried: tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+    })
+}
+
+fn xdg_config_home() -> Option<PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))
+}
+
+/// Reads and validates the config at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Config::parse(&text, &path.display().to_string())
+}
+
+fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> {
+    let listen = match &raw.server.listen {
+        Some(listen) => listen.get_ref().parse::<SocketAddr>().map_err(|_| {
+            source
+                .error(listen.span(), "server.listen", format!("`{}` is not an address with a port", listen.get_ref()))
+                .with_help("write it as IP:PORT, e.g. \"127.0.0.1:8787\" or \"[::1]:8787\"")
+        })?,
+        None => DEFAULT_LISTEN.parse().expect("default listen address is valid"),
+    };
+
+    let mut secrets = BTreeMap::new();
+    for (name, secret) in &raw.secrets {
+        let key = format!("secrets.{name}");
+        if !is_name(name) {
+            return Err(source.error(secret.span(), key, "secret names may hold only letters, digits, `-` and `_`"));
+        }
+        secrets.insert(name.clone(), secret_source(name, secret.get_ref(), secret.span(), &key, source)?);
+    }
+
+    let mut routes = Vec::new();
+    let mut router = matchit::Router::new();
+    for (name, route) in &raw.routes {
+        let route = validate_route(name, route.get_ref(), route.span(), &secrets, source)?;
+        if let Err(err) = router.insert(route.path.clone(), ()) {
+            let span = raw.routes[name].get_ref().path.span();
+            return Err(source.error(span, format!("routes.{name}.path"), format!("conflicts with another route: {err}")));
+        }
+        routes.push(route);
+    }
+
+    Ok(Config {
+        origin: source.name.to_string(),
+        server: ServerConfig { listen },
+        secrets,
+        routes,
+    })
+}
+
+fn secret_source(
+    name: &str,
+    raw: &RawSecret,
+    span: std::ops::Range<usize>,
+    key: &str,
+    source: &Source<'_>,
+) -> Result<SecretSource, ConfigError> {
+    let given = [raw.keyring.is_some(), raw.env.is_some(), raw.file.is_some()];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(source
+            .error(span, key, "a secret needs exactly one source")
+            .with_help(format!("write one of `keyring = \"{name}\"`, `env = \"VAR\"` or `file = \"/path\"`")));
+    }
+    let non_empty = |value: &toml::Spanned<String>, field: &str| -> Result<String, ConfigError> {
+        if value.get_ref().trim().is_empty() {
+            Err(source.error(value.span(), format!("{key}.{field}"), "may not be empty"))
+        } else {
+            Ok(value.get_ref().clone())
+        }
+    };
+    if let Some(keyring) = &raw.keyring {
+        let (service, account) = match keyring.get_ref() {
+            RawKeyring::Account(account) => (KEYRING_SERVICE.to_string(), account.clone()),
+            RawKeyring::Entry(entry) => (entry.service.clone(), entry.account.clone()),
+        };
+        if service.is_empty() || account.is_empty() {
+            return Err(source.error(keyring.span(), format!("{key}.keyring"), "service and account may not be empty"));
+        }
+        return Ok(SecretSource::Keyring { service, account });
+    }
+    if let Some(var) = &raw.env {
+        return Ok(SecretSource::Env(non_empty(var, "env")?));
+    }
+    let file = raw.file.as_ref().expect("exactly one source is set");
+    Ok(SecretSource::File(PathBuf::from(non_empty(file, "file")?)))
+}
+
+/// Headers a route may not inject: they belong to the connection or the proxy.
+const RESERVED_HEADERS: &[&str] = &["host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer", "keep-alive"];
+
+fn validate_route(
+    name: &str,
+    raw: &RawRoute,
+    span: std::ops::Range<usize>,
+    secrets: &BTreeMap<String, SecretSource>,
+    source: &Source<'_>,
+) -> Result<Route, ConfigError> {
+    let key = |field: &str| format!("routes.{name}.{field}");
+    if !is_name(name) {
+        return Err(source.error(span, format!("routes.{name}"), "route names may hold only letters, digits, `-` and `_`"));
+    }
+
+    let path = raw.path.get_ref();
+    let path_params = path_params(path).map_err(|message| source.error(raw.path.span(), key("path"), message))?;
+
+    let upstream = UrlTemplate::parse(raw.upstream.get_ref()).map_err(|m| source.error(raw.upstream.span(), key("upstream"), m))?;
+    for param in upstream.params() {
+        if !path_params.iter().any(|p| p == param) {
+            return Err(source
+                .error(raw.upstream.span(), key("upstream"), format!("`{{{param}}}` is not a parameter of path `{path}`"))
+                .with_help(match path_params.as_slice() {
+                    [] => "the path defines no parameters".to_string(),
+                    params => format!("the path defines {}", params.iter().map(|p| format!("`{{{p}}}`")).collect::<Vec<_>>().join(", ")),
+                }));
+        }
+    }
+    if upstream.base.scheme() == "http" && !raw.allow_http && !upstream.is_loopback() {
+        return Err(source
+            .error(raw.upstream.span(), key("upstream"), "plain http would send the secret unencrypted")
+            .with_help("use https, or set `allow-http = true` on this route if the network path is trusted"));
+    }
+
+    let methods = match &raw.methods {
+        None => vec![Method::GET, Method::HEAD],
+        Some(list) => {
+            let mut methods = Vec::new();
+            for method in list.get_ref() {
+                let text = method.get_ref().to_ascii_uppercase();
+                let parsed = Method::from_bytes(text.as_bytes())
+                    .ok()
+                    .filter(|m| text.bytes().all(|b| b.is_ascii_uppercase()) && *m != Method::CONNECT)
+                    .ok_or_else(|| source.error(method.span(), key("methods"), format!("`{}` is not a method a route can take", method.get_ref())))?;
+                if !methods.contains(&parsed) {
+                    methods.push(parsed);
+                }
+            }
+            if methods.is_empty() {
+                return Err(source.error(list.span(), key("methods"), "a route needs at least one method"));
+            }
+            methods
+        }
+    };
+
+    let mut used = BTreeSet::new();
+    let mut check_secrets = |template: &ValueTemplate, span: std::ops::Range<usize>, field: String| -> Result<(), ConfigError> {
+        for secret in template.secrets() {
+            if !secrets.contains_key(secret) {
+                let known = secrets.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+                return Err(source.error(span, field, format!("unknown secret `{secret}`")).with_help(if known.is_empty() {
+                    format!("declare it in a `[secrets.{secret}]` table")
+                } else {
+                    format!("declared secrets are {known}; or add a `[secrets.{secret}]` table")
+                }));
+            }
+            used.insert(secret.to_string());
+        }
+        Ok(())
+    };
+
+    let mut headers: Vec<(HeaderName, ValueTemplate)> = Vec::new();
+    for (header, value) in &raw.headers {
+        let field = format!("routes.{name}.headers.{header}");
+        let header_name = HeaderName::from_bytes(header.as_bytes())
+            .map_err(|_| source.error(value.span(), field.clone(), format!("`{header}` is not a valid header name")))?;
+        if RESERVED_HEADERS.contains(&header_name.as_str()) {
+            return Err(source.error(value.span(), field, format!("`{header}` is managed by the proxy and cannot be set")));
+        }
+        let template = ValueTemplate::parse(value.get_ref()).map_err(|m| source.error(value.span(), field.clone(), m))?;
+        if template.parts.iter().any(|p| matches!(p, ValuePart::Literal(text) if text.contains(['\r', '\n', '\0']))) {
+            return Err(source.error(value.span(), field, "header values may not contain line breaks"));
+        }
+        check_secrets(&template, value.span(), field)?;
+        headers.push((header_name, template));
+    }
+
+    if let Some(auth) = &raw.auth {
+        let field = key("auth");
+        let template = match (&auth.get_ref().bearer, &auth.get_ref().basic) {
+            (Some(secret), None) => ValueTemplate {
+                parts: vec![ValuePart::Literal("Bearer ".into()), ValuePart::Secret(secret.clone())],
+            },
+            (None, Some(basic)) => ValueTemplate {
+                parts: vec![
+                    ValuePart::Literal("Basic ".into()),
+                    ValuePart::Basic {
+                        username: basic.username.clone(),
+                        secret: basic.password.clone(),
+                    },
+                ],
+            },
+            _ => {
+                return Err(source
+                    .error(auth.span(), field, "give exactly one of `bearer` or `basic`")
+                    .with_help("e.g. `auth = { bearer = \"github\" }` or `auth = { basic = { username = \"me\", password = \"secret-name\" } }`"));
+            }
+        };
+        if headers.iter().any(|(h, _)| h == http::header::AUTHORIZATION) {
+            return Err(source.error(auth.span(), field, "`auth` and an `Authorization` header both set the same header; keep one"));
+        }
+        check_secrets(&template, auth.span(), field)?;
+        headers.push((http::header::AUTHORIZATION, template));
+    }
+
+    let mut query = Vec::new();
+    for (param, value) in &raw.query {
+        let field = format!("routes.{name}.query.{param}");
+        if param.is_empty() {
+            return Err(source.error(value.span(), field, "query parameter names may not be empty"));
+        }
+        let template = ValueTemplate::parse(value.get_ref()).map_err(|m| source.error(value.span(), field.clone(), m))?;
+        check_secrets(&template, value.span(), field)?;
+        query.push((param.clone(), template));
+    }
+
+    let mut forward_headers = Vec::new();
+    for header in &raw.forward_headers {
+        let parsed = HeaderName::from_bytes(header.get_ref().as_bytes())
+            .map_err(|_| source.error(header.span(), key("forward-headers"), format!("`{}` is not a valid header name", header.get_ref())))?;
+        if headers.iter().any(|(injected, _)| *injected == parsed) {
+            return Err(source.error(header.span(), key("forward-headers"), format!("`{parsed}` is injected by this route, so the client's cannot be forwarded")));
+        }
+        forward_headers.push(parsed);
+    }
+
+    let duration = |value: &Option<toml::Spanned<String>>, field: &str, default: Duration| -> Result<Duration, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(text) => humantime::parse_duration(text.get_ref())
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| source.error(text.span(), key(field), format!("`{}` is not a duration", text.get_ref())).with_help("e.g. \"500ms\", \"10s\", \"2m\"")),
+        }
+    };
+
+    let ca_file = match &raw.ca_file {
+        None => None,
+        Some(path) => {
+            let path_buf = PathBuf::from(path.get_ref());
+            if !path_buf.is_file() {
+                return Err(source.error(path.span(), key("ca-file"), format!("`{}` is not a readable file", path.get_ref())));
+            }
+            Some(path_buf)
+        }
+    };
+
+    Ok(Route {
+        name: name.to_string(),
+        path: path.clone(),
+        methods,
+        upstream,
+        headers,
+        query,
+        forward_headers,
+        keep_set_cookie: raw.keep_set_cookie,
+        ca_file,
+        connect_timeout: duration(&raw.connect_timeout, "connect-timeout", DEFAULT_CONNECT_TIMEOUT)?,
+        response_timeout: duration(&raw.response_timeout, "response-timeout", DEFAULT_RESPONSE_TIMEOUT)?,
+        secrets: used,
+    })
+}
+
+/// The parameter names of a route path, checking its shape: absolute, `{name}` segments, a
+/// `{*rest}` only at the end.
+fn path_params(path: &str) -> Result<Vec<String>, String> {
+    if !path.starts_with('/') {
+        return Err("a route path must start with `/`".to_string());
+    }
+    if path.starts_with("/_secretproxy") {
+        return Err("paths under `/_secretproxy` are reserved for the proxy itself".to_string());
+    }
+    let mut params = Vec::new();
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    for (index, segment) in segments.iter().enumerate() {
+        if let Some(inner) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            let (catch_all, name) = match inner.strip_prefix('*') {
+                Some(name) => (true, name),
+                None => (false, inner),
+            };
+            if !is_name(name) {
+                return Err(format!("`{segment}` is not a valid parameter"));
+            }
+            if catch_all && index + 1 != segments.len() {
+                return Err(format!("`{segment}` must be the last segment"));
+            }
+            if params.iter().any(|p| p == name) {
+                return Err(format!("parameter `{name}` appears twice"));
+            }
+            params.push(name.to_string());
+        } else if segment.contains(['{', '}']) {
+            return Err(format!("`{segment}`: a parameter must be a whole segment, like `{{id}}`"));
+        } else if *segment == "." || *segment == ".." || (segment.is_empty() && index + 1 != segments.len()) {
+            return Err("a route path may not have empty, `.` or `..` segments".to_string());
+        }
+    }
+    Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "proxy.toml").unwrap_err().to_string()
+    }
+
+    const BASE: &str = "[secrets.gh]\nenv = \"GH\"\n";
+
+    #[test]
+    fn full_route_parses() {
+        let config = Config::parse(
+            &format!("{BASE}[routes.github]\npath = \"/api/github/{{*rest}}\"\nupstream = \"https://api.github.com/{{rest}}\"\nheaders = {{ Authorization = \"Bearer ${{gh}}\" }}\nquery = {{ key = \"${{gh}}\" }}\n"),
+            "proxy.toml",
+        )
+        .unwrap();
+        let route = config.route("github").unwrap();
+        assert_eq!(route.methods, vec![Method::GET, Method::HEAD]);
+        assert_eq!(route.secrets.iter().collect::<Vec<_>>(), ["gh"]);
+        assert_eq!(config.server.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn unknown_key_names_location_and_suggests() {
+        let text = format!("{BASE}[routes.a]\npath = \"/a\"\nupstrem = \"https://x/\"\n");
+        let message = err(&text);
+        assert!(message.starts_with("proxy.toml:5:1: routes.a.upstrem: unknown field `upstrem`"), "{message}");
+        assert!(message.contains("did you mean `upstream`?"), "{message}");
+    }
+
+    #[test]
+    fn unknown_secret_is_an_error() {
+        let message = err(&format!("{BASE}[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nheaders = {{ X = \"${{nope}}\" }}\n"));
+        assert!(message.starts_with("proxy.toml:6:17: routes.a.headers.X: unknown secret `nope`"), "{message}");
+    }
+
+    #[test]
+    fn undefined_param_is_an_error() {
+        let message = err("[routes.a]\npath = \"/a/{id}\"\nupstream = \"https://x/{rest}\"\n");
+        assert!(message.contains("routes.a.upstream: `{rest}` is not a parameter of path"), "{message}");
+    }
+
+    #[test]
+    fn duplicate_paths_conflict() {
+        let message = err("[routes.a]\npath = \"/a/{id}\"\nupstream = \"https://x/\"\n[routes.b]\npath = \"/a/{other}\"\nupstream = \"https://y/\"\n");
+        assert!(message.contains("routes.b.path: conflicts with another route"), "{message}");
+    }
+
+    #[test]
+    fn plain_http_needs_loopback_or_opt_in() {
+        assert!(err("[routes.a]\npath = \"/a\"\nupstream = \"http://example.com/\"\n").contains("plain http"));
+        Config::parse("[routes.a]\npath = \"/a\"\nupstream = \"http://127.0.0.1:9/\"\n", "t").unwrap();
+        Config::parse("[routes.a]\npath = \"/a\"\nupstream = \"http://example.com/\"\nallow-http = true\n", "t").unwrap();
+    }
+
+    #[test]
+    fn secret_needs_one_source() {
+        assert!(err("[secrets.a]\nenv = \"A\"\nfile = \"/x\"\n").contains("exactly one source"));
+        let config = Config::parse("[secrets.a]\nkeyring = \"acct\"\n[secrets.b]\nkeyring = { service = \"gh\", account = \"me\" }\n", "t").unwrap();
+        assert_eq!(config.secrets["a"], SecretSource::Keyring { service: "secretproxy".into(), account: "acct".into() });
+        assert_eq!(config.secrets["b"], SecretSource::Keyring { service: "gh".into(), account: "me".into() });
+    }
+
+    #[test]
+    fn auth_shorthands() {
+        let config = Config::parse(
+            &format!("{BASE}[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nauth = {{ basic = {{ username = \"me\", password = \"gh\" }} }}\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(config.routes[0].headers[0].0, http::header::AUTHORIZATION);
+        assert!(err(&format!("{BASE}[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nauth = {{ bearer = \"zz\" }}\n")).contains("unknown secret `zz`"));
+    }
+
+    #[test]
+    fn reserved_prefix_and_bad_paths() {
+        assert!(err("[routes.a]\npath = \"/_secretproxy/x\"\nupstream = \"https://x/\"\n").contains("reserved"));
+        assert!(err("[routes.a]\npath = \"/a/{*rest}/b\"\nupstream = \"https://x/\"\n").contains("last segment"));
+        assert!(err("[routes.a]\npath = \"/a/../b\"\nupstream = \"https://x/\"\n").contains("`..`"));
+    }
+}

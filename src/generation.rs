@@ -1,0 +1,87 @@
+//! One generation of live state: the validated config, its route table, its secrets and its
+//! HTTP clients. Built completely (blocking: secrets are read) before it is swapped in, so a
+//! request always runs against one consistent generation from start to end.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::config::Config;
+use crate::proxy::upstream::{ClientError, Clients};
+use crate::routes::RouteTable;
+use crate::secrets::{SecretCache, SecretStore};
+
+#[derive(Debug)]
+pub struct Generation {
+    /// Counts up from 1 with every successful (re)load.
+    pub number: u64,
+    pub config: Arc<Config>,
+    pub table: RouteTable,
+    pub secrets: SecretCache,
+    pub clients: Clients,
+}
+
+impl Generation {
+    /// Builds a generation. Blocks while secrets are read; run it off the async threads.
+    pub fn build(config: Config, store: Arc<dyn SecretStore>, number: u64) -> Result<Generation, ClientError> {
+        let clients = Clients::build(&config.routes)?;
+        let secrets = SecretCache::load(store, &config.secrets);
+        Ok(Generation {
+            number,
+            table: RouteTable::new(&config),
+            config: Arc::new(config),
+            secrets,
+            clients,
+        })
+    }
+
+    /// Logs one line per secret that could not be read: its name, source and how to set it.
+    pub fn log_missing_secrets(&self) -> usize {
+        let mut missing = 0;
+        for (name, source, error) in self.secrets.status() {
+            if let Some(error) = error {
+                missing += 1;
+                let users: Vec<&str> = self.config.routes.iter().filter(|r| r.secrets.contains(&name)).map(|r| r.name.as_str()).collect();
+                tracing::warn!(
+                    secret = %name,
+                    source = %source,
+                    reason = %error,
+                    routes = %users.join(","),
+                    hint = %source.how_to_set(&name),
+                    "secret unavailable; routes using it answer 503 until it is set"
+                );
+            }
+        }
+        missing
+    }
+}
+
+/// The generation currently serving, swappable without blocking requests.
+pub struct Live {
+    current: ArcSwap<Generation>,
+    next_number: AtomicU64,
+}
+
+impl Live {
+    pub fn new(generation: Generation) -> Live {
+        let next = generation.number + 1;
+        Live {
+            current: ArcSwap::from_pointee(generation),
+            next_number: AtomicU64::new(next),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// The number the next generation should carry.
+    pub fn next_number(&self) -> u64 {
+        self.next_number.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn swap(&self, generation: Generation) {
+        self.current.store(Arc::new(generation));
+    }
+}

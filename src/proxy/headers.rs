@@ -1,0 +1,58 @@
+//! Header policy between the client, the proxy and the upstream.
+//!
+//! Hop-by-hop headers belong to one connection and never cross the proxy, in either direction;
+//! the client's own credentials stay with the client unless a route forwards them.
+
+use http::{HeaderMap, HeaderName, header};
+
+/// Headers that describe a single connection (RFC 9110 §7.6.1) plus the `Proxy-*` family.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Client headers withheld from the upstream unless the route lists them in `forward-headers`.
+pub static WITHHELD_FROM_UPSTREAM: [HeaderName; 3] = [header::AUTHORIZATION, header::COOKIE, header::HOST];
+
+/// Removes hop-by-hop headers, including every header named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    let proxy_headers: Vec<HeaderName> = headers.keys().filter(|name| name.as_str().starts_with("proxy-")).cloned().collect();
+    for name in proxy_headers {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_connection_named_and_proxy_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "keep-alive, X-Secret-Hop".parse().unwrap());
+        headers.insert("x-secret-hop", "1".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert("proxy-foo", "1".parse().unwrap());
+        headers.insert(header::TE, "trailers".parse().unwrap());
+        headers.insert("x-keep", "1".parse().unwrap());
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-keep"]);
+    }
+}

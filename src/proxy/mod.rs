@@ -1,0 +1,193 @@
+//! The request pipeline: match -> secrets -> rewrite + inject -> send -> respond.
+//!
+//! Each request takes the current [`Generation`] once and keeps it to the end, so a reload never
+//! changes a request midway. Nothing here buffers a body: request and response bodies are
+//! streamed frame by frame. Every failure becomes a JSON error (see [`error`]); the access line
+//! is written when the response body ends (see [`body`]).
+
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use http::{HeaderMap, Request, Response, header};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use secrecy::SecretString;
+use tracing::instrument;
+
+use crate::generation::{Generation, Live};
+use crate::routes::{Lookup, allow_header};
+use body::{AccessRecord, Counted, Logged, ProxyBody};
+use error::ProxyError;
+
+/// The proxy service shared by every connection.
+pub struct Proxy {
+    live: Arc<Live>,
+}
+
+/// What a request's handling produced, before the access line is attached.
+struct Outcome {
+    response: Response<ProxyBody>,
+    route: Option<String>,
+    query: Option<String>,
+    upstream_status: Option<u16>,
+    error: Option<&'static str>,
+}
+
+impl Proxy {
+    pub fn new(live: Arc<Live>) -> Proxy {
+        Proxy { live }
+    }
+
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
+    }
+
+    /// Answers one client request. Never fails: errors become JSON responses.
+    #[instrument(skip_all, name = "request")]
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<Logged> {
+        let started = Instant::now();
+        let generation = self.live.current();
+        let method = request.method().clone();
+        let path = request.uri().path().to_string();
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let outcome = forward(&generation, request, bytes_in.clone()).await;
+        let record = AccessRecord {
+            method,
+            route: outcome.route,
+            path,
+            query: outcome.query,
+            status: outcome.response.status().as_u16(),
+            upstream_status: outcome.upstream_status,
+            error: outcome.error,
+            started,
+            bytes_in,
+        };
+        outcome.response.map(|body| Logged::new(body, record))
+    }
+}
+
+async fn forward(generation: &Generation, request: Request<Incoming>, bytes_in: Arc<AtomicU64>) -> Outcome {
+    let fail = |error: ProxyError, route: Option<&str>| Outcome {
+        error: Some(error.code()),
+        response: error.into_response(route),
+        route: route.map(str::to_string),
+        query: None,
+        upstream_status: None,
+    };
+
+    let (parts, body) = request.into_parts();
+    let (route, params) = match generation.table.lookup(&parts.method, parts.uri.path()) {
+        Lookup::Found { route, params } => (route, params),
+        Lookup::MethodNotAllowed { route } => {
+            let error = ProxyError::MethodNotAllowed {
+                route: route.name.clone(),
+                allow: allow_header(route),
+            };
+            return fail(error, Some(&route.name));
+        }
+        Lookup::NotFound => return fail(ProxyError::NoRoute, None),
+    };
+    let route_name = Some(route.name.as_str());
+
+    // Every secret the route injects, or a 503 naming the first one that is missing.
+    let mut values: Vec<(&str, Arc<SecretString>)> = Vec::with_capacity(route.secrets.len());
+    for name in &route.secrets {
+        match generation.secrets.get(name).await {
+            Ok(value) => values.push((name.as_str(), value)),
+            Err(error) => {
+                let source = generation.secrets.source(name).expect("declared");
+                let error = ProxyError::SecretUnavailable {
+                    secret: name.clone(),
+                    unreachable: error.is_unreachable(),
+                    reason: error.to_string(),
+                    hint: source.how_to_set(name),
+                };
+                return fail(error, route_name);
+            }
+        }
+    }
+    let secret = |name: &str| -> SecretString {
+        let value = &values.iter().find(|(n, _)| *n == name).expect("route.secrets lists every used secret").1;
+        SecretString::clone(value)
+    };
+
+    let mut url = match route.upstream.render(|name| params.iter().find(|(p, _)| *p == name).map(|(_, v)| *v)) {
+        Ok(url) if route.upstream.contains(&url) => url,
+        _ => return fail(ProxyError::BadRequest("the path does not map to a URL under the route's upstream".into()), route_name),
+    };
+    let injected_query: Vec<(String, zeroize::Zeroizing<String>)> =
+        route.query.iter().map(|(name, template)| (name.clone(), upstream::render_value(template, secret))).collect();
+    let (query, logged_query) = upstream::build_query(url.query(), parts.uri.query(), &injected_query);
+    url.set_query((!query.is_empty()).then_some(query.as_str()));
+    drop(query);
+
+    let mut injected_headers = Vec::with_capacity(route.headers.len());
+    for (name, template) in &route.headers {
+        let text = upstream::render_value(template, secret);
+        match upstream::sensitive_header(&text) {
+            Some(value) => injected_headers.push((name.clone(), value)),
+            None => {
+                return fail(
+                    ProxyError::SecretUnavailable {
+                        secret: template.secrets().collect::<Vec<_>>().join(","),
+                        unreachable: false,
+                        reason: format!("its value cannot be used in the `{name}` header (control characters)"),
+                        hint: "store the value without line breaks".into(),
+                    },
+                    route_name,
+                );
+            }
+        }
+    }
+    let headers = upstream::upstream_headers(&parts.headers, route, injected_headers);
+
+    let mut outbound = reqwest::Request::new(parts.method.clone(), url);
+    *outbound.headers_mut() = headers;
+    if !body.is_end_stream() {
+        *outbound.body_mut() = Some(reqwest::Body::wrap(Counted::new(body, bytes_in)));
+    }
+
+    let client = generation.clients.get(&route.name);
+    let sent = tokio::time::timeout(route.response_timeout, client.execute(outbound)).await;
+    let secret_values: Vec<Arc<SecretString>> = values.into_iter().map(|(_, v)| v).collect();
+    let upstream_response = match sent {
+        Err(_) => return Outcome { query: Some(logged_query), ..fail(ProxyError::Timeout(route.response_timeout), route_name) },
+        Ok(Err(err)) => {
+            let err = err.without_url();
+            let error = if err.is_timeout() {
+                ProxyError::Timeout(route.connect_timeout)
+            } else {
+                ProxyError::Unreachable(upstream::scrub(&upstream::error_chain(&err), &secret_values))
+            };
+            tracing::warn!(route = %route.name, error = %error, "upstream request failed");
+            return Outcome { query: Some(logged_query), ..fail(error, route_name) };
+        }
+        Ok(Ok(response)) => response,
+    };
+
+    let upstream_status = upstream_response.status().as_u16();
+    let mut response: Response<reqwest::Body> = upstream_response.into();
+    filter_response_headers(response.headers_mut(), route.keep_set_cookie);
+    let response = response.map(|body| body.map_err(|e| Box::new(e.without_url()) as body::BoxError).boxed_unsync());
+    Outcome {
+        response,
+        route: Some(route.name.clone()),
+        query: Some(logged_query),
+        upstream_status: Some(upstream_status),
+        error: None,
+    }
+}
+
+fn filter_response_headers(headers: &mut HeaderMap, keep_set_cookie: bool) {
+    headers::strip_hop_by_hop(headers);
+    if !keep_set_cookie {
+        headers.remove(header::SET_COOKIE);
+    }
+}

@@ -1,0 +1,231 @@
+//! The outbound side: one HTTPS client per distinct TLS/timeout setting, the upstream URL and
+//! query built from the route, and the request that carries the injected secrets.
+//!
+//! Clients never follow redirects and never use an environment proxy: a secret goes only to the
+//! origin its route names. rustls with the ring provider verifies upstream certificates against
+//! the OS trust store, plus a route's `ca-file`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Once;
+use std::time::Duration;
+
+use base64::Engine;
+use http::{HeaderMap, HeaderValue};
+use percent_encoding::percent_decode_str;
+use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
+
+use crate::config::Route;
+use crate::config::template::{ValuePart, ValueTemplate};
+
+/// Installs ring as rustls's process-wide crypto provider; must run before any client is built.
+pub fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // An already installed provider (e.g. by an embedding program) is kept.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// The HTTP clients of one config generation, by route name.
+#[derive(Debug, Default)]
+pub struct Clients {
+    by_route: HashMap<String, reqwest::Client>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("route `{route}`: {message}")]
+pub struct ClientError {
+    pub route: String,
+    pub message: String,
+}
+
+impl Clients {
+    pub fn build(routes: &[Route]) -> Result<Clients, ClientError> {
+        install_crypto_provider();
+        let mut shared: HashMap<(Option<PathBuf>, Duration), reqwest::Client> = HashMap::new();
+        let mut by_route = HashMap::new();
+        for route in routes {
+            let key = (route.ca_file.clone(), route.connect_timeout);
+            let client = match shared.get(&key) {
+                Some(client) => client.clone(),
+                None => {
+                    let client = build_client(route).map_err(|message| ClientError {
+                        route: route.name.clone(),
+                        message,
+                    })?;
+                    shared.insert(key, client.clone());
+                    client
+                }
+            };
+            by_route.insert(route.name.clone(), client);
+        }
+        Ok(Clients { by_route })
+    }
+
+    pub fn get(&self, route: &str) -> &reqwest::Client {
+        &self.by_route[route]
+    }
+}
+
+fn build_client(route: &Route) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .connect_timeout(route.connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_nodelay(true);
+    if let Some(path) = &route.ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read ca-file `{}`: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| format!("ca-file `{}` holds no PEM certificate", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("ca-file `{}` holds no PEM certificate", path.display()));
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().map_err(|e| format!("cannot build the HTTPS client: {}", error_chain(&e.without_url())))
+}
+
+/// A rendered value template: the secret-bearing text is zeroized when dropped.
+pub fn render_value(template: &ValueTemplate, secret: impl Fn(&str) -> SecretString) -> Zeroizing<String> {
+    let mut text = Zeroizing::new(String::new());
+    for part in &template.parts {
+        match part {
+            ValuePart::Literal(literal) => text.push_str(literal),
+            ValuePart::Secret(name) => text.push_str(secret(name).expose_secret()),
+            ValuePart::Basic { username, secret: name } => {
+                let pair = Zeroizing::new(format!("{username}:{}", secret(name).expose_secret()));
+                text.push_str(&base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()));
+            }
+        }
+    }
+    text
+}
+
+/// A header value holding a secret: marked sensitive so hyper and h2 never index or log it.
+pub fn sensitive_header(text: &str) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_str(text).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// The upstream query: the template's own query, then the client's, minus any parameter the
+/// route injects, then the injected ones. Returns the real query and a loggable copy with the
+/// injected values replaced by `[REDACTED]`.
+pub fn build_query(
+    template_query: Option<&str>,
+    client_query: Option<&str>,
+    injected: &[(String, Zeroizing<String>)],
+) -> (Zeroizing<String>, String) {
+    let mut real = Zeroizing::new(String::new());
+    let mut logged = String::new();
+    let mut push = |piece: &str, log_piece: &str| {
+        if !real.is_empty() {
+            real.push('&');
+            logged.push('&');
+        }
+        real.push_str(piece);
+        logged.push_str(log_piece);
+    };
+    for piece in template_query.into_iter().chain(client_query).flat_map(|q| q.split('&')) {
+        if piece.is_empty() {
+            continue;
+        }
+        let raw_name = piece.split_once('=').map_or(piece, |(name, _)| name);
+        let name = percent_decode_str(&raw_name.replace('+', " ")).decode_utf8_lossy().into_owned();
+        if injected.iter().any(|(injected_name, _)| *injected_name == name) {
+            continue;
+        }
+        push(piece, piece);
+    }
+    for (name, value) in injected {
+        let name: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
+        let value = Zeroizing::new(url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>());
+        push(&format!("{name}={}", value.as_str()), &format!("{name}=[REDACTED]"));
+    }
+    (real, logged)
+}
+
+/// Client headers as they go upstream: hop-by-hop and withheld ones removed, injected ones set.
+pub fn upstream_headers(client: &HeaderMap, route: &Route, injected: Vec<(http::HeaderName, HeaderValue)>) -> HeaderMap {
+    let mut headers = client.clone();
+    super::headers::strip_hop_by_hop(&mut headers);
+    for name in &super::headers::WITHHELD_FROM_UPSTREAM {
+        if !route.forward_headers.contains(name) {
+            headers.remove(name);
+        }
+    }
+    // The proxy does not implement 100-continue towards the upstream; the body is streamed.
+    headers.remove(http::header::EXPECT);
+    for (name, value) in injected {
+        headers.remove(&name);
+        headers.insert(name, value);
+    }
+    headers
+}
+
+/// An error and its causes on one line, e.g. `error sending request: connection refused`.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    parts.join(": ")
+}
+
+/// Replaces every occurrence of a secret value in `text` with `[REDACTED]`.
+pub fn scrub(text: &str, secrets: &[impl AsRef<SecretString>]) -> String {
+    let mut text = text.to_string();
+    for secret in secrets {
+        let value = secret.as_ref().expose_secret();
+        if !value.is_empty() {
+            text = text.replace(value, "[REDACTED]");
+            let encoded: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+            if encoded != value {
+                text = text.replace(&encoded, "[REDACTED]");
+            }
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injected_query_replaces_client_value() {
+        let injected = vec![("key".to_string(), Zeroizing::new("s3cr&t".to_string()))];
+        let (real, logged) = build_query(Some("v=1"), Some("key=mine&q=a%20b&k%65y=sneaky&&x"), &injected);
+        assert_eq!(real.as_str(), "v=1&q=a%20b&x&key=s3cr%26t");
+        assert_eq!(logged, "v=1&q=a%20b&x&key=[REDACTED]");
+    }
+
+    #[test]
+    fn basic_auth_is_base64() {
+        let template = ValueTemplate {
+            parts: vec![
+                ValuePart::Literal("Basic ".into()),
+                ValuePart::Basic {
+                    username: "me".into(),
+                    secret: "pw".into(),
+                },
+            ],
+        };
+        let text = render_value(&template, |_| SecretString::from("pass".to_string()));
+        assert_eq!(text.as_str(), "Basic bWU6cGFzcw==");
+    }
+
+    #[test]
+    fn scrub_removes_plain_and_encoded() {
+        let secret = std::sync::Arc::new(SecretString::from("a b/c".to_string()));
+        let out = scrub("x a b/c y a+b%2Fc", &[secret]);
+        assert_eq!(out, "x [REDACTED] y [REDACTED]");
+    }
+}

@@ -1,0 +1,169 @@
+//! Where secret values come from and how they are held.
+//!
+//! Invariants: a value only ever lives in a [`SecretString`] (zeroized on drop, redacted in
+//! `Debug`); errors describe the *source* of a secret and never its value; lookups are blocking
+//! (D-Bus, file reads) and run on tokio's blocking pool.
+
+mod cache;
+pub mod keyring;
+
+use std::path::PathBuf;
+
+pub use cache::SecretCache;
+pub use secrecy::{ExposeSecret, SecretString};
+
+/// Where one secret is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An OS keyring entry (Secret Service on Linux).
+    Keyring { service: String, account: String },
+    /// An environment variable of the daemon.
+    Env(String),
+    /// A file; one trailing newline is trimmed.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Keyring { service, account } => write!(f, "keyring (service `{service}`, account `{account}`)"),
+            SecretSource::Env(var) => write!(f, "environment variable `{var}`"),
+            SecretSource::File(path) => write!(f, "file `{}`", path.display()),
+        }
+    }
+}
+
+impl SecretSource {
+    /// A short instruction for putting the secret in place. Mentions no value.
+    pub fn how_to_set(&self, name: &str) -> String {
+        match self {
+            SecretSource::Keyring { service, account } => format!(
+                "store it with `secretproxy secret set {name}` or `secret-tool store --label='secretproxy {name}' service {service} username {account}`"
+            ),
+            SecretSource::Env(var) => format!("set `{var}` in the daemon's environment"),
+            SecretSource::File(path) => format!("write the secret to `{}`", path.display()),
+        }
+    }
+}
+
+/// Why a secret could not be read. Never holds the value, not even in part.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum LookupError {
+    #[error("not found in {from}")]
+    Missing { from: String },
+    #[error("{from} is unreachable: {detail}")]
+    Unreachable { from: String, detail: String },
+    #[error("{from} is unusable: {detail}")]
+    Invalid { from: String, detail: String },
+}
+
+impl LookupError {
+    /// True when the store itself (e.g. the keyring) could not be reached.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, LookupError::Unreachable { .. })
+    }
+}
+
+/// Reads secret values. Implementations block; callers run them off the async threads.
+pub trait SecretStore: Send + Sync + 'static {
+    fn fetch(&self, source: &SecretSource) -> Result<SecretString, LookupError>;
+}
+
+/// The real sources: OS keyring, process environment, files.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemStore;
+
+impl SecretStore for SystemStore {
+    fn fetch(&self, source: &SecretSource) -> Result<SecretString, LookupError> {
+        let value = match source {
+            SecretSource::Keyring { service, account } => keyring::get(service, account).map_err(|e| e.into_lookup(source))?,
+            SecretSource::Env(var) => match std::env::var(var) {
+                Ok(value) => SecretString::from(value),
+                Err(std::env::VarError::NotPresent) => return Err(missing(source)),
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(LookupError::Invalid {
+                        from: source.to_string(),
+                        detail: "not valid UTF-8".into(),
+                    });
+                }
+            },
+            SecretSource::File(path) => read_file(path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => missing(source),
+                _ => LookupError::Invalid {
+                    from: source.to_string(),
+                    detail: e.kind().to_string(),
+                },
+            })?,
+        };
+        if value.expose_secret().is_empty() {
+            return Err(LookupError::Invalid {
+                from: source.to_string(),
+                detail: "the value is empty".into(),
+            });
+        }
+        Ok(value)
+    }
+}
+
+fn missing(source: &SecretSource) -> LookupError {
+    LookupError::Missing {
+        from: source.to_string(),
+    }
+}
+
+/// Reads a secret file, trimming one trailing newline (`\n` or `\r\n`).
+pub fn read_file(path: &std::path::Path) -> std::io::Result<SecretString> {
+    let bytes = zeroize::Zeroizing::new(std::fs::read(path)?);
+    let text = std::str::from_utf8(&bytes).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))?;
+    let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(text);
+    Ok(SecretString::from(text.to_string()))
+}
+
+#[cfg(test)]
+pub(crate) mod memory {
+    //! An in-memory store for unit tests.
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    pub struct MemoryStore {
+        pub values: Mutex<HashMap<String, String>>,
+    }
+
+    impl SecretStore for MemoryStore {
+        fn fetch(&self, source: &SecretSource) -> Result<SecretString, LookupError> {
+            let key = source.to_string();
+            self.values
+                .lock()
+                .unwrap()
+                .get(&key)
+                .map(|v| SecretString::from(v.clone()))
+                .ok_or(LookupError::Missing { from: key })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_source_trims_one_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, "abc\n\n").unwrap();
+        let value = SystemStore.fetch(&SecretSource::File(path.clone())).unwrap();
+        assert_eq!(value.expose_secret(), "abc\n");
+        std::fs::write(&path, "abc\r\n").unwrap();
+        assert_eq!(SystemStore.fetch(&SecretSource::File(path)).unwrap().expose_secret(), "abc");
+        let missing = SystemStore.fetch(&SecretSource::File(dir.path().join("none"))).unwrap_err();
+        assert!(matches!(missing, LookupError::Missing { .. }));
+    }
+
+    #[test]
+    fn debug_of_secret_is_redacted() {
+        let value = SecretString::from("hunter2-value".to_string());
+        assert!(!format!("{value:?}").contains("hunter2"));
+    }
+}
