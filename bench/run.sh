@@ -279,8 +279,8 @@ headers = { Authorization = "Bearer \${bench}" }
 ${BENCH_SP_ROUTE_EXTRA:-}
 EOF
   port_in_use "$port" && die "port $port is already in use"
-  local -a env=(BENCH_TOKEN="$TOKEN" SECRETPROXY_WORKER_THREADS=1)
-  if [[ -n $3 ]]; then env+=(RUST_LOG="$3"); else env+=(-u RUST_LOG); fi
+  local -a env=(-u RUST_LOG BENCH_TOKEN="$TOKEN" SECRETPROXY_WORKER_THREADS=1)
+  [[ -n $3 ]] && env+=(RUST_LOG="$3")
   env "${env[@]}" taskset -c "$PROXY_CPUS" "$SECRETPROXY_BIN" serve --config "$conf" \
     >"$WORK/$name.log" 2>&1 &
   MAIN_PID[$name]=$!

@@ -19,7 +19,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon in the foreground.
-    #[command(after_help = "Examples:\n  secretproxy serve\n  secretproxy serve --config ./proxy.toml --listen 127.0.0.1:9000\n  RUST_LOG=debug secretproxy serve --log-format json")]
+    #[command(
+        after_help = "Examples:\n  secretproxy serve\n  secretproxy serve --config ./proxy.toml --listen 127.0.0.1:9000\n  RUST_LOG=debug secretproxy serve --log-format json"
+    )]
     Serve(ServeArgs),
 }
 

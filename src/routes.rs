@@ -16,7 +16,9 @@ pub enum Lookup<'a> {
         params: Vec<(&'a str, &'a str)>,
     },
     /// The path matched, not the method; carries the methods the route takes.
-    MethodNotAllowed { route: &'a Route },
+    MethodNotAllowed {
+        route: &'a Route,
+    },
     NotFound,
 }
 
@@ -46,7 +48,8 @@ impl RouteTable {
             return Lookup::NotFound;
         };
         let route = &self.routes[*matched.value];
-        let allowed = route.methods.contains(method) || (*method == Method::HEAD && route.methods.contains(&Method::GET));
+        let allowed =
+            route.methods.contains(method) || (*method == Method::HEAD && route.methods.contains(&Method::GET));
         if !allowed {
             return Lookup::MethodNotAllowed { route };
         }

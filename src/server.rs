@@ -31,7 +31,9 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>, drain: Duration) {
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -62,7 +64,10 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
         }
     }
     drop(listener);
-    tracing::info!(deadline_secs = drain.as_secs(), "shutting down: no new connections, draining in-flight requests");
+    tracing::info!(
+        deadline_secs = drain.as_secs(),
+        "shutting down: no new connections, draining in-flight requests"
+    );
     match tokio::time::timeout(drain, graceful.shutdown()).await {
         Ok(()) => tracing::info!("all connections drained"),
         Err(_) => tracing::warn!("drain deadline passed; closing remaining connections"),

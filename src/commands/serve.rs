@@ -21,7 +21,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = std::env::var("SECRETPROXY_WORKER_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0) {
+    if let Some(threads) = std::env::var("SECRETPROXY_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
         runtime.worker_threads(threads);
     }
     let runtime = runtime.enable_all().build().context("cannot start the async runtime")?;
@@ -36,10 +40,18 @@ async fn serve(config: config::Config, store: Arc<dyn SecretStore>) -> anyhow::R
     let routes = generation.config.routes.len();
     let live = Arc::new(Live::new(generation));
 
-    let listener = server::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = server::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
     tracing::info!(address = %local, config = %origin, routes, missing_secrets = missing, "listening");
-    server::serve(listener, Arc::new(Proxy::new(live)), shutdown_signal(), server::DEFAULT_DRAIN).await;
+    server::serve(
+        listener,
+        Arc::new(Proxy::new(live)),
+        shutdown_signal(),
+        server::DEFAULT_DRAIN,
+    )
+    .await;
     Ok(())
 }
 

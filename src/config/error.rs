@@ -74,7 +74,7 @@ impl Source<'_> {
     }
 
     /// Turns a TOML syntax or shape error into one that names the key found at its span.
-    pub fn from_toml(&self, err: &toml::de::Error) -> ConfigError {
+    pub fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
         let span = err.span().unwrap_or(0..0);
         let key = key_at(self.text, span.start).unwrap_or_else(|| "(document)".to_string());
         let message = err.message().trim().to_string();
@@ -201,7 +201,10 @@ mod tests {
 
     #[test]
     fn location_is_one_based() {
-        let source = Source { name: "f.toml", text: "a\nbc = 1\n" };
+        let source = Source {
+            name: "f.toml",
+            text: "a\nbc = 1\n",
+        };
         assert_eq!(source.location(4).to_string(), "f.toml:2:3");
     }
 }

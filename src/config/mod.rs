@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use http::{HeaderName, Method};
 
-pub use error::{ConfigError, Location};
 use error::Source;
+pub use error::{ConfigError, Location};
 use raw::{RawConfig, RawKeyring, RawRoute, RawSecret};
 use template::{UrlTemplate, ValuePart, ValueTemplate, is_name};
 
@@ -76,7 +76,7 @@ impl Config {
     /// Parses and validates `text`; `name` is used in error locations.
     pub fn parse(text: &str, name: &str) -> Result<Config, ConfigError> {
         let source = Source { name, text };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| source.from_toml(&e))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| source.toml_error(&e))?;
         validate(raw, &source)
     }
 
@@ -102,7 +102,11 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
         return Ok(found.clone());
     }
     Err(ConfigError::NotFound {
-        tried: tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+        tried: tried
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
     })
 }
 
@@ -126,7 +130,11 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
     let listen = match &raw.server.listen {
         Some(listen) => listen.get_ref().parse::<SocketAddr>().map_err(|_| {
             source
-                .error(listen.span(), "server.listen", format!("`{}` is not an address with a port", listen.get_ref()))
+                .error(
+                    listen.span(),
+                    "server.listen",
+                    format!("`{}` is not an address with a port", listen.get_ref()),
+                )
                 .with_help("write it as IP:PORT, e.g. \"127.0.0.1:8787\" or \"[::1]:8787\"")
         })?,
         None => DEFAULT_LISTEN.parse().expect("default listen address is valid"),
@@ -136,9 +144,16 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
     for (name, secret) in &raw.secrets {
         let key = format!("secrets.{name}");
         if !is_name(name) {
-            return Err(source.error(secret.span(), key, "secret names may hold only letters, digits, `-` and `_`"));
+            return Err(source.error(
+                secret.span(),
+                key,
+                "secret names may hold only letters, digits, `-` and `_`",
+            ));
         }
-        secrets.insert(name.clone(), secret_source(name, secret.get_ref(), secret.span(), &key, source)?);
+        secrets.insert(
+            name.clone(),
+            secret_source(name, secret.get_ref(), secret.span(), &key, source)?,
+        );
     }
 
     let mut routes = Vec::new();
@@ -147,7 +162,11 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
         let route = validate_route(name, route.get_ref(), route.span(), &secrets, source)?;
         if let Err(err) = router.insert(route.path.clone(), ()) {
             let span = raw.routes[name].get_ref().path.span();
-            return Err(source.error(span, format!("routes.{name}.path"), format!("conflicts with another route: {err}")));
+            return Err(source.error(
+                span,
+                format!("routes.{name}.path"),
+                format!("conflicts with another route: {err}"),
+            ));
         }
         routes.push(route);
     }
@@ -171,7 +190,9 @@ fn secret_source(
     if given.iter().filter(|g| **g).count() != 1 {
         return Err(source
             .error(span, key, "a secret needs exactly one source")
-            .with_help(format!("write one of `keyring = \"{name}\"`, `env = \"VAR\"` or `file = \"/path\"`")));
+            .with_help(format!(
+                "write one of `keyring = \"{name}\"`, `env = \"VAR\"` or `file = \"/path\"`"
+            )));
     }
     let non_empty = |value: &toml::Spanned<String>, field: &str| -> Result<String, ConfigError> {
         if value.get_ref().trim().is_empty() {
@@ -186,7 +207,11 @@ fn secret_source(
             RawKeyring::Entry(entry) => (entry.service.clone(), entry.account.clone()),
         };
         if service.is_empty() || account.is_empty() {
-            return Err(source.error(keyring.span(), format!("{key}.keyring"), "service and account may not be empty"));
+            return Err(source.error(
+                keyring.span(),
+                format!("{key}.keyring"),
+                "service and account may not be empty",
+            ));
         }
         return Ok(SecretSource::Keyring { service, account });
     }
@@ -198,7 +223,16 @@ fn secret_source(
 }
 
 /// Headers a route may not inject: they belong to the connection or the proxy.
-const RESERVED_HEADERS: &[&str] = &["host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer", "keep-alive"];
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+];
 
 fn validate_route(
     name: &str,
@@ -209,26 +243,46 @@ fn validate_route(
 ) -> Result<Route, ConfigError> {
     let key = |field: &str| format!("routes.{name}.{field}");
     if !is_name(name) {
-        return Err(source.error(span, format!("routes.{name}"), "route names may hold only letters, digits, `-` and `_`"));
+        return Err(source.error(
+            span,
+            format!("routes.{name}"),
+            "route names may hold only letters, digits, `-` and `_`",
+        ));
     }
 
     let path = raw.path.get_ref();
     let path_params = path_params(path).map_err(|message| source.error(raw.path.span(), key("path"), message))?;
 
-    let upstream = UrlTemplate::parse(raw.upstream.get_ref()).map_err(|m| source.error(raw.upstream.span(), key("upstream"), m))?;
+    let upstream = UrlTemplate::parse(raw.upstream.get_ref())
+        .map_err(|m| source.error(raw.upstream.span(), key("upstream"), m))?;
     for param in upstream.params() {
         if !path_params.iter().any(|p| p == param) {
             return Err(source
-                .error(raw.upstream.span(), key("upstream"), format!("`{{{param}}}` is not a parameter of path `{path}`"))
+                .error(
+                    raw.upstream.span(),
+                    key("upstream"),
+                    format!("`{{{param}}}` is not a parameter of path `{path}`"),
+                )
                 .with_help(match path_params.as_slice() {
                     [] => "the path defines no parameters".to_string(),
-                    params => format!("the path defines {}", params.iter().map(|p| format!("`{{{p}}}`")).collect::<Vec<_>>().join(", ")),
+                    params => format!(
+                        "the path defines {}",
+                        params
+                            .iter()
+                            .map(|p| format!("`{{{p}}}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 }));
         }
     }
     if upstream.base.scheme() == "http" && !raw.allow_http && !upstream.is_loopback() {
         return Err(source
-            .error(raw.upstream.span(), key("upstream"), "plain http would send the secret unencrypted")
+            .error(
+                raw.upstream.span(),
+                key("upstream"),
+                "plain http would send the secret unencrypted",
+            )
             .with_help("use https, or set `allow-http = true` on this route if the network path is trusted"));
     }
 
@@ -241,7 +295,13 @@ fn validate_route(
                 let parsed = Method::from_bytes(text.as_bytes())
                     .ok()
                     .filter(|m| text.bytes().all(|b| b.is_ascii_uppercase()) && *m != Method::CONNECT)
-                    .ok_or_else(|| source.error(method.span(), key("methods"), format!("`{}` is not a method a route can take", method.get_ref())))?;
+                    .ok_or_else(|| {
+                        source.error(
+                            method.span(),
+                            key("methods"),
+                            format!("`{}` is not a method a route can take", method.get_ref()),
+                        )
+                    })?;
                 if !methods.contains(&parsed) {
                     methods.push(parsed);
                 }
@@ -254,31 +314,48 @@ fn validate_route(
     };
 
     let mut used = BTreeSet::new();
-    let mut check_secrets = |template: &ValueTemplate, span: std::ops::Range<usize>, field: String| -> Result<(), ConfigError> {
-        for secret in template.secrets() {
-            if !secrets.contains_key(secret) {
-                let known = secrets.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
-                return Err(source.error(span, field, format!("unknown secret `{secret}`")).with_help(if known.is_empty() {
-                    format!("declare it in a `[secrets.{secret}]` table")
-                } else {
-                    format!("declared secrets are {known}; or add a `[secrets.{secret}]` table")
-                }));
+    let mut check_secrets =
+        |template: &ValueTemplate, span: std::ops::Range<usize>, field: String| -> Result<(), ConfigError> {
+            for secret in template.secrets() {
+                if !secrets.contains_key(secret) {
+                    let known = secrets.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+                    return Err(source
+                        .error(span, field, format!("unknown secret `{secret}`"))
+                        .with_help(if known.is_empty() {
+                            format!("declare it in a `[secrets.{secret}]` table")
+                        } else {
+                            format!("declared secrets are {known}; or add a `[secrets.{secret}]` table")
+                        }));
+                }
+                used.insert(secret.to_string());
             }
-            used.insert(secret.to_string());
-        }
-        Ok(())
-    };
+            Ok(())
+        };
 
     let mut headers: Vec<(HeaderName, ValueTemplate)> = Vec::new();
     for (header, value) in &raw.headers {
         let field = format!("routes.{name}.headers.{header}");
-        let header_name = HeaderName::from_bytes(header.as_bytes())
-            .map_err(|_| source.error(value.span(), field.clone(), format!("`{header}` is not a valid header name")))?;
+        let header_name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+            source.error(
+                value.span(),
+                field.clone(),
+                format!("`{header}` is not a valid header name"),
+            )
+        })?;
         if RESERVED_HEADERS.contains(&header_name.as_str()) {
-            return Err(source.error(value.span(), field, format!("`{header}` is managed by the proxy and cannot be set")));
+            return Err(source.error(
+                value.span(),
+                field,
+                format!("`{header}` is managed by the proxy and cannot be set"),
+            ));
         }
-        let template = ValueTemplate::parse(value.get_ref()).map_err(|m| source.error(value.span(), field.clone(), m))?;
-        if template.parts.iter().any(|p| matches!(p, ValuePart::Literal(text) if text.contains(['\r', '\n', '\0']))) {
+        let template =
+            ValueTemplate::parse(value.get_ref()).map_err(|m| source.error(value.span(), field.clone(), m))?;
+        if template
+            .parts
+            .iter()
+            .any(|p| matches!(p, ValuePart::Literal(text) if text.contains(['\r', '\n', '\0'])))
+        {
             return Err(source.error(value.span(), field, "header values may not contain line breaks"));
         }
         check_secrets(&template, value.span(), field)?;
@@ -307,7 +384,11 @@ fn validate_route(
             }
         };
         if headers.iter().any(|(h, _)| h == http::header::AUTHORIZATION) {
-            return Err(source.error(auth.span(), field, "`auth` and an `Authorization` header both set the same header; keep one"));
+            return Err(source.error(
+                auth.span(),
+                field,
+                "`auth` and an `Authorization` header both set the same header; keep one",
+            ));
         }
         check_secrets(&template, auth.span(), field)?;
         headers.push((http::header::AUTHORIZATION, template));
@@ -319,37 +400,60 @@ fn validate_route(
         if param.is_empty() {
             return Err(source.error(value.span(), field, "query parameter names may not be empty"));
         }
-        let template = ValueTemplate::parse(value.get_ref()).map_err(|m| source.error(value.span(), field.clone(), m))?;
+        let template =
+            ValueTemplate::parse(value.get_ref()).map_err(|m| source.error(value.span(), field.clone(), m))?;
         check_secrets(&template, value.span(), field)?;
         query.push((param.clone(), template));
     }
 
     let mut forward_headers = Vec::new();
     for header in &raw.forward_headers {
-        let parsed = HeaderName::from_bytes(header.get_ref().as_bytes())
-            .map_err(|_| source.error(header.span(), key("forward-headers"), format!("`{}` is not a valid header name", header.get_ref())))?;
+        let parsed = HeaderName::from_bytes(header.get_ref().as_bytes()).map_err(|_| {
+            source.error(
+                header.span(),
+                key("forward-headers"),
+                format!("`{}` is not a valid header name", header.get_ref()),
+            )
+        })?;
         if headers.iter().any(|(injected, _)| *injected == parsed) {
-            return Err(source.error(header.span(), key("forward-headers"), format!("`{parsed}` is injected by this route, so the client's cannot be forwarded")));
+            return Err(source.error(
+                header.span(),
+                key("forward-headers"),
+                format!("`{parsed}` is injected by this route, so the client's cannot be forwarded"),
+            ));
         }
         forward_headers.push(parsed);
     }
 
-    let duration = |value: &Option<toml::Spanned<String>>, field: &str, default: Duration| -> Result<Duration, ConfigError> {
-        match value {
-            None => Ok(default),
-            Some(text) => humantime::parse_duration(text.get_ref())
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| source.error(text.span(), key(field), format!("`{}` is not a duration", text.get_ref())).with_help("e.g. \"500ms\", \"10s\", \"2m\"")),
-        }
-    };
+    let duration =
+        |value: &Option<toml::Spanned<String>>, field: &str, default: Duration| -> Result<Duration, ConfigError> {
+            match value {
+                None => Ok(default),
+                Some(text) => humantime::parse_duration(text.get_ref())
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        source
+                            .error(
+                                text.span(),
+                                key(field),
+                                format!("`{}` is not a duration", text.get_ref()),
+                            )
+                            .with_help("e.g. \"500ms\", \"10s\", \"2m\"")
+                    }),
+            }
+        };
 
     let ca_file = match &raw.ca_file {
         None => None,
         Some(path) => {
             let path_buf = PathBuf::from(path.get_ref());
             if !path_buf.is_file() {
-                return Err(source.error(path.span(), key("ca-file"), format!("`{}` is not a readable file", path.get_ref())));
+                return Err(source.error(
+                    path.span(),
+                    key("ca-file"),
+                    format!("`{}` is not a readable file", path.get_ref()),
+                ));
             }
             Some(path_buf)
         }
@@ -399,7 +503,9 @@ fn path_params(path: &str) -> Result<Vec<String>, String> {
             }
             params.push(name.to_string());
         } else if segment.contains(['{', '}']) {
-            return Err(format!("`{segment}`: a parameter must be a whole segment, like `{{id}}`"));
+            return Err(format!(
+                "`{segment}`: a parameter must be a whole segment, like `{{id}}`"
+            ));
         } else if *segment == "." || *segment == ".." || (segment.is_empty() && index + 1 != segments.len()) {
             return Err("a route path may not have empty, `.` or `..` segments".to_string());
         }
@@ -434,41 +540,77 @@ mod tests {
     fn unknown_key_names_location_and_suggests() {
         let text = format!("{BASE}[routes.a]\npath = \"/a\"\nupstrem = \"https://x/\"\n");
         let message = err(&text);
-        assert!(message.starts_with("proxy.toml:5:1: routes.a.upstrem: unknown field `upstrem`"), "{message}");
+        assert!(
+            message.starts_with("proxy.toml:5:1: routes.a.upstrem: unknown field `upstrem`"),
+            "{message}"
+        );
         assert!(message.contains("did you mean `upstream`?"), "{message}");
     }
 
     #[test]
     fn unknown_secret_is_an_error() {
-        let message = err(&format!("{BASE}[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nheaders = {{ X = \"${{nope}}\" }}\n"));
-        assert!(message.starts_with("proxy.toml:6:17: routes.a.headers.X: unknown secret `nope`"), "{message}");
+        let message = err(&format!(
+            "{BASE}[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nheaders = {{ X = \"${{nope}}\" }}\n"
+        ));
+        assert!(
+            message.starts_with("proxy.toml:6:17: routes.a.headers.X: unknown secret `nope`"),
+            "{message}"
+        );
     }
 
     #[test]
     fn undefined_param_is_an_error() {
         let message = err("[routes.a]\npath = \"/a/{id}\"\nupstream = \"https://x/{rest}\"\n");
-        assert!(message.contains("routes.a.upstream: `{rest}` is not a parameter of path"), "{message}");
+        assert!(
+            message.contains("routes.a.upstream: `{rest}` is not a parameter of path"),
+            "{message}"
+        );
     }
 
     #[test]
     fn duplicate_paths_conflict() {
-        let message = err("[routes.a]\npath = \"/a/{id}\"\nupstream = \"https://x/\"\n[routes.b]\npath = \"/a/{other}\"\nupstream = \"https://y/\"\n");
-        assert!(message.contains("routes.b.path: conflicts with another route"), "{message}");
+        let message = err(
+            "[routes.a]\npath = \"/a/{id}\"\nupstream = \"https://x/\"\n[routes.b]\npath = \"/a/{other}\"\nupstream = \"https://y/\"\n",
+        );
+        assert!(
+            message.contains("routes.b.path: conflicts with another route"),
+            "{message}"
+        );
     }
 
     #[test]
     fn plain_http_needs_loopback_or_opt_in() {
         assert!(err("[routes.a]\npath = \"/a\"\nupstream = \"http://example.com/\"\n").contains("plain http"));
         Config::parse("[routes.a]\npath = \"/a\"\nupstream = \"http://127.0.0.1:9/\"\n", "t").unwrap();
-        Config::parse("[routes.a]\npath = \"/a\"\nupstream = \"http://example.com/\"\nallow-http = true\n", "t").unwrap();
+        Config::parse(
+            "[routes.a]\npath = \"/a\"\nupstream = \"http://example.com/\"\nallow-http = true\n",
+            "t",
+        )
+        .unwrap();
     }
 
     #[test]
     fn secret_needs_one_source() {
         assert!(err("[secrets.a]\nenv = \"A\"\nfile = \"/x\"\n").contains("exactly one source"));
-        let config = Config::parse("[secrets.a]\nkeyring = \"acct\"\n[secrets.b]\nkeyring = { service = \"gh\", account = \"me\" }\n", "t").unwrap();
-        assert_eq!(config.secrets["a"], SecretSource::Keyring { service: "secretproxy".into(), account: "acct".into() });
-        assert_eq!(config.secrets["b"], SecretSource::Keyring { service: "gh".into(), account: "me".into() });
+        let config = Config::parse(
+            "[secrets.a]\nkeyring = \"acct\"\n[secrets.b]\nkeyring = { service = \"gh\", account = \"me\" }\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            config.secrets["a"],
+            SecretSource::Keyring {
+                service: "secretproxy".into(),
+                account: "acct".into()
+            }
+        );
+        assert_eq!(
+            config.secrets["b"],
+            SecretSource::Keyring {
+                service: "gh".into(),
+                account: "me".into()
+            }
+        );
     }
 
     #[test]
@@ -479,7 +621,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.routes[0].headers[0].0, http::header::AUTHORIZATION);
-        assert!(err(&format!("{BASE}[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nauth = {{ bearer = \"zz\" }}\n")).contains("unknown secret `zz`"));
+        assert!(
+            err(&format!(
+                "{BASE}[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nauth = {{ bearer = \"zz\" }}\n"
+            ))
+            .contains("unknown secret `zz`")
+        );
     }
 
     #[test]

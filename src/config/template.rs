@@ -15,7 +15,10 @@ pub enum ValuePart {
     /// The value of the secret with this name.
     Secret(String),
     /// `base64(username:secret)`, for HTTP Basic auth.
-    Basic { username: String, secret: String },
+    Basic {
+        username: String,
+        secret: String,
+    },
 }
 
 /// A header or query value with `${secret}` placeholders.
@@ -41,7 +44,9 @@ impl ValueTemplate {
                     .ok_or_else(|| "unclosed `${` in template (write `$${` for a literal `${`)".to_string())?;
                 let name = &after[..end];
                 if !is_name(name) {
-                    return Err(format!("`${{{name}}}` is not a secret name (letters, digits, `-` and `_`)"));
+                    return Err(format!(
+                        "`${{{name}}}` is not a secret name (letters, digits, `-` and `_`)"
+                    ));
                 }
                 if !literal.is_empty() {
                     parts.push(ValuePart::Literal(std::mem::take(&mut literal)));
@@ -83,7 +88,10 @@ impl ValueTemplate {
 
 /// Secret and parameter names: ASCII letters, digits, `-` and `_`.
 pub fn is_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// One piece of an upstream URL.
@@ -148,7 +156,9 @@ impl UrlTemplate {
             return Err("the upstream URL has no host".to_string());
         }
         if !prefix.username().is_empty() || prefix.password().is_some() {
-            return Err("credentials in the upstream URL are not allowed; use a secret in `headers` or `auth`".to_string());
+            return Err(
+                "credentials in the upstream URL are not allowed; use a secret in `headers` or `auth`".to_string(),
+            );
         }
         if prefix.fragment().is_some() {
             return Err("the upstream URL may not have a fragment".to_string());

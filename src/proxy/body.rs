@@ -155,7 +155,11 @@ impl Body for Logged {
 impl Drop for Logged {
     fn drop(&mut self) {
         // hyper drops an empty body without polling it; that is a complete response.
-        let outcome = if self.inner.is_end_stream() { "complete" } else { "client_gone" };
+        let outcome = if self.inner.is_end_stream() {
+            "complete"
+        } else {
+            "client_gone"
+        };
         self.finish(outcome);
     }
 }

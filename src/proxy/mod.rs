@@ -114,16 +114,31 @@ async fn forward(generation: &Generation, request: Request<Incoming>, bytes_in: 
         }
     }
     let secret = |name: &str| -> SecretString {
-        let value = &values.iter().find(|(n, _)| *n == name).expect("route.secrets lists every used secret").1;
+        let value = &values
+            .iter()
+            .find(|(n, _)| *n == name)
+            .expect("route.secrets lists every used secret")
+            .1;
         SecretString::clone(value)
     };
 
-    let mut url = match route.upstream.render(|name| params.iter().find(|(p, _)| *p == name).map(|(_, v)| *v)) {
+    let mut url = match route
+        .upstream
+        .render(|name| params.iter().find(|(p, _)| *p == name).map(|(_, v)| *v))
+    {
         Ok(url) if route.upstream.contains(&url) => url,
-        _ => return fail(ProxyError::BadRequest("the path does not map to a URL under the route's upstream".into()), route_name),
+        _ => {
+            return fail(
+                ProxyError::BadRequest("the path does not map to a URL under the route's upstream".into()),
+                route_name,
+            );
+        }
     };
-    let injected_query: Vec<(String, zeroize::Zeroizing<String>)> =
-        route.query.iter().map(|(name, template)| (name.clone(), upstream::render_value(template, secret))).collect();
+    let injected_query: Vec<(String, zeroize::Zeroizing<String>)> = route
+        .query
+        .iter()
+        .map(|(name, template)| (name.clone(), upstream::render_value(template, secret)))
+        .collect();
     let (query, logged_query) = upstream::build_query(url.query(), parts.uri.query(), &injected_query);
     url.set_query((!query.is_empty()).then_some(query.as_str()));
     drop(query);
@@ -158,7 +173,12 @@ async fn forward(generation: &Generation, request: Request<Incoming>, bytes_in: 
     let sent = tokio::time::timeout(route.response_timeout, client.execute(outbound)).await;
     let secret_values: Vec<Arc<SecretString>> = values.into_iter().map(|(_, v)| v).collect();
     let upstream_response = match sent {
-        Err(_) => return Outcome { query: Some(logged_query), ..fail(ProxyError::Timeout(route.response_timeout), route_name) },
+        Err(_) => {
+            return Outcome {
+                query: Some(logged_query),
+                ..fail(ProxyError::Timeout(route.response_timeout), route_name)
+            };
+        }
         Ok(Err(err)) => {
             let err = err.without_url();
             let error = if err.is_timeout() {
@@ -167,7 +187,10 @@ async fn forward(generation: &Generation, request: Request<Incoming>, bytes_in: 
                 ProxyError::Unreachable(upstream::scrub(&upstream::error_chain(&err), &secret_values))
             };
             tracing::warn!(route = %route.name, error = %error, "upstream request failed");
-            return Outcome { query: Some(logged_query), ..fail(error, route_name) };
+            return Outcome {
+                query: Some(logged_query),
+                ..fail(error, route_name)
+            };
         }
         Ok(Ok(response)) => response,
     };
@@ -175,7 +198,10 @@ async fn forward(generation: &Generation, request: Request<Incoming>, bytes_in: 
     let upstream_status = upstream_response.status().as_u16();
     let mut response: Response<reqwest::Body> = upstream_response.into();
     filter_response_headers(response.headers_mut(), route.keep_set_cookie);
-    let response = response.map(|body| body.map_err(|e| Box::new(e.without_url()) as body::BoxError).boxed_unsync());
+    let response = response.map(|body| {
+        body.map_err(|e| Box::new(e.without_url()) as body::BoxError)
+            .boxed_unsync()
+    });
     Outcome {
         response,
         route: Some(route.name.clone()),

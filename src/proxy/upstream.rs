@@ -78,13 +78,16 @@ fn build_client(route: &Route) -> Result<reqwest::Client, String> {
         .tcp_nodelay(true);
     if let Some(path) = &route.ca_file {
         let pem = std::fs::read(path).map_err(|e| format!("cannot read ca-file `{}`: {e}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| format!("ca-file `{}` holds no PEM certificate", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|_| format!("ca-file `{}` holds no PEM certificate", path.display()))?;
         if certs.is_empty() {
             return Err(format!("ca-file `{}` holds no PEM certificate", path.display()));
         }
         builder = builder.tls_certs_merge(certs);
     }
-    builder.build().map_err(|e| format!("cannot build the HTTPS client: {}", error_chain(&e.without_url())))
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTPS client: {}", error_chain(&e.without_url())))
 }
 
 /// A rendered value template: the secret-bearing text is zeroized when dropped.
@@ -128,12 +131,18 @@ pub fn build_query(
         real.push_str(piece);
         logged.push_str(log_piece);
     };
-    for piece in template_query.into_iter().chain(client_query).flat_map(|q| q.split('&')) {
+    for piece in template_query
+        .into_iter()
+        .chain(client_query)
+        .flat_map(|q| q.split('&'))
+    {
         if piece.is_empty() {
             continue;
         }
         let raw_name = piece.split_once('=').map_or(piece, |(name, _)| name);
-        let name = percent_decode_str(&raw_name.replace('+', " ")).decode_utf8_lossy().into_owned();
+        let name = percent_decode_str(&raw_name.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned();
         if injected.iter().any(|(injected_name, _)| *injected_name == name) {
             continue;
         }
@@ -148,7 +157,11 @@ pub fn build_query(
 }
 
 /// Client headers as they go upstream: hop-by-hop and withheld ones removed, injected ones set.
-pub fn upstream_headers(client: &HeaderMap, route: &Route, injected: Vec<(http::HeaderName, HeaderValue)>) -> HeaderMap {
+pub fn upstream_headers(
+    client: &HeaderMap,
+    route: &Route,
+    injected: Vec<(http::HeaderName, HeaderValue)>,
+) -> HeaderMap {
     let mut headers = client.clone();
     super::headers::strip_hop_by_hop(&mut headers);
     for name in &super::headers::WITHHELD_FROM_UPSTREAM {

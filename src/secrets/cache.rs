@@ -35,7 +35,9 @@ pub struct SecretCache {
 
 impl std::fmt::Debug for SecretCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecretCache").field("names", &self.slots.keys().collect::<Vec<_>>()).finish_non_exhaustive()
+        f.debug_struct("SecretCache")
+            .field("names", &self.slots.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
     }
 }
 
@@ -68,7 +70,10 @@ impl SecretCache {
 
     /// The current value of `name`, asking the store again if it was missing long enough ago.
     pub async fn get(&self, name: &str) -> Result<Arc<SecretString>, LookupError> {
-        let slot = self.slots.get(name).expect("config validation guarantees every used secret is declared");
+        let slot = self
+            .slots
+            .get(name)
+            .expect("config validation guarantees every used secret is declared");
         {
             let state = slot.state.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(value) = &state.value {

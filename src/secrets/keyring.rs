@@ -38,13 +38,21 @@ fn classify(err: KeyringError) -> KeyringFailure {
         KeyringError::NoEntry => KeyringFailure::NoEntry,
         KeyringError::NoStorageAccess(e) => KeyringFailure::Unreachable(first_line(&e.to_string())),
         KeyringError::PlatformFailure(e) => KeyringFailure::Unreachable(first_line(&e.to_string())),
-        KeyringError::NoDefaultStore => KeyringFailure::Unreachable("no keyring store is available on this system".into()),
+        KeyringError::NoDefaultStore => {
+            KeyringFailure::Unreachable("no keyring store is available on this system".into())
+        }
         KeyringError::BadStoreFormat(_) => KeyringFailure::Other("the keyring store has an unexpected format".into()),
-        KeyringError::BadEncoding(_) | KeyringError::BadDataFormat(..) => KeyringFailure::Other("the stored value is not valid UTF-8 text".into()),
-        KeyringError::Ambiguous(entries) => KeyringFailure::Other(format!("{} entries match; remove the duplicates", entries.len())),
+        KeyringError::BadEncoding(_) | KeyringError::BadDataFormat(..) => {
+            KeyringFailure::Other("the stored value is not valid UTF-8 text".into())
+        }
+        KeyringError::Ambiguous(entries) => {
+            KeyringFailure::Other(format!("{} entries match; remove the duplicates", entries.len()))
+        }
         KeyringError::TooLong(attr, limit) => KeyringFailure::Other(format!("{attr} is longer than {limit}")),
         KeyringError::Invalid(attr, reason) => KeyringFailure::Other(format!("invalid {attr}: {reason}")),
-        KeyringError::NotSupportedByStore(what) => KeyringFailure::Other(format!("not supported by the keyring: {what}")),
+        KeyringError::NotSupportedByStore(what) => {
+            KeyringFailure::Other(format!("not supported by the keyring: {what}"))
+        }
         other => KeyringFailure::Other(format!("keyring error ({})", std::any::type_name_of_val(&other))),
     }
 }
@@ -68,7 +76,9 @@ fn ensure_store() -> Result<(), KeyringFailure> {
     }
     #[cfg(not(target_os = "linux"))]
     {
-        return Err(KeyringFailure::Unreachable("this build has no keyring store for this platform".into()));
+        return Err(KeyringFailure::Unreachable(
+            "this build has no keyring store for this platform".into(),
+        ));
     }
     #[allow(unreachable_code)]
     {
@@ -91,7 +101,9 @@ pub fn get(service: &str, account: &str) -> Result<SecretString, KeyringFailure>
 /// Writes (creates or replaces) a keyring entry.
 pub fn set(service: &str, account: &str, value: &SecretString) -> Result<(), KeyringFailure> {
     use secrecy::ExposeSecret;
-    entry(service, account)?.set_password(value.expose_secret()).map_err(classify)
+    entry(service, account)?
+        .set_password(value.expose_secret())
+        .map_err(classify)
 }
 
 /// Deletes a keyring entry.

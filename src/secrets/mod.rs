@@ -26,7 +26,9 @@ pub enum SecretSource {
 impl std::fmt::Display for SecretSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SecretSource::Keyring { service, account } => write!(f, "keyring (service `{service}`, account `{account}`)"),
+            SecretSource::Keyring { service, account } => {
+                write!(f, "keyring (service `{service}`, account `{account}`)")
+            }
             SecretSource::Env(var) => write!(f, "environment variable `{var}`"),
             SecretSource::File(path) => write!(f, "file `{}`", path.display()),
         }
@@ -76,7 +78,9 @@ pub struct SystemStore;
 impl SecretStore for SystemStore {
     fn fetch(&self, source: &SecretSource) -> Result<SecretString, LookupError> {
         let value = match source {
-            SecretSource::Keyring { service, account } => keyring::get(service, account).map_err(|e| e.into_lookup(source))?,
+            SecretSource::Keyring { service, account } => {
+                keyring::get(service, account).map_err(|e| e.into_lookup(source))?
+            }
             SecretSource::Env(var) => match std::env::var(var) {
                 Ok(value) => SecretString::from(value),
                 Err(std::env::VarError::NotPresent) => return Err(missing(source)),
@@ -114,8 +118,12 @@ fn missing(source: &SecretSource) -> LookupError {
 /// Reads a secret file, trimming one trailing newline (`\n` or `\r\n`).
 pub fn read_file(path: &std::path::Path) -> std::io::Result<SecretString> {
     let bytes = zeroize::Zeroizing::new(std::fs::read(path)?);
-    let text = std::str::from_utf8(&bytes).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))?;
-    let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(text);
+    let text =
+        std::str::from_utf8(&bytes).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))?;
+    let text = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(text);
     Ok(SecretString::from(text.to_string()))
 }
 
@@ -156,8 +164,13 @@ mod tests {
         let value = SystemStore.fetch(&SecretSource::File(path.clone())).unwrap();
         assert_eq!(value.expose_secret(), "abc\n");
         std::fs::write(&path, "abc\r\n").unwrap();
-        assert_eq!(SystemStore.fetch(&SecretSource::File(path)).unwrap().expose_secret(), "abc");
-        let missing = SystemStore.fetch(&SecretSource::File(dir.path().join("none"))).unwrap_err();
+        assert_eq!(
+            SystemStore.fetch(&SecretSource::File(path)).unwrap().expose_secret(),
+            "abc"
+        );
+        let missing = SystemStore
+            .fetch(&SecretSource::File(dir.path().join("none")))
+            .unwrap_err();
         assert!(matches!(missing, LookupError::Missing { .. }));
     }
 

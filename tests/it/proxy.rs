@@ -1,0 +1,404 @@
+//! The core proxy path: injection, header policy, errors, streaming, redirects, TLS.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::harness::{Recorded, TestProxy, Upstream, assert_no_secret, client, text};
+
+const SECRET: &str = "ghp_TopSecretValue_123";
+
+#[tokio::test]
+async fn injects_header_and_query_and_replaces_client_values() {
+    let upstream = Upstream::echo().await;
+    let proxy = TestProxy::builder()
+        .secret("gh", SECRET)
+        .secret("qk", "query key/with&special=chars")
+        .toml(&format!(
+            r#"[routes.github]
+path = "/api/github/{{*rest}}"
+methods = ["GET", "POST"]
+upstream = "{}/v3/{{rest}}"
+headers = {{ Authorization = "Bearer ${{gh}}", X-Api-Version = "2022" }}
+query = {{ key = "${{qk}}" }}"#,
+            upstream.url()
+        ))
+        .start()
+        .await;
+
+    let response = client()
+        .get(proxy.url("/api/github/user/repos?per_page=5&key=client-value&q=a%20b"))
+        .header("Authorization", "Bearer client-token")
+        .header("X-Api-Version", "client")
+        .header("X-Custom", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = upstream.only();
+    assert_eq!(seen.method, "GET");
+    assert_eq!(
+        seen.target,
+        "/v3/user/repos?per_page=5&q=a%20b&key=query+key%2Fwith%26special%3Dchars"
+    );
+    assert_eq!(seen.header("authorization"), Some(format!("Bearer {SECRET}").as_str()));
+    assert_eq!(seen.header_count("authorization"), 1);
+    assert_eq!(seen.header("x-api-version"), Some("2022"));
+    assert_eq!(seen.header_count("x-api-version"), 1);
+    assert_eq!(seen.header("x-custom"), Some("kept"));
+    assert_eq!(seen.header("host"), Some(upstream.addr.to_string().as_str()));
+}
+
+#[tokio::test]
+async fn auth_shorthands_inject_bearer_and_basic() {
+    let upstream = Upstream::echo().await;
+    let proxy = TestProxy::builder()
+        .secret("tok", SECRET)
+        .secret("pw", "p@ss")
+        .toml(&format!(
+            "[routes.bearer]\npath = \"/b\"\nupstream = \"{u}/b\"\nauth = {{ bearer = \"tok\" }}\n\
+             [routes.basic]\npath = \"/basic\"\nupstream = \"{u}/basic\"\nauth = {{ basic = {{ username = \"me\", password = \"pw\" }} }}\n",
+            u = upstream.url()
+        ))
+        .start()
+        .await;
+    client().get(proxy.url("/b")).send().await.unwrap();
+    client().get(proxy.url("/basic")).send().await.unwrap();
+    let received = upstream.received();
+    assert_eq!(
+        received[0].header("authorization"),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
+    // base64("me:p@ss")
+    assert_eq!(received[1].header("authorization"), Some("Basic bWU6cEBzcw=="));
+}
+
+#[tokio::test]
+async fn hop_by_hop_cookies_and_client_credentials_are_not_forwarded() {
+    let upstream = Upstream::start(|_| async {
+        let mut response = text(200, "ok");
+        let headers = response.headers_mut();
+        headers.insert("set-cookie", "session=upstream".parse().unwrap());
+        headers.insert("connection", "x-upstream-hop".parse().unwrap());
+        headers.insert("x-upstream-hop", "1".parse().unwrap());
+        headers.insert("x-upstream-kept", "1".parse().unwrap());
+        response
+    })
+    .await;
+    let proxy = TestProxy::builder()
+        .toml(&format!(
+            "[routes.plain]\npath = \"/p\"\nupstream = \"{u}/p\"\n\
+             [routes.cookies]\npath = \"/c\"\nupstream = \"{u}/c\"\nkeep-set-cookie = true\nforward-headers = [\"Authorization\", \"Cookie\"]\n",
+            u = upstream.url()
+        ))
+        .start()
+        .await;
+
+    let response = client()
+        .get(proxy.url("/p"))
+        .header("Cookie", "mine=1")
+        .header("Authorization", "Bearer users-own")
+        .header("Connection", "x-client-hop")
+        .header("X-Client-Hop", "1")
+        .header("Proxy-Authorization", "Basic eA==")
+        .header("TE", "trailers")
+        .header("X-Client-Kept", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers().get("set-cookie"), None);
+    assert_eq!(response.headers().get("x-upstream-hop"), None);
+    assert!(response.headers().get("x-upstream-kept").is_some());
+    let seen = upstream.only();
+    for withheld in ["cookie", "authorization", "x-client-hop", "proxy-authorization", "te"] {
+        assert_eq!(seen.header(withheld), None, "{withheld} reached the upstream");
+    }
+    assert_eq!(seen.header("x-client-kept"), Some("1"));
+
+    let response = client()
+        .get(proxy.url("/c"))
+        .header("Cookie", "mine=1")
+        .header("Authorization", "Bearer users-own")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers().get("set-cookie").unwrap(), "session=upstream");
+    let seen = &upstream.received()[1];
+    assert_eq!(seen.header("cookie"), Some("mine=1"));
+    assert_eq!(seen.header("authorization"), Some("Bearer users-own"));
+}
+
+async fn json(response: reqwest::Response) -> (u16, reqwest::header::HeaderMap, Value, String) {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.text().await.unwrap();
+    let value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    (status, headers, value, body)
+}
+
+#[tokio::test]
+async fn errors_are_json_with_the_right_status_and_no_secret() {
+    let upstream = Upstream::start(|request: Recorded| async move {
+        if request.target.starts_with("/slow") {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        text(200, "late")
+    })
+    .await;
+    // A port that refuses connections: bind, read the port, close.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let proxy = TestProxy::builder()
+        .secret("key", SECRET)
+        .secret_toml("[secrets.absent]\nfile = \"/nonexistent/secretproxy-test\"\n")
+        .toml(&format!(
+            "[routes.items]\npath = \"/items/{{id}}\"\nmethods = [\"PUT\", \"DELETE\"]\nupstream = \"{u}/items/{{id}}\"\n\
+             [routes.down]\npath = \"/down\"\nupstream = \"http://{closed}/x\"\nquery = {{ key = \"${{key}}\" }}\nheaders = {{ X-Key = \"${{key}}\" }}\n\
+             [routes.slow]\npath = \"/slow\"\nupstream = \"{u}/slow\"\nresponse-timeout = \"300ms\"\nquery = {{ key = \"${{key}}\" }}\n\
+             [routes.missing]\npath = \"/missing\"\nupstream = \"{u}/m\"\nheaders = {{ X-Key = \"${{absent}}\" }}\n",
+            u = upstream.url()
+        ))
+        .start()
+        .await;
+    let mut bodies = String::new();
+
+    let (status, _, body, raw) = json(client().get(proxy.url("/nowhere")).send().await.unwrap()).await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("no_route")));
+    bodies += &raw;
+
+    let (status, headers, body, raw) = json(client().get(proxy.url("/items/7")).send().await.unwrap()).await;
+    assert_eq!((status, body["code"].as_str()), (405, Some("method_not_allowed")));
+    assert_eq!(headers["allow"], "PUT, DELETE");
+    bodies += &raw;
+
+    let (status, _, body, raw) = json(client().get(proxy.url("/down")).send().await.unwrap()).await;
+    assert_eq!((status, body["code"].as_str()), (502, Some("upstream_unreachable")));
+    assert!(
+        body["error"].as_str().unwrap().contains("upstream unreachable"),
+        "{raw}"
+    );
+    bodies += &raw;
+
+    let (status, _, body, raw) = json(client().get(proxy.url("/slow")).send().await.unwrap()).await;
+    assert_eq!((status, body["code"].as_str()), (504, Some("upstream_timeout")));
+    bodies += &raw;
+
+    let (status, _, body, raw) = json(client().get(proxy.url("/missing")).send().await.unwrap()).await;
+    assert_eq!(
+        (status, body["code"].as_str(), body["secret"].as_str()),
+        (503, Some("secret_missing"), Some("absent"))
+    );
+    assert!(
+        body["hint"].as_str().unwrap().contains("/nonexistent/secretproxy-test"),
+        "{raw}"
+    );
+    bodies += &raw;
+
+    // Only the slow route reached the upstream; the 404/405/503 never did.
+    assert_eq!(
+        upstream
+            .received()
+            .iter()
+            .map(|r| r.target.split('?').next().unwrap().to_string())
+            .collect::<Vec<_>>(),
+        ["/slow"]
+    );
+    assert_no_secret(&bodies, &[SECRET], "error bodies");
+}
+
+#[tokio::test]
+async fn missing_secret_is_picked_up_without_restart() {
+    let upstream = Upstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("late");
+    let proxy = TestProxy::builder()
+        .secret_toml(&format!("[secrets.late]\nfile = {:?}\n", path.display().to_string()))
+        .toml(&format!(
+            "[routes.r]\npath = \"/r\"\nupstream = \"{}/r\"\nauth = {{ bearer = \"late\" }}\n",
+            upstream.url()
+        ))
+        .start()
+        .await;
+    assert_eq!(client().get(proxy.url("/r")).send().await.unwrap().status(), 503);
+    std::fs::write(&path, "now-present").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = client().get(proxy.url("/r")).send().await.unwrap().status();
+        if status == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "secret never picked up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(upstream.only().header("authorization"), Some("Bearer now-present"));
+}
+
+#[tokio::test]
+async fn sse_first_event_arrives_before_upstream_finishes() {
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let release_rx = std::sync::Mutex::new(Some(release_rx));
+    let upstream = Upstream::start(move |_| {
+        let release = release_rx.lock().unwrap().take().expect("one stream");
+        async move {
+            let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>(4);
+            tokio::spawn(async move {
+                tx.send(Ok(Frame::data(Bytes::from("data: first\n\n")))).await.unwrap();
+                // The rest only comes once the client has seen the first event.
+                release.await.unwrap();
+                tx.send(Ok(Frame::data(Bytes::from("data: second\n\n")))).await.unwrap();
+            });
+            let body = BodyExt::boxed(StreamBody::new(tokio_stream_from(rx)));
+            let mut response = http::Response::new(body);
+            response
+                .headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            response
+        }
+    })
+    .await;
+    let proxy = TestProxy::builder()
+        .secret("k", SECRET)
+        .toml(&format!(
+            "[routes.sse]\npath = \"/sse\"\nupstream = \"{}/events\"\nauth = {{ bearer = \"k\" }}\n",
+            upstream.url()
+        ))
+        .start()
+        .await;
+    let response = client().get(proxy.url("/sse")).send().await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut stream = response.bytes_stream();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("first event in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first[..], b"data: first\n\n");
+    release_tx.send(()).unwrap();
+    let mut rest = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        rest.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(rest, b"data: second\n\n");
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test]
+async fn redirects_are_passed_back_not_followed() {
+    let elsewhere = Upstream::echo().await;
+    let location = format!("{}/steal", elsewhere.url());
+    let upstream = Upstream::start(move |_| {
+        let location = location.clone();
+        async move {
+            let mut response = text(302, "");
+            response.headers_mut().insert("location", location.parse().unwrap());
+            response
+        }
+    })
+    .await;
+    let proxy = TestProxy::builder()
+        .secret("k", SECRET)
+        .toml(&format!(
+            "[routes.r]\npath = \"/r\"\nupstream = \"{}/r\"\nauth = {{ bearer = \"k\" }}\n",
+            upstream.url()
+        ))
+        .start()
+        .await;
+    let response = client().get(proxy.url("/r")).send().await.unwrap();
+    assert_eq!(response.status(), 302);
+    assert_eq!(
+        response.headers()["location"],
+        format!("{}/steal", elsewhere.url()).as_str()
+    );
+    assert_eq!(upstream.received().len(), 1);
+    assert!(elsewhere.received().is_empty(), "the redirect was followed");
+}
+
+#[tokio::test]
+async fn request_body_streams_to_the_upstream_intact() {
+    let upstream = Upstream::start(|request: Recorded| async move {
+        let digest = format!(
+            "{}:{}",
+            request.body.len(),
+            request.body.iter().map(|b| *b as u64).sum::<u64>()
+        );
+        text(201, digest)
+    })
+    .await;
+    let proxy = TestProxy::builder()
+        .toml(&format!(
+            "[routes.up]\npath = \"/upload\"\nmethods = [\"POST\"]\nupstream = \"{}/upload\"\n",
+            upstream.url()
+        ))
+        .start()
+        .await;
+    let payload: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let expected = format!("{}:{}", payload.len(), payload.iter().map(|b| *b as u64).sum::<u64>());
+    let response = client().post(proxy.url("/upload")).body(payload).send().await.unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.text().await.unwrap(), expected);
+    let seen = upstream.only();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.header("content-length"), Some("8388608"));
+}
+
+#[tokio::test]
+async fn https_upstream_is_verified_and_ca_file_trusts_a_private_ca() {
+    secretproxy::proxy::upstream::install_crypto_provider();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, cert.cert.pem()).unwrap();
+    let key = tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let tls = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    let upstream = Upstream::start_tls(std::sync::Arc::new(tls), |_| async { text(200, "over tls") }).await;
+    let port = upstream.addr.port();
+    let proxy = TestProxy::builder()
+        .secret("k", SECRET)
+        .toml(&format!(
+            "[routes.trusted]\npath = \"/trusted\"\nupstream = \"https://localhost:{port}/t\"\nca-file = {:?}\nauth = {{ bearer = \"k\" }}\n\
+             [routes.untrusted]\npath = \"/untrusted\"\nupstream = \"https://localhost:{port}/u\"\nauth = {{ bearer = \"k\" }}\n",
+            ca_path.display().to_string()
+        ))
+        .start()
+        .await;
+    let response = client().get(proxy.url("/trusted")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "over tls");
+    assert_eq!(
+        upstream.only().header("authorization"),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
+
+    let response = client().get(proxy.url("/untrusted")).send().await.unwrap();
+    assert_eq!(response.status(), 502);
+    let body = response.text().await.unwrap();
+    assert_no_secret(&body, &[SECRET], "TLS error body");
+    assert_eq!(
+        upstream.received().len(),
+        1,
+        "the unverified upstream received a request"
+    );
+}
+
+#[tokio::test]
+async fn example_config_is_valid() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml.example")).unwrap();
+    let config = secretproxy::config::Config::parse(&text, "proxy.toml.example").unwrap_or_else(|e| panic!("{e}"));
+    assert!(!config.routes.is_empty());
+    assert!(!config.secrets.is_empty());
+}
