@@ -99,7 +99,8 @@ impl Site {
             result = self.resolve("/").await;
         }
         let found = matches!(result, ResolveResult::Found(_));
-        let is_html = matches!(&result, ResolveResult::Found(file) if file.path.extension().is_some_and(|e| e == "html"));
+        let is_html =
+            matches!(&result, ResolveResult::Found(file) if file.path.extension().is_some_and(|e| e == "html"));
 
         // If-None-Match wins over If-Modified-Since (RFC 9110 §13.2.2).
         let mut conditional = parts.headers.clone();
@@ -139,7 +140,11 @@ impl Site {
         if hidden {
             return ResolveResult::NotFound;
         }
-        let result = match self.resolver.resolve_path(path, hyper_staticfile::AcceptEncoding::none()).await {
+        let result = match self
+            .resolver
+            .resolve_path(path, hyper_staticfile::AcceptEncoding::none())
+            .await
+        {
             Ok(result) => result,
             Err(_) => return ResolveResult::NotFound,
         };
@@ -159,9 +164,7 @@ impl Site {
 /// Refuses `..` segments (plain or percent-encoded), backslashes and NUL.
 fn is_safe(path: &str) -> bool {
     let decoded = percent_decode_str(path).collect::<Vec<u8>>();
-    !decoded.contains(&b'\\')
-        && !decoded.contains(&0)
-        && !decoded.split(|b| *b == b'/').any(|segment| segment == b"..")
+    !decoded.contains(&b'\\') && !decoded.contains(&0) && !decoded.split(|b| *b == b'/').any(|segment| segment == b"..")
 }
 
 fn wants_html(headers: &HeaderMap) -> bool {

@@ -84,7 +84,10 @@ impl Webhook {
     ) -> Result<Webhook, ConfigError> {
         let key = |field: &str| format!("webhooks.{name}.{field}");
         let path = raw.path.get_ref();
-        if !path.starts_with('/') || path.contains(['{', '}', '?', '#']) || path.split('/').any(|s| s == "." || s == "..") {
+        if !path.starts_with('/')
+            || path.contains(['{', '}', '?', '#'])
+            || path.split('/').any(|s| s == "." || s == "..")
+        {
             return Err(source
                 .error(raw.path.span(), key("path"), "a webhook path is a fixed absolute path")
                 .with_help("e.g. \"/hooks/github\"; parameters, queries and `..` are not allowed"));
@@ -107,16 +110,30 @@ impl Webhook {
             }
             other => {
                 return Err(source
-                    .error(raw.verify.span(), key("verify"), format!("`{other}` is not a known signature scheme"))
-                    .with_help("write one of \"github\", \"stripe\", \"slack\", \"standard-webhooks\", \"hmac-sha256\""));
+                    .error(
+                        raw.verify.span(),
+                        key("verify"),
+                        format!("`{other}` is not a known signature scheme"),
+                    )
+                    .with_help(
+                        "write one of \"github\", \"stripe\", \"slack\", \"standard-webhooks\", \"hmac-sha256\"",
+                    ));
             }
         };
         if let (Some(header), false) = (&raw.header, matches!(scheme, Scheme::HmacSha256 { .. })) {
-            return Err(source.error(header.span(), key("header"), "only `verify = \"hmac-sha256\"` takes a header"));
+            return Err(source.error(
+                header.span(),
+                key("header"),
+                "only `verify = \"hmac-sha256\"` takes a header",
+            ));
         }
         if !secrets.contains_key(raw.secret.get_ref()) {
             return Err(source
-                .error(raw.secret.span(), key("secret"), format!("unknown secret `{}`", raw.secret.get_ref()))
+                .error(
+                    raw.secret.span(),
+                    key("secret"),
+                    format!("unknown secret `{}`", raw.secret.get_ref()),
+                )
                 .with_help(format!("declare it in a `[secrets.{}]` table", raw.secret.get_ref())));
         }
         let target = url::Url::parse(raw.target.get_ref())
@@ -124,7 +141,11 @@ impl Webhook {
             .filter(|url| matches!(url.scheme(), "http" | "https") && is_loopback(url))
             .ok_or_else(|| {
                 source
-                    .error(raw.target.span(), key("target"), "the target must be an http(s) URL on this machine")
+                    .error(
+                        raw.target.span(),
+                        key("target"),
+                        "the target must be an http(s) URL on this machine",
+                    )
                     .with_help("e.g. \"http://127.0.0.1:3000/webhooks/github\" (loopback or localhost only)")
             })?;
         let tolerance = match &raw.tolerance {
@@ -138,7 +159,13 @@ impl Webhook {
                 humantime::parse_duration(text.get_ref())
                     .ok()
                     .filter(|d| !d.is_zero())
-                    .ok_or_else(|| source.error(text.span(), key("tolerance"), format!("`{}` is not a duration", text.get_ref())))?
+                    .ok_or_else(|| {
+                        source.error(
+                            text.span(),
+                            key("tolerance"),
+                            format!("`{}` is not a duration", text.get_ref()),
+                        )
+                    })?
             }
         };
         Ok(Webhook {
@@ -226,9 +253,13 @@ fn verify(
     match scheme {
         Scheme::GitHub => {
             let value = header(headers, "x-hub-signature-256")?;
-            let hex_mac = value.strip_prefix("sha256=").ok_or(Rejection::Malformed("x-hub-signature-256"))?;
+            let hex_mac = value
+                .strip_prefix("sha256=")
+                .ok_or(Rejection::Malformed("x-hub-signature-256"))?;
             let given = hex::decode(hex_mac).map_err(|_| Rejection::Malformed("x-hub-signature-256"))?;
-            mac(secret, &[body]).verify_slice(&given).map_err(|_| Rejection::Mismatch)?;
+            mac(secret, &[body])
+                .verify_slice(&given)
+                .map_err(|_| Rejection::Mismatch)?;
             Ok(Verified { replay_key: None })
         }
         Scheme::Stripe => {
@@ -261,7 +292,9 @@ fn verify(
             let ts_text = header(headers, "x-slack-request-timestamp")?;
             let value = header(headers, "x-slack-signature")?;
             let ts = fresh(ts_text, tolerance, now, "x-slack-request-timestamp")?;
-            let hex_mac = value.strip_prefix("v0=").ok_or(Rejection::Malformed("x-slack-signature"))?;
+            let hex_mac = value
+                .strip_prefix("v0=")
+                .ok_or(Rejection::Malformed("x-slack-signature"))?;
             let given = hex::decode(hex_mac).map_err(|_| Rejection::Malformed("x-slack-signature"))?;
             mac(secret, &[b"v0:", ts_text.as_bytes(), b":", body])
                 .verify_slice(&given)
@@ -305,7 +338,9 @@ fn verify(
                 .filter(|bytes| bytes.len() == 32)
                 .or_else(|| base64::engine::general_purpose::STANDARD.decode(text).ok())
                 .ok_or(Rejection::Malformed("signature header"))?;
-            mac(secret, &[body]).verify_slice(&given).map_err(|_| Rejection::Mismatch)?;
+            mac(secret, &[body])
+                .verify_slice(&given)
+                .map_err(|_| Rejection::Mismatch)?;
             Ok(Verified { replay_key: None })
         }
     }
@@ -356,7 +391,13 @@ impl Hooks {
     }
 
     /// Verifies the request and forwards it to the target, or refuses it.
-    pub async fn handle(&self, hook: &Webhook, secrets: &SecretCache, parts: http::request::Parts, body: Incoming) -> Handled {
+    pub async fn handle(
+        &self,
+        hook: &Webhook,
+        secrets: &SecretCache,
+        parts: http::request::Parts,
+        body: Incoming,
+    ) -> Handled {
         let refuse = |status: StatusCode, code: &'static str, message: String| Handled {
             response: json_response(status, &json!({ "error": message, "code": code, "webhook": hook.name })),
             error: Some(code),
@@ -384,7 +425,11 @@ impl Hooks {
                 );
             }
             Err(Some(reason)) => {
-                return refuse(StatusCode::BAD_REQUEST, "bad_request", format!("the body could not be read: {reason}"));
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("the body could not be read: {reason}"),
+                );
             }
         };
         let secret = match secrets.get(&hook.secret).await {
@@ -404,7 +449,10 @@ impl Hooks {
                 };
             }
         };
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         let verified = verify(
             &hook.scheme,
             &parts.headers,
@@ -467,7 +515,9 @@ impl Hooks {
 
     /// Refuses a signature seen before within its tolerance; remembers new ones.
     fn remember(&self, verified: Verified, now: u64) -> Result<(), Rejection> {
-        let Some((signature, expires)) = verified.replay_key else { return Ok(()) };
+        let Some((signature, expires)) = verified.replay_key else {
+            return Ok(());
+        };
         let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if seen.get(&signature).is_some_and(|until| *until >= now) {
             return Err(Rejection::Replayed);
@@ -541,7 +591,11 @@ mod tests {
         let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key));
         let raw = mac(key, &[b"msg_1.1000.body"]).finalize().into_bytes();
         let sig = format!("v1,bogus v1,{}", base64::engine::general_purpose::STANDARD.encode(raw));
-        let ok = headers(&[("webhook-id", "msg_1"), ("webhook-timestamp", "1000"), ("webhook-signature", &sig)]);
+        let ok = headers(&[
+            ("webhook-id", "msg_1"),
+            ("webhook-timestamp", "1000"),
+            ("webhook-signature", &sig),
+        ]);
         assert!(verify(&Scheme::StandardWebhooks, &ok, b"body", secret.as_bytes(), TOL, 1000).is_ok());
         assert_eq!(
             verify(&Scheme::StandardWebhooks, &ok, b"body!", secret.as_bytes(), TOL, 1000).err(),

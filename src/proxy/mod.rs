@@ -123,7 +123,10 @@ async fn forward(generation: &Generation, request: Request<Incoming>, bytes_in: 
 
     // Validation, then the rate limit: a refused request never costs an upstream call.
     let body = if route.request.is_active() {
-        if let Err(refusal) = route.request.check_head(parts.uri.query(), &parts.headers, !body.is_end_stream()) {
+        if let Err(refusal) = route
+            .request
+            .check_head(parts.uri.query(), &parts.headers, !body.is_end_stream())
+        {
             let code = refusal.code;
             return refused(refusal.into_response(&route.name), route_name, Some(code));
         }
@@ -263,7 +266,6 @@ async fn forward(generation: &Generation, request: Request<Incoming>, bytes_in: 
         error,
     }
 }
-
 
 fn filter_response_headers(headers: &mut HeaderMap, keep_set_cookie: bool) {
     headers::strip_hop_by_hop(headers);

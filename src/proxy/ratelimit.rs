@@ -63,7 +63,11 @@ impl RateLimit {
             .filter(|d| !d.is_zero())
             .ok_or_else(|| {
                 source
-                    .error(raw.per.span(), key("per"), format!("`{}` is not a duration", raw.per.get_ref()))
+                    .error(
+                        raw.per.span(),
+                        key("per"),
+                        format!("`{}` is not a duration", raw.per.get_ref()),
+                    )
                     .with_help("e.g. \"1s\", \"1m\", \"1h\"")
             })?;
         let burst = match &raw.burst {
@@ -71,7 +75,13 @@ impl RateLimit {
             None => requests,
         };
         let quota = Quota::with_period(per / requests.get())
-            .ok_or_else(|| source.error(raw.per.span(), key("per"), "the period is too short for that many requests"))?
+            .ok_or_else(|| {
+                source.error(
+                    raw.per.span(),
+                    key("per"),
+                    "the period is too short for that many requests",
+                )
+            })?
             .allow_burst(burst);
         let limit_key = match raw.key.as_ref().map(|k| (k, k.get_ref().as_str())) {
             None | Some((_, "route")) => LimitKey::Route,
@@ -122,7 +132,9 @@ pub struct Limiters {
 
 impl std::fmt::Debug for Limiters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Limiters").field("routes", &self.by_route.len()).finish()
+        f.debug_struct("Limiters")
+            .field("routes", &self.by_route.len())
+            .finish()
     }
 }
 
@@ -151,7 +163,11 @@ impl Limited {
     }
 
     pub fn code(&self) -> &'static str {
-        if self.daily { "daily_quota_exceeded" } else { "rate_limited" }
+        if self.daily {
+            "daily_quota_exceeded"
+        } else {
+            "rate_limited"
+        }
     }
 }
 
@@ -175,7 +191,9 @@ impl Limiters {
 
     /// Takes one request from the route's bucket and quota, or says when to come back.
     pub fn check(&self, route: &str, headers: &HeaderMap) -> Result<(), Limited> {
-        let Some(limiter) = self.by_route.get(route) else { return Ok(()) };
+        let Some(limiter) = self.by_route.get(route) else {
+            return Ok(());
+        };
         let verdict = match &limiter.bucket {
             Bucket::Route(bucket) => bucket.check(),
             Bucket::Origin(buckets) => {
@@ -196,7 +214,10 @@ impl Limiters {
             });
         }
         if let Some((limit, count)) = &limiter.daily {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
             let today = now / DAY;
             let mut count = count.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if count.day != today {
@@ -258,7 +279,8 @@ mod tests {
 
     #[test]
     fn bad_values_are_config_errors() {
-        let text = "[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nrate-limit = { requests = 0, per = \"1m\" }\n";
+        let text =
+            "[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nrate-limit = { requests = 0, per = \"1m\" }\n";
         let error = Config::parse(text, "t").unwrap_err().to_string();
         assert!(error.starts_with("t:4:27: routes.a.rate-limit.requests"), "{error}");
     }

@@ -36,7 +36,13 @@ const WITHHELD_FILTERS: &[&str] = &["env", "input", "inputs"];
 const SILENCED_FILTERS: &[&str] = &["debug_empty", "stderr_empty"];
 
 /// Headers a route may not set or remove on responses: they frame the connection.
-const FRAMING_HEADERS: &[&str] = &["content-length", "transfer-encoding", "connection", "trailer", "upgrade"];
+const FRAMING_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "trailer",
+    "upgrade",
+];
 
 /// What happens when a body cannot be transformed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -78,7 +84,13 @@ impl Transform {
             .chain(SILENCED_FILTERS.iter().map(|name| silent(name)));
         let arena = Arena::default();
         let modules = Loader::new(defs)
-            .load(&arena, File { code: program, path: () })
+            .load(
+                &arena,
+                File {
+                    code: program,
+                    path: (),
+                },
+            )
             .map_err(|errors| {
                 let (offset, message) = errors
                     .into_iter()
@@ -169,7 +181,10 @@ impl fmt::Display for TransformFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TransformFailure::TooLarge(limit) => {
-                write!(f, "the upstream's body is larger than the transform limit ({limit} bytes)")
+                write!(
+                    f,
+                    "the upstream's body is larger than the transform limit ({limit} bytes)"
+                )
             }
             TransformFailure::NotJson => f.write_str("the upstream's body is not JSON"),
             TransformFailure::Program(message) => f.write_str(message),
@@ -233,17 +248,30 @@ impl ResponsePolicy {
                 "pass" => OnError::Pass,
                 other => {
                     return Err(source
-                        .error(mode.span(), key("on-transform-error"), format!("`{other}` is not a choice"))
+                        .error(
+                            mode.span(),
+                            key("on-transform-error"),
+                            format!("`{other}` is not a choice"),
+                        )
                         .with_help("write \"error\" (answer 502) or \"pass\" (send the body unchanged)"));
                 }
             };
         }
         if let Some(headers) = &raw.headers {
             let name_of = |text: &str, span: std::ops::Range<usize>, field: String| {
-                let name = HeaderName::from_bytes(text.as_bytes())
-                    .map_err(|_| source.error(span.clone(), field.clone(), format!("`{text}` is not a valid header name")))?;
+                let name = HeaderName::from_bytes(text.as_bytes()).map_err(|_| {
+                    source.error(
+                        span.clone(),
+                        field.clone(),
+                        format!("`{text}` is not a valid header name"),
+                    )
+                })?;
                 if FRAMING_HEADERS.contains(&name.as_str()) {
-                    return Err(source.error(span, field, format!("`{text}` frames the connection and cannot be changed")));
+                    return Err(source.error(
+                        span,
+                        field,
+                        format!("`{text}` frames the connection and cannot be changed"),
+                    ));
                 }
                 Ok(name)
             };
@@ -252,7 +280,11 @@ impl ResponsePolicy {
                 let header = name_of(name, value.span(), field.clone())?;
                 if value.get_ref().contains("${") {
                     return Err(source
-                        .error(value.span(), field, "response headers are sent to the client; they cannot hold a secret")
+                        .error(
+                            value.span(),
+                            field,
+                            "response headers are sent to the client; they cannot hold a secret",
+                        )
                         .with_help("write the value literally"));
                 }
                 let parsed = HeaderValue::from_str(value.get_ref())
@@ -307,7 +339,10 @@ impl ResponsePolicy {
             .headers
             .get(header::CONTENT_ENCODING)
             .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-        let json_type = parts.headers.get(header::CONTENT_TYPE).is_none_or(|v| is_json_type(v.as_bytes()));
+        let json_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_none_or(|v| is_json_type(v.as_bytes()));
 
         let (outcome, body) = if encoded || !json_type {
             (Err(TransformFailure::NotJson), Buffered::Untouched(body))
@@ -389,7 +424,10 @@ async fn collect_limited(mut body: ProxyBody, limit: u64) -> Result<Bytes, (Tran
         if let Ok(data) = frame.into_data() {
             buffer.extend_from_slice(&data);
             if buffer.len() as u64 > limit {
-                return Err((TransformFailure::TooLarge(limit), Buffered::Prefix(buffer.freeze(), body)));
+                return Err((
+                    TransformFailure::TooLarge(limit),
+                    Buffered::Prefix(buffer.freeze(), body),
+                ));
             }
         }
     }
@@ -407,7 +445,10 @@ mod tests {
             .run(br#"[{"id":1,"title":"Mug","price":9.5,"stock":3,"images":[{"url":"a.png"},{"url":"b.png"}]}]"#)
             .unwrap();
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(value, json!([{"id": 1, "name": "Mug", "price": 9.5, "imageUrl": "a.png"}]));
+        assert_eq!(
+            value,
+            json!([{"id": 1, "name": "Mug", "price": 9.5, "imageUrl": "a.png"}])
+        );
     }
 
     #[test]

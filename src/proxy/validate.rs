@@ -116,7 +116,10 @@ impl RequestRules {
                     source.error(
                         pattern.span(),
                         format!("{field}.pattern"),
-                        format!("not a valid regular expression: {}", error.to_string().lines().last().unwrap_or("")),
+                        format!(
+                            "not a valid regular expression: {}",
+                            error.to_string().lines().last().unwrap_or("")
+                        ),
                     )
                 })?),
             };
@@ -129,10 +132,19 @@ impl RequestRules {
         if let Some(types) = &raw.content_types {
             for media in types.get_ref() {
                 let text = media.get_ref().trim().to_ascii_lowercase();
-                if text.split_once('/').is_none_or(|(a, b)| a.is_empty() || b.is_empty() || b.contains(';')) {
+                if text
+                    .split_once('/')
+                    .is_none_or(|(a, b)| a.is_empty() || b.is_empty() || b.contains(';'))
+                {
                     return Err(source
-                        .error(media.span(), key("content-types"), format!("`{}` is not a media type", media.get_ref()))
-                        .with_help("write the type without parameters, e.g. \"application/json\" or \"multipart/form-data\""));
+                        .error(
+                            media.span(),
+                            key("content-types"),
+                            format!("`{}` is not a media type", media.get_ref()),
+                        )
+                        .with_help(
+                            "write the type without parameters, e.g. \"application/json\" or \"multipart/form-data\"",
+                        ));
                 }
                 rules.content_types.push(text);
             }
@@ -140,17 +152,30 @@ impl RequestRules {
         if let Some(schema) = &raw.schema {
             let field = key("schema");
             let value: Value = match schema.get_ref() {
-                RawSchema::Table(table) => serde_json::to_value(table)
-                    .map_err(|e| source.error(schema.span(), field.clone(), format!("cannot use the table as JSON: {e}")))?,
+                RawSchema::Table(table) => serde_json::to_value(table).map_err(|e| {
+                    source.error(
+                        schema.span(),
+                        field.clone(),
+                        format!("cannot use the table as JSON: {e}"),
+                    )
+                })?,
                 RawSchema::Text(text) if text.trim_start().starts_with('{') => serde_json::from_str(text)
                     .map_err(|e| source.error(schema.span(), field.clone(), format!("not valid JSON: {e}")))?,
                 RawSchema::Text(path) => {
                     let file = relative_to_config(source, Path::new(path));
                     let text = std::fs::read_to_string(&file).map_err(|e| {
-                        source.error(schema.span(), field.clone(), format!("cannot read `{}`: {e}", file.display()))
+                        source.error(
+                            schema.span(),
+                            field.clone(),
+                            format!("cannot read `{}`: {e}", file.display()),
+                        )
                     })?;
                     serde_json::from_str(&text).map_err(|e| {
-                        source.error(schema.span(), field.clone(), format!("`{}` is not valid JSON: {e}", file.display()))
+                        source.error(
+                            schema.span(),
+                            field.clone(),
+                            format!("`{}` is not valid JSON: {e}", file.display()),
+                        )
                     })?
                 }
             };
@@ -158,7 +183,12 @@ impl RequestRules {
                 .map_err(|e| source.error(schema.span(), field, format!("not a valid JSON Schema: {e}")))?;
             rules.schema = Some(Arc::new(Schema { validator }));
         }
-        rules.schema_limit = size(raw.schema_limit.as_ref(), &key("schema-limit"), DEFAULT_SCHEMA_LIMIT, source)?;
+        rules.schema_limit = size(
+            raw.schema_limit.as_ref(),
+            &key("schema-limit"),
+            DEFAULT_SCHEMA_LIMIT,
+            source,
+        )?;
         Ok(rules)
     }
 
@@ -175,7 +205,11 @@ impl RequestRules {
             .filter(|piece| !piece.is_empty())
             .map(|piece| {
                 let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
-                let decode = |text: &str| percent_decode_str(&text.replace('+', " ")).decode_utf8_lossy().into_owned();
+                let decode = |text: &str| {
+                    percent_decode_str(&text.replace('+', " "))
+                        .decode_utf8_lossy()
+                        .into_owned()
+                };
                 (decode(name), decode(value))
             })
             .collect();
@@ -217,7 +251,10 @@ impl RequestRules {
                     "content type `{essence}` is not accepted; send one of {}",
                     allowed.join(", ")
                 )),
-                None => reasons.push(format!("a Content-Type header is required: one of {}", allowed.join(", "))),
+                None => reasons.push(format!(
+                    "a Content-Type header is required: one of {}",
+                    allowed.join(", ")
+                )),
             }
         }
         if reasons.is_empty() {
@@ -334,7 +371,9 @@ mod tests {
 
     #[test]
     fn query_rules() {
-        let rules = rules("request.query = { page = { pattern = \"[0-9]+\" }, sort = { required = false, pattern = \"asc|desc\" } }");
+        let rules = rules(
+            "request.query = { page = { pattern = \"[0-9]+\" }, sort = { required = false, pattern = \"asc|desc\" } }",
+        );
         let none = HeaderMap::new();
         assert!(rules.check_head(Some("page=2&sort=asc"), &none, false).is_ok());
         assert!(rules.check_head(Some("page=2"), &none, false).is_ok());
@@ -347,16 +386,26 @@ mod tests {
 
     #[test]
     fn bad_pattern_is_a_config_error() {
-        let text = "[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nrequest.query = { q = { pattern = \"(\" } }\n";
+        let text =
+            "[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nrequest.query = { q = { pattern = \"(\" } }\n";
         let error = Config::parse(text, "t").unwrap_err().to_string();
         assert!(error.starts_with("t:4:35: routes.a.request.query.q.pattern"), "{error}");
     }
 
     #[test]
     fn inline_schema_forms() {
-        assert!(rules("request.schema = { type = \"object\", required = [\"email\"] }").schema.is_some());
+        assert!(
+            rules("request.schema = { type = \"object\", required = [\"email\"] }")
+                .schema
+                .is_some()
+        );
         assert!(rules("request.schema = '{\"type\": \"array\"}'").schema.is_some());
         let text = "[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nrequest.schema = { type = 12 }\n";
-        assert!(Config::parse(text, "t").unwrap_err().to_string().contains("not a valid JSON Schema"));
+        assert!(
+            Config::parse(text, "t")
+                .unwrap_err()
+                .to_string()
+                .contains("not a valid JSON Schema")
+        );
     }
 }

@@ -71,7 +71,10 @@ async fn transform_reshapes_a_real_json_body_and_headers_are_set_and_removed() {
     assert_eq!(headers["content-type"], "application/json");
     assert_eq!(headers["cache-control"], "max-age=60");
     assert!(headers.get("x-powered-by").is_none());
-    assert!(headers.get("etag").is_none(), "the upstream's ETag no longer describes the body");
+    assert!(
+        headers.get("etag").is_none(),
+        "the upstream's ETag no longer describes the body"
+    );
     let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
     assert_eq!(
         body,
@@ -82,7 +85,11 @@ async fn transform_reshapes_a_real_json_body_and_headers_are_set_and_removed() {
     );
     let seen = upstream.only();
     assert_eq!(seen.header("authorization"), Some(format!("Bearer {SECRET}").as_str()));
-    assert_eq!(seen.header("accept-encoding"), None, "a transformed route asks for an unencoded body");
+    assert_eq!(
+        seen.header("accept-encoding"),
+        None,
+        "a transformed route asks for an unencoded body"
+    );
 }
 
 #[tokio::test]
@@ -119,7 +126,10 @@ async fn untransformable_bodies_get_502_or_pass_through() {
     // An upstream error keeps its own shape.
     let response = client().get(proxy.url("/missing")).send().await.unwrap();
     assert_eq!(response.status(), 404);
-    assert_eq!(serde_json::from_str::<Value>(&response.text().await.unwrap()).unwrap(), json!({"message": "Not Found"}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&response.text().await.unwrap()).unwrap(),
+        json!({"message": "Not Found"})
+    );
 
     // Pass-through: the whole body, byte for byte, including past the buffered prefix.
     let response = client().get(proxy.url("/pass/big")).send().await.unwrap();
@@ -133,13 +143,17 @@ async fn untransformable_bodies_get_502_or_pass_through() {
 #[test]
 fn transform_errors_name_the_position_in_the_config() {
     let text = "[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nresponse.transform = \".items | mapp(.id)\"\n";
-    let error = secretproxy::config::Config::parse(text, "proxy.toml").unwrap_err().to_string();
+    let error = secretproxy::config::Config::parse(text, "proxy.toml")
+        .unwrap_err()
+        .to_string();
     // Line 4; the program starts at column 23, `mapp` is its 10th character.
     assert!(
         error.starts_with("proxy.toml:4:32: routes.a.response.transform: jq: undefined filter `mapp`"),
         "{error}"
     );
     let text = "[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nresponse.headers = { set = { X = \"${k}\" } }\n";
-    let error = secretproxy::config::Config::parse(text, "proxy.toml").unwrap_err().to_string();
+    let error = secretproxy::config::Config::parse(text, "proxy.toml")
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("cannot hold a secret"), "{error}");
 }

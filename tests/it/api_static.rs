@@ -75,7 +75,10 @@ async fn serves_the_site_with_validators_spa_fallback_and_no_escape() {
     for (path, kind) in [("/app.js", "javascript"), ("/css/site.css", "text/css")] {
         let response = client().get(proxy.url(path)).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
-        assert!(response.headers()["content-type"].to_str().unwrap().contains(kind), "{path}");
+        assert!(
+            response.headers()["content-type"].to_str().unwrap().contains(kind),
+            "{path}"
+        );
     }
 
     // Conditional requests.
@@ -125,7 +128,14 @@ async fn serves_the_site_with_validators_spa_fallback_and_no_escape() {
     assert_eq!(response.status(), 301);
     assert_eq!(response.headers()["location"], "/docs/");
     assert_eq!(
-        client().get(proxy.url("/docs/")).send().await.unwrap().text().await.unwrap(),
+        client()
+            .get(proxy.url("/docs/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
         "<h1>docs</h1>"
     );
     let response = client().get(proxy.url("/empty/")).send().await.unwrap();

@@ -38,7 +38,13 @@ async fn hashing_upstream() -> SocketAddr {
                             hasher.update(&data);
                         }
                     }
-                    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+                    let header = |name: &str| {
+                        parts
+                            .headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string)
+                    };
                     let answer = json!({
                         "length": length,
                         "sha256": hex::encode(hasher.finalize()),
@@ -91,7 +97,7 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 async fn large_raw_and_multipart_uploads_stream_through_unchanged() {
     let upstream = hashing_upstream().await;
     let config = format!(
-            "[secrets.store]\nenv = \"STORE_TOKEN\"\n\
+        "[secrets.store]\nenv = \"STORE_TOKEN\"\n\
              [routes.raw]\npath = \"/upload/raw\"\nmethods = [\"PUT\"]\nupstream = \"http://{upstream}/raw\"\nauth = {{ bearer = \"store\" }}\n\
              [routes.form]\npath = \"/upload/form\"\nmethods = [\"POST\"]\nupstream = \"http://{upstream}/form\"\nauth = {{ bearer = \"store\" }}\n\
              request.content-types = [\"multipart/form-data\"]\n"
@@ -172,8 +178,17 @@ async fn large_raw_and_multipart_uploads_stream_through_unchanged() {
     let seen: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(seen["length"], length as u64);
     assert_eq!(seen["sha256"], expected.as_str());
-    assert_eq!(seen["content_length"], length.to_string(), "the length is passed on, not re-chunked");
-    assert!(seen["content_type"].as_str().unwrap().starts_with("multipart/form-data; boundary="));
+    assert_eq!(
+        seen["content_length"],
+        length.to_string(),
+        "the length is passed on, not re-chunked"
+    );
+    assert!(
+        seen["content_type"]
+            .as_str()
+            .unwrap()
+            .starts_with("multipart/form-data; boundary=")
+    );
 
     // A refused upload: 400, and no secret in the body.
     let response = client()
@@ -187,6 +202,9 @@ async fn large_raw_and_multipart_uploads_stream_through_unchanged() {
     assert_no_secret(&response.text().await.unwrap(), &[SECRET], "refused upload body");
     let (status, logs) = tokio::task::spawn_blocking(move || daemon.terminate()).await.unwrap();
     assert!(status.success());
-    assert!(logs.contains("\"bytes_in\":268435456"), "the access line counts every byte:\n{logs}");
+    assert!(
+        logs.contains("\"bytes_in\":268435456"),
+        "the access line counts every byte:\n{logs}"
+    );
     assert_no_secret(&logs, &[SECRET], "daemon logs");
 }

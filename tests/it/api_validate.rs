@@ -56,7 +56,12 @@ request.content-types = ["image/png", "multipart/form-data"]
         .await;
 
     let cases: Vec<(reqwest::RequestBuilder, u16, &str, &str)> = vec![
-        (client().get(proxy.url("/search")), 400, "invalid_request", "query parameter `q` is required"),
+        (
+            client().get(proxy.url("/search")),
+            400,
+            "invalid_request",
+            "query parameter `q` is required",
+        ),
         (
             client().get(proxy.url("/search?q=&page=2")),
             400,
@@ -88,13 +93,19 @@ request.content-types = ["image/png", "multipart/form-data"]
             "",
         ),
         (
-            client().post(proxy.url("/orders")).header("content-type", "application/json").body(json!({"email": "nobody", "quantity": 0}).to_string()),
+            client()
+                .post(proxy.url("/orders"))
+                .header("content-type", "application/json")
+                .body(json!({"email": "nobody", "quantity": 0}).to_string()),
             422,
             "schema_violation",
             "/quantity",
         ),
         (
-            client().post(proxy.url("/orders")).header("content-type", "application/json").body(json!({"pad": "x".repeat(2048)}).to_string()),
+            client()
+                .post(proxy.url("/orders"))
+                .header("content-type", "application/json")
+                .body(json!({"pad": "x".repeat(2048)}).to_string()),
             413,
             "body_too_large",
             "",
@@ -154,7 +165,10 @@ request.content-types = ["image/png", "multipart/form-data"]
     let received = upstream.received();
     assert_eq!(received.len(), 3);
     assert_eq!(received[0].body, order.as_bytes());
-    assert_eq!(received[0].header("content-length"), Some(order.len().to_string().as_str()));
+    assert_eq!(
+        received[0].header("content-length"),
+        Some(order.len().to_string().as_str())
+    );
     assert!(received[1].target.starts_with("/search?q=mugs&page=2&key="));
     assert_eq!(&received[2].body[..], &[0x89u8, b'P', b'N', b'G']);
 }
@@ -183,19 +197,22 @@ async fn rate_limit_refuses_after_the_burst_and_recovers_after_the_period() {
     let body = limited.text().await.unwrap();
     assert_no_secret(&body, &[SECRET], "429 body");
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["code"], "rate_limited");
-    assert_eq!(upstream.received().len(), 2, "the refused request never reached the upstream");
+    assert_eq!(
+        upstream.received().len(),
+        2,
+        "the refused request never reached the upstream"
+    );
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(get("/limited").await.unwrap().status(), 200, "one request per second recovers");
+    assert_eq!(
+        get("/limited").await.unwrap().status(),
+        200,
+        "one request per second recovers"
+    );
     assert_eq!(upstream.received().len(), 3);
 
     // Per origin: each Origin has its own bucket.
-    let from = |origin: &str| {
-        client()
-            .get(proxy.url("/per-origin"))
-            .header("Origin", origin)
-            .send()
-    };
+    let from = |origin: &str| client().get(proxy.url("/per-origin")).header("Origin", origin).send();
     assert_eq!(from("http://a.localhost").await.unwrap().status(), 200);
     assert_eq!(from("http://a.localhost").await.unwrap().status(), 429);
     assert_eq!(from("http://b.localhost").await.unwrap().status(), 200);
@@ -207,5 +224,8 @@ async fn rate_limit_refuses_after_the_burst_and_recovers_after_the_period() {
     assert_eq!(over.status(), 429);
     let retry_after: u64 = over.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=86_400).contains(&retry_after));
-    assert_eq!(serde_json::from_str::<Value>(&over.text().await.unwrap()).unwrap()["code"], "daily_quota_exceeded");
+    assert_eq!(
+        serde_json::from_str::<Value>(&over.text().await.unwrap()).unwrap()["code"],
+        "daily_quota_exceeded"
+    );
 }

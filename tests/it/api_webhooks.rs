@@ -27,7 +27,10 @@ fn now() -> u64 {
 
 fn stripe_header(timestamp: u64, body: &str, secret: &str) -> String {
     let ts = timestamp.to_string();
-    format!("t={ts},v1={}", hmac_hex(secret, &[ts.as_bytes(), b".", body.as_bytes()]))
+    format!(
+        "t={ts},v1={}",
+        hmac_hex(secret, &[ts.as_bytes(), b".", body.as_bytes()])
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,7 +103,11 @@ tolerance = "5m"
             401,
             "does not match",
         ),
-        (client().post(daemon.url("/hooks/github")).body(payload), 401, "missing x-hub-signature-256"),
+        (
+            client().post(daemon.url("/hooks/github")).body(payload),
+            401,
+            "missing x-hub-signature-256",
+        ),
         (
             client()
                 .post(daemon.url("/hooks/github"))
@@ -140,7 +147,10 @@ tolerance = "5m"
         assert_eq!(response.status(), status, "{reason}");
         let text = response.text().await.unwrap();
         let body: Value = serde_json::from_str(&text).unwrap();
-        assert!(body["error"].as_str().unwrap().contains(reason), "{reason:?} not in {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(reason),
+            "{reason:?} not in {body}"
+        );
         bodies.push_str(&text);
     }
     assert_eq!(target.received().len(), 1, "a refused webhook reached the target");
@@ -177,15 +187,26 @@ tolerance = "5m"
 
 #[test]
 fn webhook_config_errors_name_the_key() {
-    let parse = |text: &str| secretproxy::config::Config::parse(text, "proxy.toml").unwrap_err().to_string();
+    let parse = |text: &str| {
+        secretproxy::config::Config::parse(text, "proxy.toml")
+            .unwrap_err()
+            .to_string()
+    };
     let base = "[secrets.s]\nenv = \"S\"\n[webhooks.w]\npath = \"/hooks/w\"\nsecret = \"s\"\n";
-    let error = parse(&format!("{base}verify = \"github\"\ntarget = \"http://example.com/hook\"\n"));
+    let error = parse(&format!(
+        "{base}verify = \"github\"\ntarget = \"http://example.com/hook\"\n"
+    ));
     assert!(
         error.starts_with("proxy.toml:7:10: webhooks.w.target: the target must be an http(s) URL on this machine"),
         "{error}"
     );
-    let error = parse(&format!("{base}verify = \"gitlab\"\ntarget = \"http://127.0.0.1:9/\"\n"));
-    assert!(error.contains("webhooks.w.verify: `gitlab` is not a known signature scheme"), "{error}");
+    let error = parse(&format!(
+        "{base}verify = \"gitlab\"\ntarget = \"http://127.0.0.1:9/\"\n"
+    ));
+    assert!(
+        error.contains("webhooks.w.verify: `gitlab` is not a known signature scheme"),
+        "{error}"
+    );
     let error = parse(&format!(
         "{base}verify = \"github\"\ntarget = \"http://127.0.0.1:9/\"\ntolerance = \"1m\"\n"
     ));
