@@ -132,6 +132,9 @@ impl Transform {
 
     /// Runs the program on one JSON document; it must yield exactly one value.
     pub fn run(&self, input: &[u8]) -> Result<Bytes, TransformFailure> {
+        if nesting_exceeds(input, MAX_DEPTH) {
+            return Err(TransformFailure::TooDeep);
+        }
         let input = jaq_json::read::parse_single(input).map_err(|_| TransformFailure::NotJson)?;
         let ctx = Ctx::<JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
         let mut outputs = self.filter.id.run((ctx, input));
@@ -156,6 +159,38 @@ impl Transform {
     }
 }
 
+/// The parser recurses per nesting level; deeper documents are refused before parsing so an
+/// upstream cannot overflow the stack (as serde_json's own limit of 128 does elsewhere).
+const MAX_DEPTH: usize = 256;
+
+/// True when arrays/objects nest deeper than `max` (strings and escapes are skipped).
+fn nesting_exceeds(input: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for byte in input {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// A native filter that yields nothing and has no side effect.
 fn silent(name: &'static str) -> jaq_core::native::Fun<JustLut<Val>> {
     jaq_core::native::run((name, jaq_core::native::v(0), |_| Box::new(std::iter::empty())))
@@ -173,6 +208,7 @@ fn truncate(text: &str, max: usize) -> String {
 pub enum TransformFailure {
     TooLarge(u64),
     NotJson,
+    TooDeep,
     Program(String),
     Upstream(String),
 }
@@ -187,6 +223,7 @@ impl fmt::Display for TransformFailure {
                 )
             }
             TransformFailure::NotJson => f.write_str("the upstream's body is not JSON"),
+            TransformFailure::TooDeep => write!(f, "the upstream's body nests deeper than {MAX_DEPTH} levels"),
             TransformFailure::Program(message) => f.write_str(message),
             TransformFailure::Upstream(message) => write!(f, "reading the upstream's body failed: {message}"),
         }
@@ -468,6 +505,15 @@ mod tests {
         assert!(matches!(halts.run(b"1"), Err(TransformFailure::Program(m)) if m.contains("halt")));
         let debugs = Transform::compile("debug | . + 1").unwrap();
         assert_eq!(debugs.run(b"1").unwrap(), Bytes::from("2"));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let transform = Transform::compile(".").unwrap();
+        let deep = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000));
+        assert!(matches!(transform.run(deep.as_bytes()), Err(TransformFailure::TooDeep)));
+        let fine = format!("{}\"[[[\\\"{{\"{}", "[".repeat(200), "]".repeat(200));
+        assert!(transform.run(fine.as_bytes()).is_ok(), "{fine}");
     }
 
     #[test]
