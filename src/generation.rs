@@ -20,6 +20,12 @@ pub struct Generation {
     pub table: RouteTable,
     pub secrets: SecretCache,
     pub clients: Clients,
+    /// Rate-limit buckets and daily quotas of the routes that have them.
+    pub limits: crate::proxy::ratelimit::Limiters,
+    /// `[webhooks.NAME]` endpoints by path.
+    pub hooks: crate::webhooks::Hooks,
+    /// The static site, when `static-dir` is set.
+    pub site: Option<crate::static_site::Site>,
 }
 
 impl Generation {
@@ -28,6 +34,9 @@ impl Generation {
         let clients = Clients::build(&config.routes)?;
         let secrets = SecretCache::load(store, &config.secrets);
         Ok(Generation {
+            limits: crate::proxy::ratelimit::Limiters::build(&config.routes),
+            hooks: crate::webhooks::Hooks::build(&config.webhooks),
+            site: config.server.static_site.clone().map(crate::static_site::Site::new),
             number,
             table: RouteTable::new(&config),
             config: Arc::new(config),

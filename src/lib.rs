@@ -23,7 +23,9 @@ pub mod proxy;
 pub mod routes;
 pub mod secrets;
 pub mod server;
+pub mod static_site;
 pub mod telemetry;
+pub mod webhooks;
 
 use std::process::ExitCode;
 

@@ -5,7 +5,8 @@
 //! Parsing works on a `&str` so tests need no disk; [`load`] adds the file lookup order.
 
 mod error;
-mod raw;
+pub(crate) mod raw;
+pub mod size;
 pub mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use http::{HeaderName, Method};
 
-use error::Source;
+pub(crate) use error::Source;
 pub use error::{ConfigError, Location};
 use raw::{RawConfig, RawKeyring, RawRoute, RawSecret};
 use template::{UrlTemplate, ValuePart, ValueTemplate, is_name};
@@ -40,11 +41,15 @@ pub struct Config {
     pub server: ServerConfig,
     pub secrets: BTreeMap<String, SecretSource>,
     pub routes: Vec<Route>,
+    /// Inbound, signed endpoints (`[webhooks.NAME]`).
+    pub webhooks: Vec<crate::webhooks::Webhook>,
 }
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// The site served at `/` when no route matches (`static-dir`).
+    pub static_site: Option<crate::static_site::SiteConfig>,
 }
 
 /// One entry of the route table.
@@ -70,6 +75,12 @@ pub struct Route {
     pub response_timeout: Duration,
     /// Every secret this route injects.
     pub secrets: BTreeSet<String>,
+    /// `response.*`: transform and header changes on the way back.
+    pub response: crate::proxy::transform::ResponsePolicy,
+    /// `request.*`: checks made before the upstream is contacted.
+    pub request: crate::proxy::validate::RequestRules,
+    /// `rate-limit`: buckets and daily quota.
+    pub rate_limit: Option<crate::proxy::ratelimit::RateLimit>,
 }
 
 impl Config {
@@ -126,6 +137,17 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     Config::parse(&text, &path.display().to_string())
 }
 
+/// A path from the config, relative to the config file's directory unless absolute.
+pub(crate) fn relative_to_config(source: &Source<'_>, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    match Path::new(source.name).parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !source.name.starts_with('<') => dir.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
 fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> {
     let listen = match &raw.server.listen {
         Some(listen) => listen.get_ref().parse::<SocketAddr>().map_err(|_| {
@@ -171,11 +193,27 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
         routes.push(route);
     }
 
+    let mut webhooks = Vec::new();
+    for (name, hook) in &raw.webhooks {
+        let hook_span = hook.get_ref().path.span();
+        let hook = crate::webhooks::Webhook::from_raw(name, hook.get_ref(), &secrets, source)?;
+        if let Err(err) = router.insert(hook.path.clone(), ()) {
+            return Err(source.error(
+                hook_span,
+                format!("webhooks.{name}.path"),
+                format!("conflicts with a route or another webhook: {err}"),
+            ));
+        }
+        webhooks.push(hook);
+    }
+    let static_site = crate::static_site::SiteConfig::from_raw(&raw.server, source)?;
+
     Ok(Config {
         origin: source.name.to_string(),
-        server: ServerConfig { listen },
+        server: ServerConfig { listen, static_site },
         secrets,
         routes,
+        webhooks,
     })
 }
 
@@ -472,6 +510,9 @@ fn validate_route(
         connect_timeout: duration(&raw.connect_timeout, "connect-timeout", DEFAULT_CONNECT_TIMEOUT)?,
         response_timeout: duration(&raw.response_timeout, "response-timeout", DEFAULT_RESPONSE_TIMEOUT)?,
         secrets: used,
+        response: crate::proxy::transform::ResponsePolicy::from_raw(raw.response.as_ref(), name, source)?,
+        request: crate::proxy::validate::RequestRules::from_raw(raw.request.as_ref(), name, source)?,
+        rate_limit: crate::proxy::ratelimit::RateLimit::from_raw(raw.rate_limit.as_ref(), name, source)?,
     })
 }
 

@@ -15,12 +15,16 @@ pub struct RawConfig {
     pub secrets: BTreeMap<String, Spanned<RawSecret>>,
     #[serde(default)]
     pub routes: BTreeMap<String, Spanned<RawRoute>>,
+    #[serde(default)]
+    pub webhooks: BTreeMap<String, Spanned<RawWebhook>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawServer {
     pub listen: Option<Spanned<String>>,
+    pub static_dir: Option<Spanned<String>>,
+    pub spa_fallback: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,6 +70,9 @@ pub struct RawRoute {
     pub ca_file: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub response_timeout: Option<Spanned<String>>,
+    pub response: Option<Spanned<RawResponse>>,
+    pub request: Option<Spanned<RawRequest>>,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
 }
 
 /// Shorthands for the `Authorization` header.
@@ -84,4 +91,87 @@ pub struct RawBasic {
     pub username: String,
     /// Name of the secret holding the password.
     pub password: String,
+}
+
+/// `response.*` on a route: reshape the upstream's answer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawResponse {
+    /// A jq program run on JSON bodies.
+    pub transform: Option<Spanned<String>>,
+    /// The most of a body the transform buffers, e.g. `"4MiB"` or a byte count.
+    pub transform_limit: Option<Spanned<RawSize>>,
+    /// `"error"` (502, the default) or `"pass"` (send the body unchanged).
+    pub on_transform_error: Option<Spanned<String>>,
+    pub headers: Option<Spanned<RawResponseHeaders>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawResponseHeaders {
+    #[serde(default)]
+    pub set: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    pub remove: Vec<Spanned<String>>,
+}
+
+/// A byte size: an integer, or a string with a unit (`"512KiB"`, `"4MiB"`, `"1GB"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+/// `request.*` on a route: checks made before the upstream is contacted.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawRequest {
+    #[serde(default)]
+    pub query: BTreeMap<String, Spanned<RawQueryRule>>,
+    pub schema: Option<Spanned<RawSchema>>,
+    pub schema_limit: Option<Spanned<RawSize>>,
+    pub content_types: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawQueryRule {
+    pub required: Option<bool>,
+    pub pattern: Option<Spanned<String>>,
+}
+
+/// A JSON Schema: a file path, JSON text, or a TOML table.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSchema {
+    Text(String),
+    Table(toml::Table),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawRateLimit {
+    pub requests: Spanned<u64>,
+    pub per: Spanned<String>,
+    pub burst: Option<Spanned<u64>>,
+    /// `"route"` (one bucket, the default) or `"origin"` (one per client `Origin`).
+    pub key: Option<Spanned<String>>,
+    /// Requests per UTC day for the whole route.
+    pub daily: Option<Spanned<u64>>,
+}
+
+/// `[webhooks.NAME]`: an inbound, signed endpoint forwarded to a local target.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawWebhook {
+    pub path: Spanned<String>,
+    pub verify: Spanned<String>,
+    /// Name of the `[secrets]` entry holding the signing secret.
+    pub secret: Spanned<String>,
+    pub target: Spanned<String>,
+    pub tolerance: Option<Spanned<String>>,
+    /// The signature header for `verify = "hmac-sha256"`.
+    pub header: Option<Spanned<String>>,
+    pub max_body: Option<Spanned<RawSize>>,
 }

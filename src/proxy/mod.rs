@@ -8,7 +8,10 @@
 pub mod body;
 pub mod error;
 pub mod headers;
+pub mod ratelimit;
+pub mod transform;
 pub mod upstream;
+pub mod validate;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -23,7 +26,7 @@ use tracing::instrument;
 
 use crate::generation::{Generation, Live};
 use crate::routes::{Lookup, allow_header};
-use body::{AccessRecord, Counted, Logged, ProxyBody};
+use body::{AccessRecord, Logged, ProxyBody};
 use error::ProxyError;
 
 /// The proxy service shared by every connection.
@@ -82,7 +85,22 @@ async fn forward(generation: &Generation, request: Request<Incoming>, bytes_in: 
         upstream_status: None,
     };
 
+    let refused = |response: Response<ProxyBody>, route: Option<&str>, code: Option<&'static str>| Outcome {
+        response,
+        route: route.map(str::to_string),
+        query: None,
+        upstream_status: None,
+        error: code,
+    };
+
     let (parts, body) = request.into_parts();
+    if let Some(hook) = generation.hooks.find(parts.uri.path()) {
+        let handled = generation.hooks.handle(hook, &generation.secrets, parts, body).await;
+        return Outcome {
+            upstream_status: handled.target_status,
+            ..refused(handled.response, Some(&format!("webhook:{}", hook.name)), handled.error)
+        };
+    }
     let (route, params) = match generation.table.lookup(&parts.method, parts.uri.path()) {
         Lookup::Found { route, params } => (route, params),
         Lookup::MethodNotAllowed { route } => {
@@ -92,9 +110,40 @@ async fn forward(generation: &Generation, request: Request<Incoming>, bytes_in: 
             };
             return fail(error, Some(&route.name));
         }
-        Lookup::NotFound => return fail(ProxyError::NoRoute, None),
+        Lookup::NotFound => {
+            if let Some(site) = &generation.site
+                && let Some(served) = site.serve(&parts).await
+            {
+                return refused(served.response, None, served.error);
+            }
+            return fail(ProxyError::NoRoute, None);
+        }
     };
     let route_name = Some(route.name.as_str());
+
+    // Validation, then the rate limit: a refused request never costs an upstream call.
+    let body = if route.request.is_active() {
+        if let Err(refusal) = route
+            .request
+            .check_head(parts.uri.query(), &parts.headers, !body.is_end_stream())
+        {
+            let code = refusal.code;
+            return refused(refusal.into_response(&route.name), route_name, Some(code));
+        }
+        match route.request.prepare_body(&parts.headers, body).await {
+            Ok(body) => body,
+            Err(refusal) => {
+                let code = refusal.code;
+                return refused(refusal.into_response(&route.name), route_name, Some(code));
+            }
+        }
+    } else {
+        validate::RequestBody::Stream(body)
+    };
+    if let Err(limited) = generation.limits.check(&route.name, &parts.headers) {
+        let code = limited.code();
+        return refused(limited.into_response(&route.name), route_name, Some(code));
+    }
 
     // Every secret the route injects, or a 503 naming the first one that is missing.
     let mut values: Vec<(&str, Arc<SecretString>)> = Vec::with_capacity(route.secrets.len());
@@ -161,13 +210,15 @@ async fn forward(generation: &Generation, request: Request<Incoming>, bytes_in: 
             }
         }
     }
-    let headers = upstream::upstream_headers(&parts.headers, route, injected_headers);
+    let mut headers = upstream::upstream_headers(&parts.headers, route, injected_headers);
+    if route.response.transform.is_some() {
+        // The transform reads the body as JSON: ask for it unencoded.
+        headers.remove(header::ACCEPT_ENCODING);
+    }
 
     let mut outbound = reqwest::Request::new(parts.method.clone(), url);
     *outbound.headers_mut() = headers;
-    if !body.is_end_stream() {
-        *outbound.body_mut() = Some(reqwest::Body::wrap(Counted::new(body, bytes_in)));
-    }
+    *outbound.body_mut() = body.into_upstream(bytes_in);
 
     let client = generation.clients.get(&route.name);
     let sent = tokio::time::timeout(route.response_timeout, client.execute(outbound)).await;
@@ -202,12 +253,17 @@ async fn forward(generation: &Generation, request: Request<Incoming>, bytes_in: 
         body.map_err(|e| Box::new(e.without_url()) as body::BoxError)
             .boxed_unsync()
     });
+    let (response, error) = if route.response.is_active() {
+        route.response.apply(&parts.method, &route.name, response).await
+    } else {
+        (response, None)
+    };
     Outcome {
         response,
         route: Some(route.name.clone()),
         query: Some(logged_query),
         upstream_status: Some(upstream_status),
-        error: None,
+        error,
     }
 }
 

@@ -1,0 +1,411 @@
+//! Request validation, all before the upstream is contacted: required query parameters and
+//! their patterns (`request.query`), allowed content types (`request.content-types`) and a JSON
+//! Schema for JSON bodies (`request.schema`, a file, JSON text or a TOML table).
+//!
+//! Failures are `400` (`422` for a body that breaks the schema) with every reason in the JSON
+//! body. Only a route with a schema buffers its request body, and only up to `schema-limit`
+//! (`413` beyond it); every other body keeps streaming.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Response, StatusCode, header};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use percent_encoding::percent_decode_str;
+use regex::Regex;
+use serde_json::{Value, json};
+
+use super::body::{Counted, ProxyBody};
+use super::error::json_response;
+use crate::config::raw::{RawRequest, RawSchema};
+use crate::config::size::size;
+use crate::config::{ConfigError, Source, relative_to_config};
+
+/// Default for `request.schema-limit`.
+pub const DEFAULT_SCHEMA_LIMIT: u64 = 1024 * 1024;
+/// At most this many schema errors are reported.
+const MAX_REASONS: usize = 20;
+
+/// One `request.query` entry.
+#[derive(Debug, Clone)]
+pub struct QueryRule {
+    pub name: String,
+    pub required: bool,
+    /// Anchored: the whole decoded value must match.
+    pub pattern: Option<Regex>,
+}
+
+/// A compiled JSON Schema.
+pub struct Schema {
+    validator: jsonschema::Validator,
+}
+
+impl fmt::Debug for Schema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Schema")
+    }
+}
+
+/// A route's request checks.
+#[derive(Debug, Clone, Default)]
+pub struct RequestRules {
+    pub query: Vec<QueryRule>,
+    /// Lowercase media types (`application/json`); empty = any.
+    pub content_types: Vec<String>,
+    pub schema: Option<Arc<Schema>>,
+    pub schema_limit: u64,
+}
+
+/// A refused request: status, code and reasons.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub reasons: Vec<String>,
+}
+
+impl Refusal {
+    fn bad(message: &str, reasons: Vec<String>) -> Refusal {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_request",
+            message: message.to_string(),
+            reasons,
+        }
+    }
+
+    pub fn into_response(self, route: &str) -> Response<ProxyBody> {
+        let body = json!({
+            "error": self.message,
+            "code": self.code,
+            "route": route,
+            "reasons": self.reasons,
+        });
+        json_response(self.status, &body)
+    }
+}
+
+impl RequestRules {
+    /// Validates `routes.NAME.request`.
+    pub(crate) fn from_raw(
+        raw: Option<&toml::Spanned<RawRequest>>,
+        route: &str,
+        source: &Source<'_>,
+    ) -> Result<RequestRules, ConfigError> {
+        let key = |field: &str| format!("routes.{route}.request.{field}");
+        let mut rules = RequestRules {
+            schema_limit: DEFAULT_SCHEMA_LIMIT,
+            ..RequestRules::default()
+        };
+        let Some(raw) = raw else { return Ok(rules) };
+        let raw = raw.get_ref();
+        for (name, rule) in &raw.query {
+            let field = key(&format!("query.{name}"));
+            if name.is_empty() {
+                return Err(source.error(rule.span(), field, "query parameter names may not be empty"));
+            }
+            let pattern = match &rule.get_ref().pattern {
+                None => None,
+                Some(pattern) => Some(Regex::new(&format!("^(?:{})$", pattern.get_ref())).map_err(|error| {
+                    source.error(
+                        pattern.span(),
+                        format!("{field}.pattern"),
+                        format!(
+                            "not a valid regular expression: {}",
+                            error.to_string().lines().last().unwrap_or("")
+                        ),
+                    )
+                })?),
+            };
+            rules.query.push(QueryRule {
+                name: name.clone(),
+                required: rule.get_ref().required.unwrap_or(true),
+                pattern,
+            });
+        }
+        if let Some(types) = &raw.content_types {
+            for media in types.get_ref() {
+                let text = media.get_ref().trim().to_ascii_lowercase();
+                if text
+                    .split_once('/')
+                    .is_none_or(|(a, b)| a.is_empty() || b.is_empty() || b.contains(';'))
+                {
+                    return Err(source
+                        .error(
+                            media.span(),
+                            key("content-types"),
+                            format!("`{}` is not a media type", media.get_ref()),
+                        )
+                        .with_help(
+                            "write the type without parameters, e.g. \"application/json\" or \"multipart/form-data\"",
+                        ));
+                }
+                rules.content_types.push(text);
+            }
+        }
+        if let Some(schema) = &raw.schema {
+            let field = key("schema");
+            let value: Value = match schema.get_ref() {
+                RawSchema::Table(table) => serde_json::to_value(table).map_err(|e| {
+                    source.error(
+                        schema.span(),
+                        field.clone(),
+                        format!("cannot use the table as JSON: {e}"),
+                    )
+                })?,
+                RawSchema::Text(text) if text.trim_start().starts_with('{') => serde_json::from_str(text)
+                    .map_err(|e| source.error(schema.span(), field.clone(), format!("not valid JSON: {e}")))?,
+                RawSchema::Text(path) => {
+                    let file = relative_to_config(source, Path::new(path));
+                    let text = std::fs::read_to_string(&file).map_err(|e| {
+                        source.error(
+                            schema.span(),
+                            field.clone(),
+                            format!("cannot read `{}`: {e}", file.display()),
+                        )
+                    })?;
+                    serde_json::from_str(&text).map_err(|e| {
+                        source.error(
+                            schema.span(),
+                            field.clone(),
+                            format!("`{}` is not valid JSON: {e}", file.display()),
+                        )
+                    })?
+                }
+            };
+            let validator = jsonschema::validator_for(&value)
+                .map_err(|e| source.error(schema.span(), field, format!("not a valid JSON Schema: {e}")))?;
+            rules.schema = Some(Arc::new(Schema { validator }));
+        }
+        rules.schema_limit = size(
+            raw.schema_limit.as_ref(),
+            &key("schema-limit"),
+            DEFAULT_SCHEMA_LIMIT,
+            source,
+        )?;
+        Ok(rules)
+    }
+
+    pub fn is_active(&self) -> bool {
+        !self.query.is_empty() || !self.content_types.is_empty() || self.schema.is_some()
+    }
+
+    /// Checks the query and the content type; the body is not touched.
+    pub fn check_head(&self, query: Option<&str>, headers: &HeaderMap, has_body: bool) -> Result<(), Refusal> {
+        let mut reasons = Vec::new();
+        let pairs: Vec<(String, String)> = query
+            .unwrap_or("")
+            .split('&')
+            .filter(|piece| !piece.is_empty())
+            .map(|piece| {
+                let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
+                let decode = |text: &str| {
+                    percent_decode_str(&text.replace('+', " "))
+                        .decode_utf8_lossy()
+                        .into_owned()
+                };
+                (decode(name), decode(value))
+            })
+            .collect();
+        for rule in &self.query {
+            let values: Vec<&str> = pairs
+                .iter()
+                .filter(|(name, _)| *name == rule.name)
+                .map(|(_, v)| v.as_str())
+                .collect();
+            if values.is_empty() {
+                if rule.required {
+                    reasons.push(format!("query parameter `{}` is required", rule.name));
+                }
+                continue;
+            }
+            if let Some(pattern) = &rule.pattern
+                && values.iter().any(|value| !pattern.is_match(value))
+            {
+                reasons.push(format!(
+                    "query parameter `{}` must match `{}`",
+                    rule.name,
+                    display_pattern(pattern)
+                ));
+            }
+        }
+        if has_body && (!self.content_types.is_empty() || self.schema.is_some()) {
+            let essence = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+            let allowed: Vec<&str> = if self.content_types.is_empty() {
+                vec!["application/json"]
+            } else {
+                self.content_types.iter().map(String::as_str).collect()
+            };
+            match essence {
+                Some(essence) if allowed.contains(&essence.as_str()) => {}
+                Some(essence) => reasons.push(format!(
+                    "content type `{essence}` is not accepted; send one of {}",
+                    allowed.join(", ")
+                )),
+                None => reasons.push(format!(
+                    "a Content-Type header is required: one of {}",
+                    allowed.join(", ")
+                )),
+            }
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(Refusal::bad("the request is invalid", reasons))
+        }
+    }
+
+    /// For a route with a schema: reads the body (up to the limit) and validates it. JSON bodies
+    /// only: another accepted content type passes without a schema check.
+    pub async fn check_body(&self, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Refusal> {
+        let schema = self.schema.as_ref().expect("check_body is only called with a schema");
+        let mut buffer = BytesMut::new();
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Refusal::bad("the request body could not be read", vec![e.to_string()]))?;
+            if let Ok(data) = frame.into_data() {
+                buffer.extend_from_slice(&data);
+                if buffer.len() as u64 > self.schema_limit {
+                    return Err(Refusal {
+                        status: StatusCode::PAYLOAD_TOO_LARGE,
+                        code: "body_too_large",
+                        message: format!(
+                            "the request body is larger than this route validates ({} bytes)",
+                            self.schema_limit
+                        ),
+                        reasons: Vec::new(),
+                    });
+                }
+            }
+        }
+        let bytes = buffer.freeze();
+        let is_json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+            .is_some_and(|essence| essence == "application/json" || essence.ends_with("+json"));
+        if !is_json {
+            return Ok(bytes);
+        }
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Refusal::bad("the request body is not valid JSON", vec![e.to_string()]))?;
+        let reasons: Vec<String> = schema
+            .validator
+            .iter_errors(&value)
+            .take(MAX_REASONS)
+            .map(|error| {
+                let path = error.instance_path().to_string();
+                let at = if path.is_empty() { "/".to_string() } else { path };
+                format!("{at}: {}", error.masked())
+            })
+            .collect();
+        if reasons.is_empty() {
+            Ok(bytes)
+        } else {
+            Err(Refusal {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "schema_violation",
+                message: "the request body does not match the route's schema".to_string(),
+                reasons,
+            })
+        }
+    }
+}
+
+/// The request body on its way upstream: still streaming, or read whole for the schema check.
+pub enum RequestBody {
+    Stream(Incoming),
+    Buffered(Bytes),
+}
+
+impl RequestBody {
+    /// The body for reqwest (`None` when there is none), counting streamed bytes into `count`.
+    pub fn into_upstream(self, count: Arc<AtomicU64>) -> Option<reqwest::Body> {
+        match self {
+            RequestBody::Stream(body) if body.is_end_stream() => None,
+            RequestBody::Stream(body) => Some(reqwest::Body::wrap(Counted::new(body, count))),
+            RequestBody::Buffered(bytes) => {
+                count.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                Some(reqwest::Body::from(bytes))
+            }
+        }
+    }
+}
+
+impl RequestRules {
+    /// Reads and checks the body when the route has a schema; otherwise leaves it streaming.
+    pub async fn prepare_body(&self, headers: &HeaderMap, body: Incoming) -> Result<RequestBody, Refusal> {
+        if self.schema.is_none() || body.is_end_stream() {
+            return Ok(RequestBody::Stream(body));
+        }
+        self.check_body(headers, body).await.map(RequestBody::Buffered)
+    }
+}
+
+/// The pattern as the user wrote it (without the anchors added at load).
+fn display_pattern(pattern: &Regex) -> &str {
+    let text = pattern.as_str();
+    text.strip_prefix("^(?:")
+        .and_then(|t| t.strip_suffix(")$"))
+        .unwrap_or(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn rules(request: &str) -> RequestRules {
+        let text = format!("[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\n{request}\n");
+        Config::parse(&text, "t").unwrap().routes[0].request.clone()
+    }
+
+    #[test]
+    fn query_rules() {
+        let rules = rules(
+            "request.query = { page = { pattern = \"[0-9]+\" }, sort = { required = false, pattern = \"asc|desc\" } }",
+        );
+        let none = HeaderMap::new();
+        assert!(rules.check_head(Some("page=2&sort=asc"), &none, false).is_ok());
+        assert!(rules.check_head(Some("page=2"), &none, false).is_ok());
+        let refused = rules.check_head(Some("page=2x&sort=up"), &none, false).unwrap_err();
+        assert_eq!(refused.reasons.len(), 2, "{refused:?}");
+        assert!(refused.reasons[0].contains("`[0-9]+`"));
+        let refused = rules.check_head(None, &none, false).unwrap_err();
+        assert_eq!(refused.reasons, ["query parameter `page` is required"]);
+    }
+
+    #[test]
+    fn bad_pattern_is_a_config_error() {
+        let text =
+            "[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nrequest.query = { q = { pattern = \"(\" } }\n";
+        let error = Config::parse(text, "t").unwrap_err().to_string();
+        assert!(error.starts_with("t:4:35: routes.a.request.query.q.pattern"), "{error}");
+    }
+
+    #[test]
+    fn inline_schema_forms() {
+        assert!(
+            rules("request.schema = { type = \"object\", required = [\"email\"] }")
+                .schema
+                .is_some()
+        );
+        assert!(rules("request.schema = '{\"type\": \"array\"}'").schema.is_some());
+        let text = "[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nrequest.schema = { type = 12 }\n";
+        assert!(
+            Config::parse(text, "t")
+                .unwrap_err()
+                .to_string()
+                .contains("not a valid JSON Schema")
+        );
+    }
+}
