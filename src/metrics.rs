@@ -18,7 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 /// The label value for requests that matched no route.
 pub const NO_ROUTE: &str = "-";
@@ -91,10 +91,10 @@ impl Metrics {
             "Requests answered, by route, method and status",
             metrics.requests.clone(),
         );
-        registry.register_with_unit(
-            "upstream_duration",
+        // Units are part of the names; no `# UNIT` lines, which some parsers reject on histograms.
+        registry.register(
+            "upstream_duration_seconds",
             "Time until the upstream's response headers arrived, by route",
-            Unit::Seconds,
             metrics.upstream_latency.clone(),
         );
         registry.register(
@@ -102,16 +102,14 @@ impl Metrics {
             "Requests being handled or streaming right now",
             metrics.in_flight.clone(),
         );
-        registry.register_with_unit(
-            "request_body",
+        registry.register(
+            "request_body_bytes",
             "Request body bytes sent upstream, by route",
-            Unit::Bytes,
             metrics.bytes_in.clone(),
         );
-        registry.register_with_unit(
-            "response_body",
+        registry.register(
+            "response_body_bytes",
             "Response body bytes sent to clients, by route",
-            Unit::Bytes,
             metrics.bytes_out.clone(),
         );
         registry.register("reloads", "Successful config reloads", metrics.reloads.clone());
