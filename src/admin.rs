@@ -78,11 +78,7 @@ pub fn answer(
     } else {
         (METRICS_CONTENT_TYPE, metrics.render())
     };
-    let mut response = Response::new(if method == Method::HEAD {
-        empty()
-    } else {
-        full(text)
-    });
+    let mut response = Response::new(if method == Method::HEAD { empty() } else { full(text) });
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

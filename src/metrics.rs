@@ -138,7 +138,14 @@ impl Metrics {
     }
 
     /// Counts one finished request and its body bytes.
-    pub fn request_finished(&self, route: Option<&str>, method: &http::Method, status: u16, bytes_in: u64, bytes_out: u64) {
+    pub fn request_finished(
+        &self,
+        route: Option<&str>,
+        method: &http::Method,
+        status: u16,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
         let route = route.unwrap_or(NO_ROUTE).to_string();
         self.requests
             .get_or_create(&RequestLabels {
@@ -158,14 +165,18 @@ impl Metrics {
     /// Records how long the upstream took to send its response headers.
     pub fn upstream_answered(&self, route: &str, elapsed: Duration) {
         self.upstream_latency
-            .get_or_create(&RouteLabels { route: route.to_string() })
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
             .observe(elapsed.as_secs_f64());
     }
 
     /// Counts a request refused because the secret `name` was unavailable.
     pub fn secret_lookup_failed(&self, name: &str) {
         self.secret_lookup_failures
-            .get_or_create(&SecretLabels { secret: name.to_string() })
+            .get_or_create(&SecretLabels {
+                secret: name.to_string(),
+            })
             .inc();
     }
 

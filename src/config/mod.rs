@@ -228,7 +228,11 @@ fn secret_source(
         // systemd credential names are file names inside $CREDENTIALS_DIRECTORY.
         if value.contains('/') || value == "." || value == ".." {
             return Err(source
-                .error(id.span(), format!("{key}.credential"), "a credential ID is a file name, not a path")
+                .error(
+                    id.span(),
+                    format!("{key}.credential"),
+                    "a credential ID is a file name, not a path",
+                )
                 .with_help("use the ID given to `LoadCredential=ID:...`, e.g. `credential = \"openai\"`"));
         }
         return Ok(SecretSource::Credential(value));
@@ -609,7 +613,9 @@ mod tests {
         assert!(err("[secrets.a]\nenv = \"A\"\nfile = \"/x\"\n").contains("exactly one source"));
         assert!(err("[secrets.a]\ncredential = \"../etc/x\"\n").contains("not a path"));
         assert_eq!(
-            Config::parse("[secrets.a]\ncredential = \"openai\"\n", "t").unwrap().secrets["a"],
+            Config::parse("[secrets.a]\ncredential = \"openai\"\n", "t")
+                .unwrap()
+                .secrets["a"],
             SecretSource::Credential("openai".into())
         );
         let config = Config::parse(

@@ -214,7 +214,10 @@ mod tests {
             dir.path().join("openai")
         );
         let hint = SecretSource::Credential("openai".into()).how_to_set("openai");
-        assert!(hint.contains("LoadCredential=openai:") && hint.contains("systemd-creds encrypt"), "{hint}");
+        assert!(
+            hint.contains("LoadCredential=openai:") && hint.contains("systemd-creds encrypt"),
+            "{hint}"
+        );
     }
 
     #[test]

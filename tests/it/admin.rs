@@ -54,7 +54,12 @@ async fn health_and_metrics_report_the_traffic() {
     let statuses = [
         http.get(proxy.url("/gone")).send().await.unwrap().status(),
         http.get(proxy.url("/nowhere")).send().await.unwrap().status(),
-        http.post(proxy.url("/ok/x")).body("12345").send().await.unwrap().status(),
+        http.post(proxy.url("/ok/x"))
+            .body("12345")
+            .send()
+            .await
+            .unwrap()
+            .status(),
     ];
     assert_eq!(statuses.map(|s| s.as_u16()), [503, 404, 405]);
 
@@ -85,24 +90,44 @@ async fn health_and_metrics_report_the_traffic() {
         .unwrap_or_else(|e| panic!("not valid OpenMetrics: {e:?}\n{text}"));
     let requests = "secretproxy_requests";
     assert_eq!(
-        counter(&metrics, requests, &[("route", "ok"), ("method", "GET"), ("status", "200")]),
+        counter(
+            &metrics,
+            requests,
+            &[("route", "ok"), ("method", "GET"), ("status", "200")]
+        ),
         3.0
     );
     assert_eq!(
-        counter(&metrics, requests, &[("route", "gone"), ("method", "GET"), ("status", "503")]),
+        counter(
+            &metrics,
+            requests,
+            &[("route", "gone"), ("method", "GET"), ("status", "503")]
+        ),
         1.0
     );
     assert_eq!(
-        counter(&metrics, requests, &[("route", "-"), ("method", "GET"), ("status", "404")]),
+        counter(
+            &metrics,
+            requests,
+            &[("route", "-"), ("method", "GET"), ("status", "404")]
+        ),
         1.0
     );
     assert_eq!(
-        counter(&metrics, requests, &[("route", "ok"), ("method", "POST"), ("status", "405")]),
+        counter(
+            &metrics,
+            requests,
+            &[("route", "ok"), ("method", "POST"), ("status", "405")]
+        ),
         1.0
     );
     // The health request counts too; the metrics request is the one in flight.
     assert_eq!(
-        counter(&metrics, requests, &[("route", "-"), ("method", "GET"), ("status", "200")]),
+        counter(
+            &metrics,
+            requests,
+            &[("route", "-"), ("method", "GET"), ("status", "200")]
+        ),
         1.0
     );
     match sample(&metrics, "secretproxy_requests_in_flight", &[]) {
@@ -188,12 +213,25 @@ impl Netns {
         let (host, inner) = (format!("{subnet}.1"), format!("{subnet}.2"));
         let veth = format!("spv{id}");
         let ns = Netns { name, host, inner };
-        let _ = Command::new("ip").args(["netns", "del", &ns.name]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns.name])
+            .stderr(Stdio::null())
+            .status();
         ns.ip(&["netns", "add", &ns.name]);
-        ns.ip(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
+        ns.ip(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ]);
         ns.ip(&["addr", "add", &format!("{}/30", ns.host), "dev", &veth]);
         ns.ip(&["link", "set", &veth, "up"]);
-        ns.ip(&["-n", &ns.name, "addr", "add", &format!("{}/30", ns.inner), "dev", "eth0"]);
+        ns.ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{}/30", ns.inner),
+            "dev",
+            "eth0",
+        ]);
         ns.ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
         ns.ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
         ns
@@ -300,10 +338,7 @@ async fn reserved_paths_refuse_non_loopback_clients() {
     assert_eq!(routed.status(), 502);
     outputs += &routed.text().await.unwrap();
 
-    Command::new("kill")
-        .arg(daemon.id().to_string())
-        .status()
-        .unwrap();
+    Command::new("kill").arg(daemon.id().to_string()).status().unwrap();
     assert!(daemon.wait().unwrap().success());
     let logs = std::fs::read_to_string(&log_path).unwrap();
     assert_no_secret(&logs, &[SECRET], "daemon logs");

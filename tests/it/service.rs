@@ -175,11 +175,7 @@ async fn notify_ready_only_when_serving_then_stopping_on_sigterm() {
     // The moment READY=1 arrives, the port accepts and the secret is already loaded.
     let addr = status_address(&ready);
     std::net::TcpStream::connect(addr).expect("port accepts as soon as READY=1 is sent");
-    let response = client()
-        .get(format!("http://{addr}/api/charges"))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(format!("http://{addr}/api/charges")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(
         upstream.only().header("authorization"),
@@ -238,11 +234,7 @@ async fn notify_reloading_then_ready_on_sighup() {
     let ready_again = notify.expect("READY=1", Duration::from_secs(10));
     assert!(ready_again.contains("STATUS=serving 1 route"), "{ready_again:?}");
     // Still serving after the reload.
-    let response = client()
-        .get(format!("http://{addr}/api/after"))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(format!("http://{addr}/api/after")).send().await.unwrap();
     assert_eq!(response.status(), 200);
 
     daemon.signal("TERM");
@@ -386,10 +378,7 @@ fn pretty_logs_with_journal_stream(stream: Option<&str>) -> String {
         assert!(Instant::now() < deadline, "daemon did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Command::new("kill")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
+    Command::new("kill").arg(child.id().to_string()).status().unwrap();
     assert!(child.wait().unwrap().success());
     std::fs::read_to_string(&log_path).unwrap()
 }
@@ -407,12 +396,21 @@ fn journal_lines_have_priority_and_no_timestamp_or_colour() {
         // No timestamp: the level comes first (journald stamps the line itself).
         let text = rest.1.trim_start();
         assert!(
-            ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].iter().any(|l| text.starts_with(l)),
+            ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"]
+                .iter()
+                .any(|l| text.starts_with(l)),
             "{line:?}"
         );
     }
-    assert!(logs.lines().any(|l| l.starts_with("<4>") && l.contains("secret unavailable")), "{logs}");
-    assert!(logs.lines().any(|l| l.starts_with("<6>") && l.contains("listening")), "{logs}");
+    assert!(
+        logs.lines()
+            .any(|l| l.starts_with("<4>") && l.contains("secret unavailable")),
+        "{logs}"
+    );
+    assert!(
+        logs.lines().any(|l| l.starts_with("<6>") && l.contains("listening")),
+        "{logs}"
+    );
 
     // An inherited JOURNAL_STREAM that is not our stderr changes nothing: timestamps stay.
     let logs = pretty_logs_with_journal_stream(Some("1:1"));
