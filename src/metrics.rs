@@ -74,56 +74,63 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("secretproxy");
-        let metrics = Metrics {
-            registry: Registry::default(),
-            started: Instant::now(),
-            requests: Family::default(),
-            upstream_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
-            in_flight: Gauge::default(),
-            bytes_in: Family::default(),
-            bytes_out: Family::default(),
-            reloads: Counter::default(),
-            reload_failures: Counter::default(),
-            secret_lookup_failures: Family::default(),
-        };
+        let requests = Family::<RequestLabels, Counter>::default();
+        let upstream_latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let in_flight = Gauge::<i64, AtomicI64>::default();
+        let bytes_in = Family::<RouteLabels, Counter>::default();
+        let bytes_out = Family::<RouteLabels, Counter>::default();
+        let reloads = Counter::<u64, AtomicU64>::default();
+        let reload_failures = Counter::<u64, AtomicU64>::default();
+        let secret_lookup_failures = Family::<SecretLabels, Counter>::default();
         registry.register(
             "requests",
             "Requests answered, by route, method and status",
-            metrics.requests.clone(),
+            requests.clone(),
         );
         // Units are part of the names; no `# UNIT` lines, which some parsers reject on histograms.
         registry.register(
             "upstream_duration_seconds",
             "Time until the upstream's response headers arrived, by route",
-            metrics.upstream_latency.clone(),
+            upstream_latency.clone(),
         );
         registry.register(
             "requests_in_flight",
             "Requests being handled or streaming right now",
-            metrics.in_flight.clone(),
+            in_flight.clone(),
         );
         registry.register(
             "request_body_bytes",
             "Request body bytes sent upstream, by route",
-            metrics.bytes_in.clone(),
+            bytes_in.clone(),
         );
         registry.register(
             "response_body_bytes",
             "Response body bytes sent to clients, by route",
-            metrics.bytes_out.clone(),
+            bytes_out.clone(),
         );
-        registry.register("reloads", "Successful config reloads", metrics.reloads.clone());
+        registry.register("reloads", "Successful config reloads", reloads.clone());
         registry.register(
             "reload_failures",
             "Config reloads rejected (the old config stayed live)",
-            metrics.reload_failures.clone(),
+            reload_failures.clone(),
         );
         registry.register(
             "secret_lookup_failures",
             "Requests answered 503 because a secret was unavailable, by secret name",
-            metrics.secret_lookup_failures.clone(),
+            secret_lookup_failures.clone(),
         );
-        Metrics { registry, ..metrics }
+        Metrics {
+            registry,
+            started: Instant::now(),
+            requests,
+            upstream_latency,
+            in_flight,
+            bytes_in,
+            bytes_out,
+            reloads,
+            reload_failures,
+            secret_lookup_failures,
+        }
     }
 
     /// Time since the process started serving.

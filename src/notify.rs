@@ -8,6 +8,10 @@
 //! [`ready`] again when it has ended (swapped in or rejected); [`stopping`] as soon as a
 //! shutdown signal arrives, before the drain.
 
+use std::net::SocketAddr;
+
+use crate::generation::Generation;
+
 /// The one-line `STATUS=` text: what is served, and which secrets are missing (names only).
 pub fn status_text(routes: usize, listen: &str, missing: &[String]) -> String {
     let routes = match routes {
@@ -22,6 +26,16 @@ pub fn status_text(routes: usize, listen: &str, missing: &[String]) -> String {
             missing.join(", ")
         ),
     }
+}
+
+/// `READY=1` with the `STATUS=` of `generation` served on `local`: call it once startup has
+/// finished and again after every reload (swapped in or rejected) with the live generation.
+pub fn ready_serving(generation: &Generation, local: SocketAddr) {
+    ready(&status_text(
+        generation.config.routes.len(),
+        &local.to_string(),
+        &generation.missing_secrets(),
+    ));
 }
 
 /// `READY=1` with a `STATUS=` line: startup finished, or a reload ended.

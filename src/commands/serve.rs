@@ -54,11 +54,7 @@ async fn serve(config: config::Config, store: Arc<dyn SecretStore>) -> anyhow::R
     let local = listener.local_addr()?;
     tracing::info!(address = %local, config = %origin, routes, missing_secrets = missing, "listening");
     // Bound, config valid, secrets read: only now is the service ready.
-    notify::ready(&notify::status_text(
-        routes,
-        &local.to_string(),
-        &live.current().missing_secrets(),
-    ));
+    notify::ready_serving(&live.current(), local);
     let watchdog = notify::spawn_watchdog();
     server::serve(
         listener,
