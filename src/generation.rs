@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::proxy::upstream::{ClientError, Clients};
 use crate::routes::RouteTable;
 use crate::secrets::{SecretCache, SecretStore};
@@ -45,6 +46,16 @@ impl Generation {
         })
     }
 
+    /// Names of the secrets that are unavailable right now (never their values).
+    pub fn missing_secrets(&self) -> Vec<String> {
+        self.secrets
+            .status()
+            .into_iter()
+            .filter(|(_, _, error)| error.is_some())
+            .map(|(name, _, _)| name)
+            .collect()
+    }
+
     /// Logs one line per secret that could not be read: its name, source and how to set it.
     pub fn log_missing_secrets(&self) -> usize {
         let mut missing = 0;
@@ -72,10 +83,12 @@ impl Generation {
     }
 }
 
-/// The generation currently serving, swappable without blocking requests.
+/// The generation currently serving, swappable without blocking requests, and the metrics that
+/// outlive every generation.
 pub struct Live {
     current: ArcSwap<Generation>,
     next_number: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Live {
@@ -84,7 +97,13 @@ impl Live {
         Live {
             current: ArcSwap::from_pointee(generation),
             next_number: AtomicU64::new(next),
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// The process's metrics; the reload code counts reloads here.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn current(&self) -> Arc<Generation> {

@@ -11,14 +11,20 @@
 //! 4. The request streams to the upstream (reqwest + rustls); the response streams back with
 //!    hop-by-hop and cookie headers removed; an access line is logged when it ends.
 //!
+//! Paths under `/_secretproxy` never reach step 2: [`admin`] answers them (health, [`metrics`])
+//! to loopback clients only. Under systemd, [`notify`] reports readiness, reloads and shutdown.
+//!
 //! [`cli`] holds the command-line types, [`commands`] one module per subcommand, and
 //! [`telemetry`] the logging setup. Secret values only ever live in `SecretString`s and
 //! sensitive header values; no error, log line or `Debug` output carries one.
 
+pub mod admin;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod generation;
+pub mod metrics;
+pub mod notify;
 pub mod proxy;
 pub mod routes;
 pub mod secrets;

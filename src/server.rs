@@ -51,7 +51,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
                 let proxy = proxy.clone();
                 let service = service_fn(move |request| {
                     let proxy = proxy.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(request).await) }
+                    async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
                 });
                 let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                 tokio::spawn(async move {

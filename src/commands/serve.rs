@@ -1,4 +1,5 @@
-//! `secretproxy serve`: load the config, read the secrets, bind, serve until SIGTERM/SIGINT.
+//! `secretproxy serve`: load the config, read the secrets, bind (or take the socket systemd
+//! passed), tell systemd it is ready, serve until SIGTERM/SIGINT.
 
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use anyhow::Context;
 use crate::cli::ServeArgs;
 use crate::config;
 use crate::generation::{Generation, Live};
+use crate::notify;
 use crate::proxy::Proxy;
 use crate::secrets::{SecretStore, SystemStore};
 use crate::server;
@@ -40,18 +42,33 @@ async fn serve(config: config::Config, store: Arc<dyn SecretStore>) -> anyhow::R
     let routes = generation.config.routes.len();
     let live = Arc::new(Live::new(generation));
 
-    let listener = server::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = match notify::activated_listener().context("cannot use the socket passed by systemd")? {
+        Some(socket) => {
+            tracing::info!("using the listening socket passed by systemd (socket activation)");
+            tokio::net::TcpListener::from_std(socket)?
+        }
+        None => server::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?,
+    };
     let local = listener.local_addr()?;
     tracing::info!(address = %local, config = %origin, routes, missing_secrets = missing, "listening");
+    // Bound, config valid, secrets read: only now is the service ready.
+    notify::ready_serving(&live.current(), local);
+    let watchdog = notify::spawn_watchdog();
     server::serve(
         listener,
         Arc::new(Proxy::new(live)),
-        shutdown_signal(),
+        async {
+            shutdown_signal().await;
+            notify::stopping();
+        },
         server::DEFAULT_DRAIN,
     )
     .await;
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     Ok(())
 }
 

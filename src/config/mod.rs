@@ -224,12 +224,17 @@ fn secret_source(
     key: &str,
     source: &Source<'_>,
 ) -> Result<SecretSource, ConfigError> {
-    let given = [raw.keyring.is_some(), raw.env.is_some(), raw.file.is_some()];
+    let given = [
+        raw.keyring.is_some(),
+        raw.env.is_some(),
+        raw.file.is_some(),
+        raw.credential.is_some(),
+    ];
     if given.iter().filter(|g| **g).count() != 1 {
         return Err(source
             .error(span, key, "a secret needs exactly one source")
             .with_help(format!(
-                "write one of `keyring = \"{name}\"`, `env = \"VAR\"` or `file = \"/path\"`"
+                "write one of `keyring = \"{name}\"`, `env = \"VAR\"`, `file = \"/path\"` or `credential = \"{name}\"`"
             )));
     }
     let non_empty = |value: &toml::Spanned<String>, field: &str| -> Result<String, ConfigError> {
@@ -255,6 +260,20 @@ fn secret_source(
     }
     if let Some(var) = &raw.env {
         return Ok(SecretSource::Env(non_empty(var, "env")?));
+    }
+    if let Some(id) = &raw.credential {
+        let value = non_empty(id, "credential")?;
+        // systemd credential names are file names inside $CREDENTIALS_DIRECTORY.
+        if value.contains('/') || value == "." || value == ".." {
+            return Err(source
+                .error(
+                    id.span(),
+                    format!("{key}.credential"),
+                    "a credential ID is a file name, not a path",
+                )
+                .with_help("use the ID given to `LoadCredential=ID:...`, e.g. `credential = \"openai\"`"));
+        }
+        return Ok(SecretSource::Credential(value));
     }
     let file = raw.file.as_ref().expect("exactly one source is set");
     Ok(SecretSource::File(PathBuf::from(non_empty(file, "file")?)))
@@ -633,6 +652,13 @@ mod tests {
     #[test]
     fn secret_needs_one_source() {
         assert!(err("[secrets.a]\nenv = \"A\"\nfile = \"/x\"\n").contains("exactly one source"));
+        assert!(err("[secrets.a]\ncredential = \"../etc/x\"\n").contains("not a path"));
+        assert_eq!(
+            Config::parse("[secrets.a]\ncredential = \"openai\"\n", "t")
+                .unwrap()
+                .secrets["a"],
+            SecretSource::Credential("openai".into())
+        );
         let config = Config::parse(
             "[secrets.a]\nkeyring = \"acct\"\n[secrets.b]\nkeyring = { service = \"gh\", account = \"me\" }\n",
             "t",

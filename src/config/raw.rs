@@ -33,6 +33,8 @@ pub struct RawSecret {
     pub keyring: Option<Spanned<RawKeyring>>,
     pub env: Option<Spanned<String>>,
     pub file: Option<Spanned<String>>,
+    /// A systemd credential ID, read from `$CREDENTIALS_DIRECTORY/ID`.
+    pub credential: Option<Spanned<String>>,
 }
 
 /// `keyring = "account"` or `keyring = { service = "...", account = "..." }`.

@@ -14,6 +14,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 
+use crate::metrics::InFlight;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The response body type of every answer the proxy gives.
@@ -78,11 +80,21 @@ pub struct AccessRecord {
     pub error: Option<&'static str>,
     pub started: Instant,
     pub bytes_in: Arc<AtomicU64>,
+    /// Holds the request in the in-flight gauge until the line is written; counts it then.
+    pub in_flight: InFlight,
 }
 
 impl AccessRecord {
     fn emit(self, bytes_out: u64, outcome: &'static str) {
         let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        self.in_flight.metrics().request_finished(
+            self.route.as_deref(),
+            &self.method,
+            self.status,
+            bytes_in,
+            bytes_out,
+        );
         tracing::info!(
             target: "secretproxy::access",
             method = %self.method,
@@ -93,7 +105,7 @@ impl AccessRecord {
             upstream_status = self.upstream_status,
             error = self.error,
             duration_ms = (duration_ms * 1000.0).round() / 1000.0,
-            bytes_in = self.bytes_in.load(Ordering::Relaxed),
+            bytes_in,
             bytes_out,
             outcome,
             "request"

@@ -13,6 +13,7 @@ pub mod transform;
 pub mod upstream;
 pub mod validate;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
@@ -24,7 +25,9 @@ use hyper::body::Incoming;
 use secrecy::SecretString;
 use tracing::instrument;
 
+use crate::admin;
 use crate::generation::{Generation, Live};
+use crate::metrics::Metrics;
 use crate::routes::{Lookup, allow_header};
 use body::{AccessRecord, Logged, ProxyBody};
 use error::ProxyError;
@@ -52,15 +55,27 @@ impl Proxy {
         &self.live
     }
 
-    /// Answers one client request. Never fails: errors become JSON responses.
+    /// Answers one client request from `peer`. Never fails: errors become JSON responses.
     #[instrument(skip_all, name = "request")]
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<Logged> {
+    pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Logged> {
         let started = Instant::now();
+        let in_flight = self.live.metrics().request_started();
         let generation = self.live.current();
         let method = request.method().clone();
         let path = request.uri().path().to_string();
         let bytes_in = Arc::new(AtomicU64::new(0));
-        let outcome = forward(&generation, request, bytes_in.clone()).await;
+        let outcome = if admin::is_reserved(&path) {
+            let (response, error) = admin::answer(&method, &path, peer, &generation, self.live.metrics());
+            Outcome {
+                response,
+                route: None,
+                query: None,
+                upstream_status: None,
+                error,
+            }
+        } else {
+            forward(&generation, self.live.metrics(), request, bytes_in.clone()).await
+        };
         let record = AccessRecord {
             method,
             route: outcome.route,
@@ -71,12 +86,18 @@ impl Proxy {
             error: outcome.error,
             started,
             bytes_in,
+            in_flight,
         };
         outcome.response.map(|body| Logged::new(body, record))
     }
 }
 
-async fn forward(generation: &Generation, request: Request<Incoming>, bytes_in: Arc<AtomicU64>) -> Outcome {
+async fn forward(
+    generation: &Generation,
+    metrics: &Metrics,
+    request: Request<Incoming>,
+    bytes_in: Arc<AtomicU64>,
+) -> Outcome {
     let fail = |error: ProxyError, route: Option<&str>| Outcome {
         error: Some(error.code()),
         response: error.into_response(route),
@@ -151,6 +172,7 @@ async fn forward(generation: &Generation, request: Request<Incoming>, bytes_in: 
         match generation.secrets.get(name).await {
             Ok(value) => values.push((name.as_str(), value)),
             Err(error) => {
+                metrics.secret_lookup_failed(name);
                 let source = generation.secrets.source(name).expect("declared");
                 let error = ProxyError::SecretUnavailable {
                     secret: name.clone(),
@@ -221,7 +243,11 @@ async fn forward(generation: &Generation, request: Request<Incoming>, bytes_in: 
     *outbound.body_mut() = body.into_upstream(bytes_in);
 
     let client = generation.clients.get(&route.name);
+    let sent_at = Instant::now();
     let sent = tokio::time::timeout(route.response_timeout, client.execute(outbound)).await;
+    if let Ok(Ok(_)) = &sent {
+        metrics.upstream_answered(&route.name, sent_at.elapsed());
+    }
     let secret_values: Vec<Arc<SecretString>> = values.into_iter().map(|(_, v)| v).collect();
     let upstream_response = match sent {
         Err(_) => {

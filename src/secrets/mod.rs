@@ -21,6 +21,8 @@ pub enum SecretSource {
     Env(String),
     /// A file; one trailing newline is trimmed.
     File(PathBuf),
+    /// A systemd credential: the file `$CREDENTIALS_DIRECTORY/ID` (`LoadCredential=ID:...`).
+    Credential(String),
 }
 
 impl std::fmt::Display for SecretSource {
@@ -31,6 +33,7 @@ impl std::fmt::Display for SecretSource {
             }
             SecretSource::Env(var) => write!(f, "environment variable `{var}`"),
             SecretSource::File(path) => write!(f, "file `{}`", path.display()),
+            SecretSource::Credential(id) => write!(f, "systemd credential `{id}`"),
         }
     }
 }
@@ -44,6 +47,9 @@ impl SecretSource {
             ),
             SecretSource::Env(var) => format!("set `{var}` in the daemon's environment"),
             SecretSource::File(path) => format!("write the secret to `{}`", path.display()),
+            SecretSource::Credential(id) => format!(
+                "pass it to the service with `LoadCredential={id}:/path/to/file` or `LoadCredentialEncrypted={id}:/path/to/{id}.cred` (made with `systemd-creds encrypt --name={id} plain {id}.cred`)"
+            ),
         }
     }
 }
@@ -91,13 +97,11 @@ impl SecretStore for SystemStore {
                     });
                 }
             },
-            SecretSource::File(path) => read_file(path).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => missing(source),
-                _ => LookupError::Invalid {
-                    from: source.to_string(),
-                    detail: e.kind().to_string(),
-                },
-            })?,
+            SecretSource::File(path) => read_file(path).map_err(|e| file_error(source, &e))?,
+            SecretSource::Credential(id) => {
+                let path = credential_path(std::env::var_os(CREDENTIALS_DIRECTORY).as_deref(), id)?;
+                read_file(&path).map_err(|e| file_error(source, &e))?
+            }
         };
         if value.expose_secret().is_empty() {
             return Err(LookupError::Invalid {
@@ -106,6 +110,31 @@ impl SecretStore for SystemStore {
             });
         }
         Ok(value)
+    }
+}
+
+/// The variable systemd sets to the directory holding a unit's credentials.
+pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+/// Where the credential `id` lives, given the value of `$CREDENTIALS_DIRECTORY`.
+pub fn credential_path(dir: Option<&std::ffi::OsStr>, id: &str) -> Result<PathBuf, LookupError> {
+    match dir {
+        Some(dir) if !dir.is_empty() => Ok(std::path::Path::new(dir).join(id)),
+        _ => Err(LookupError::Missing {
+            from: format!(
+                "systemd credential `{id}`: ${CREDENTIALS_DIRECTORY} is not set (the daemon is not running under a systemd unit with `LoadCredential=`)"
+            ),
+        }),
+    }
+}
+
+fn file_error(source: &SecretSource, error: &std::io::Error) -> LookupError {
+    match error.kind() {
+        std::io::ErrorKind::NotFound => missing(source),
+        kind => LookupError::Invalid {
+            from: source.to_string(),
+            detail: kind.to_string(),
+        },
     }
 }
 
@@ -172,6 +201,23 @@ mod tests {
             .fetch(&SecretSource::File(dir.path().join("none")))
             .unwrap_err();
         assert!(matches!(missing, LookupError::Missing { .. }));
+    }
+
+    #[test]
+    fn credential_needs_the_credentials_directory() {
+        let error = credential_path(None, "openai").unwrap_err().to_string();
+        assert!(error.contains("$CREDENTIALS_DIRECTORY is not set"), "{error}");
+        assert!(error.contains("`openai`"), "{error}");
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            credential_path(Some(dir.path().as_os_str()), "openai").unwrap(),
+            dir.path().join("openai")
+        );
+        let hint = SecretSource::Credential("openai".into()).how_to_set("openai");
+        assert!(
+            hint.contains("LoadCredential=openai:") && hint.contains("systemd-creds encrypt"),
+            "{hint}"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! All integration tests, in one binary: real upstreams on 127.0.0.1:0, the proxy in process or
 //! as the built binary, and the real Secret Service (started by scripts/test).
 
+mod admin;
 mod api_shape;
 mod api_static;
 mod api_uploads;
@@ -10,3 +11,4 @@ mod daemon;
 mod harness;
 mod keyring;
 mod proxy;
+mod service;

@@ -1,0 +1,146 @@
+//! The proxy's own endpoints under the reserved `/_secretproxy` prefix: `health` (JSON) and
+//! `metrics` (Prometheus text).
+//!
+//! Invariants: a request whose path starts with [`PREFIX`] is answered here and never reaches
+//! route matching, so it is never forwarded, whatever routes exist (config validation also
+//! refuses routes under the prefix). Only loopback peers are answered — judged by the TCP peer
+//! address of the connection, never by a header a client can write — because health and metrics
+//! describe the daemon (route and secret names) to whoever asks. Nothing here reads a secret
+//! value: health reports only names of missing secrets.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use serde_json::json;
+
+use crate::generation::Generation;
+use crate::metrics::Metrics;
+use crate::proxy::body::{ProxyBody, empty, full};
+
+/// Every path starting with this belongs to the proxy itself.
+pub const PREFIX: &str = "/_secretproxy";
+
+/// The media type of [`Metrics::render`]'s output (OpenMetrics text, which Prometheus reads).
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// True when `path` is under the reserved prefix (including look-alikes such as
+/// `/_secretproxyX`, so no route can ever be reached with such a path either).
+pub fn is_reserved(path: &str) -> bool {
+    path.starts_with(PREFIX)
+}
+
+/// True when the connection comes from this machine's loopback interface: 127.0.0.0/8, `::1`,
+/// or an IPv4-mapped loopback address on a dual-stack socket.
+pub fn is_loopback_peer(peer: SocketAddr) -> bool {
+    match peer.ip().to_canonical() {
+        IpAddr::V4(ip) => ip.is_loopback(),
+        IpAddr::V6(ip) => ip.is_loopback(),
+    }
+}
+
+/// Answers a request under [`PREFIX`]. Returns the response and, for the access log, an error
+/// code when it was refused.
+pub fn answer(
+    method: &Method,
+    path: &str,
+    peer: SocketAddr,
+    generation: &Generation,
+    metrics: &Metrics,
+) -> (Response<ProxyBody>, Option<&'static str>) {
+    if !is_loopback_peer(peer) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the /_secretproxy endpoints answer loopback clients only",
+        );
+    }
+    let endpoint = path.strip_prefix(PREFIX).unwrap_or_default();
+    if !matches!(endpoint, "/health" | "/metrics") {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "no_endpoint",
+            "unknown endpoint; the proxy serves /_secretproxy/health and /_secretproxy/metrics",
+        );
+    }
+    if method != Method::GET && method != Method::HEAD {
+        let (mut response, code) = refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "the /_secretproxy endpoints take GET and HEAD",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return (response, code);
+    }
+    let (content_type, text) = if endpoint == "/health" {
+        ("application/json", health(generation, metrics).to_string())
+    } else {
+        (METRICS_CONTENT_TYPE, metrics.render())
+    };
+    let mut response = Response::new(if method == Method::HEAD { empty() } else { full(text) });
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    (response, None)
+}
+
+/// The health document: always `200`; `status` is `degraded` while a secret is missing.
+pub fn health(generation: &Generation, metrics: &Metrics) -> serde_json::Value {
+    let missing = generation.missing_secrets();
+    json!({
+        "status": if missing.is_empty() { "ok" } else { "degraded" },
+        "routes": generation.config.routes.len(),
+        "missing_secrets": missing,
+        "uptime_seconds": metrics.uptime().as_secs(),
+        "config_generation": generation.number,
+    })
+}
+
+fn refuse(status: StatusCode, code: &'static str, message: &str) -> (Response<ProxyBody>, Option<&'static str>) {
+    let body = json!({ "error": message, "code": code }).to_string();
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    (response, Some(code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(ip: &str) -> SocketAddr {
+        SocketAddr::new(ip.parse().unwrap(), 40000)
+    }
+
+    #[test]
+    fn only_loopback_peers_count_as_local() {
+        for ip in ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"] {
+            assert!(is_loopback_peer(peer(ip)), "{ip}");
+        }
+        for ip in [
+            "192.0.2.7",
+            "10.0.0.1",
+            "0.0.0.0",
+            "::",
+            "::ffff:192.0.2.7",
+            "fe80::1",
+            "fd00::2",
+            // IPv4-compatible (deprecated) form of 127.0.0.1 is not loopback for the kernel.
+            "::127.0.0.1",
+        ] {
+            assert!(!is_loopback_peer(peer(ip)), "{ip}");
+        }
+    }
+
+    #[test]
+    fn reserved_paths() {
+        assert!(is_reserved("/_secretproxy/health"));
+        assert!(is_reserved("/_secretproxy"));
+        assert!(is_reserved("/_secretproxyfoo"));
+        assert!(!is_reserved("/api/_secretproxy/health"));
+        assert!(!is_reserved("/_SecretProxy/health"));
+    }
+}

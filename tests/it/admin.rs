@@ -1,0 +1,346 @@
+//! `/_secretproxy/health` and `/_secretproxy/metrics`: content after real traffic, the metrics
+//! text parsed as OpenMetrics/Prometheus exposition, the prefix never forwarded, and refusal of
+//! non-loopback clients over a real veth link into a network namespace the test creates.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
+
+use crate::harness::{TestProxy, Upstream, assert_no_secret, client};
+
+const SECRET: &str = "sk_admin_Metrics_5150";
+
+type Exposition = MetricsExposition<OpenMetricsType, OpenMetricsValue>;
+
+/// The value of the sample of `family` whose labels are exactly `labels`.
+fn sample(metrics: &Exposition, family: &str, labels: &[(&str, &str)]) -> Option<OpenMetricsValue> {
+    let family = metrics.families.get(family)?;
+    family
+        .iter_samples()
+        .find(|s| {
+            let set = s.get_labelset().unwrap();
+            set.iter().count() == labels.len() && labels.iter().all(|(k, v)| set.get_label_value(k) == Some(*v))
+        })
+        .map(|s| s.value.clone())
+}
+
+fn counter(metrics: &Exposition, family: &str, labels: &[(&str, &str)]) -> f64 {
+    match sample(metrics, family, labels) {
+        Some(OpenMetricsValue::Counter(c)) => c.value.as_f64(),
+        other => panic!("{family}{labels:?} is not a counter: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn health_and_metrics_report_the_traffic() {
+    let upstream = Upstream::echo().await;
+    let proxy = TestProxy::builder()
+        .secret("key", SECRET)
+        .secret_toml("[secrets.gone]\nenv = \"SECRETPROXY_TEST_NEVER_SET\"")
+        .toml(&format!(
+            "[routes.ok]\npath = \"/ok/{{*rest}}\"\nmethods = [\"GET\"]\nupstream = \"{u}/{{rest}}\"\nauth = {{ bearer = \"key\" }}\n\
+             [routes.gone]\npath = \"/gone\"\nupstream = \"{u}/gone\"\nauth = {{ bearer = \"gone\" }}\n",
+            u = upstream.url()
+        ))
+        .start()
+        .await;
+    let http = client();
+    for i in 0..3 {
+        let response = http.get(proxy.url(&format!("/ok/{i}"))).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+    }
+    let statuses = [
+        http.get(proxy.url("/gone")).send().await.unwrap().status(),
+        http.get(proxy.url("/nowhere")).send().await.unwrap().status(),
+        http.post(proxy.url("/ok/x"))
+            .body("12345")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+    ];
+    assert_eq!(statuses.map(|s| s.as_u16()), [503, 404, 405]);
+
+    let response = http.get(proxy.url("/_secretproxy/health")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let health_text = response.text().await.unwrap();
+    let health: serde_json::Value = serde_json::from_str(&health_text).unwrap();
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["routes"], 2);
+    assert_eq!(health["missing_secrets"], serde_json::json!(["gone"]));
+    assert_eq!(health["config_generation"], 1);
+    assert!(health["uptime_seconds"].as_u64().is_some(), "{health}");
+
+    let response = http.get(proxy.url("/_secretproxy/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
+        "{:?}",
+        response.headers()
+    );
+    let text = response.text().await.unwrap();
+    // OpenMetrics is the format Prometheus asks for first (and what the Content-Type says).
+    let metrics = openmetrics_parser::openmetrics::parse_openmetrics(&text)
+        .unwrap_or_else(|e| panic!("not valid OpenMetrics: {e:?}\n{text}"));
+    let requests = "secretproxy_requests";
+    assert_eq!(
+        counter(
+            &metrics,
+            requests,
+            &[("route", "ok"), ("method", "GET"), ("status", "200")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            requests,
+            &[("route", "gone"), ("method", "GET"), ("status", "503")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            requests,
+            &[("route", "-"), ("method", "GET"), ("status", "404")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            requests,
+            &[("route", "ok"), ("method", "POST"), ("status", "405")]
+        ),
+        1.0
+    );
+    // The health request counts too; the metrics request is the one in flight.
+    assert_eq!(
+        counter(
+            &metrics,
+            requests,
+            &[("route", "-"), ("method", "GET"), ("status", "200")]
+        ),
+        1.0
+    );
+    match sample(&metrics, "secretproxy_requests_in_flight", &[]) {
+        Some(OpenMetricsValue::Gauge(n)) => assert_eq!(n.as_f64(), 1.0),
+        other => panic!("in-flight gauge: {other:?}"),
+    }
+    match sample(&metrics, "secretproxy_upstream_duration_seconds", &[("route", "ok")]) {
+        Some(OpenMetricsValue::Histogram(h)) => {
+            assert_eq!(h.count, Some(3));
+            assert!(h.sum.unwrap().as_f64() > 0.0);
+        }
+        other => panic!("latency histogram: {other:?}"),
+    }
+    assert!(counter(&metrics, "secretproxy_response_body_bytes", &[("route", "ok")]) > 0.0);
+    assert_eq!(
+        counter(&metrics, "secretproxy_secret_lookup_failures", &[("secret", "gone")]),
+        1.0
+    );
+    assert_eq!(counter(&metrics, "secretproxy_reloads", &[]), 0.0);
+    assert_eq!(counter(&metrics, "secretproxy_reload_failures", &[]), 0.0);
+
+    assert_eq!(upstream.received().len(), 3, "only the /ok requests reach the upstream");
+    assert_no_secret(&health_text, &[SECRET], "health");
+    assert_no_secret(&text, &[SECRET], "metrics");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn reserved_paths_are_never_forwarded() {
+    let upstream = Upstream::echo().await;
+    // A catch-all route would take any path, the reserved ones included, if they were routed.
+    let proxy = TestProxy::builder()
+        .secret("key", SECRET)
+        .toml(&format!(
+            "[routes.all]\npath = \"/{{*rest}}\"\nmethods = [\"GET\", \"HEAD\", \"POST\"]\nupstream = \"{}/{{rest}}\"\nauth = {{ bearer = \"key\" }}\n",
+            upstream.url()
+        ))
+        .start()
+        .await;
+    let http = client();
+    let cases = [
+        ("GET", "/_secretproxy/health", 200),
+        ("HEAD", "/_secretproxy/metrics", 200),
+        ("GET", "/_secretproxy/other", 404),
+        ("GET", "/_secretproxy", 404),
+        ("GET", "/_secretproxyX/health", 404),
+        ("POST", "/_secretproxy/health", 405),
+    ];
+    let mut bodies = String::new();
+    for (method, path, status) in cases {
+        let response = http
+            .request(method.parse().unwrap(), proxy.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{method} {path}");
+        if status == 405 {
+            assert_eq!(response.headers()["allow"], "GET, HEAD");
+        }
+        bodies += &response.text().await.unwrap();
+    }
+    assert!(upstream.received().is_empty(), "{:?}", upstream.received());
+    // The catch-all still works for other paths.
+    assert_eq!(http.get(proxy.url("/x")).send().await.unwrap().status(), 200);
+    assert_eq!(upstream.only().target, "/x");
+    assert_no_secret(&bodies, &[SECRET], "reserved-path bodies");
+    proxy.shutdown().await;
+}
+
+/// A network namespace joined to this one by a veth pair: `host` on our side, `inner` inside.
+/// Deleting the namespace removes both ends of the link.
+struct Netns {
+    name: String,
+    host: String,
+    inner: String,
+}
+
+impl Netns {
+    fn create() -> Netns {
+        let id = std::process::id() % 50_000;
+        let name = format!("sp-test-{id}");
+        let subnet = format!("10.213.{}", id % 250);
+        let (host, inner) = (format!("{subnet}.1"), format!("{subnet}.2"));
+        let veth = format!("spv{id}");
+        let ns = Netns { name, host, inner };
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns.name])
+            .stderr(Stdio::null())
+            .status();
+        ns.ip(&["netns", "add", &ns.name]);
+        ns.ip(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ]);
+        ns.ip(&["addr", "add", &format!("{}/30", ns.host), "dev", &veth]);
+        ns.ip(&["link", "set", &veth, "up"]);
+        ns.ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{}/30", ns.inner),
+            "dev",
+            "eth0",
+        ]);
+        ns.ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
+        ns.ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let output = Command::new("ip").args(args).output().expect("iproute2 is installed");
+        assert!(
+            output.status.success(),
+            "`ip {}` failed (this test needs root or CAP_NET_ADMIN to create a network namespace): {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// A command run inside the namespace.
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// The daemon runs inside the namespace listening on all of its addresses. A loopback client
+/// (curl, inside the namespace) gets health and metrics; a client coming over the veth link
+/// (this test process, peer address 10.213.x.1) is refused on both, while the same client gets
+/// ordinary proxy answers on other paths — so the refusal is about the peer, not the link.
+#[tokio::test]
+async fn reserved_paths_refuse_non_loopback_clients() {
+    let ns = Netns::create();
+    let dir = tempfile::tempdir().unwrap();
+    let secret_path = dir.path().join("key");
+    std::fs::write(&secret_path, SECRET).unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[secrets.key]\nfile = {:?}\n[routes.a]\npath = \"/a\"\nupstream = \"http://127.0.0.1:9/a\"\nauth = {{ bearer = \"key\" }}\n",
+            secret_path.display().to_string()
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let mut daemon = ns
+        .command(env!("CARGO_BIN_EXE_secretproxy"))
+        .args(["serve", "--log-format", "json", "--listen", "0.0.0.0:0", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let port = loop {
+        let logs = std::fs::read_to_string(&log_path).unwrap();
+        if let Some(port) = logs
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["message"] == "listening")
+            .and_then(|v| v["address"].as_str()?.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.port())
+        {
+            break port;
+        }
+        assert!(Instant::now() < deadline, "daemon did not start:\n{logs}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+
+    let mut outputs = String::new();
+    for path in ["/_secretproxy/health", "/_secretproxy/metrics"] {
+        // Loopback, inside the namespace: answered.
+        let local = ns
+            .command("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://127.0.0.1:{port}{path}"))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&local.stdout), "200", "{path} from loopback");
+
+        // Over the veth link: refused.
+        let response = client()
+            .get(format!("http://{}:{port}{path}", ns.inner))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{path} from {}", ns.host);
+        let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        assert_eq!(body["code"], "forbidden");
+        outputs += &body.to_string();
+    }
+    // The same remote client reaches the proxy itself (here: a 502 from the dead upstream).
+    let routed = client()
+        .get(format!("http://{}:{port}/a", ns.inner))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(routed.status(), 502);
+    outputs += &routed.text().await.unwrap();
+
+    Command::new("kill").arg(daemon.id().to_string()).status().unwrap();
+    assert!(daemon.wait().unwrap().success());
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert_no_secret(&logs, &[SECRET], "daemon logs");
+    assert_no_secret(&outputs, &[SECRET], "responses");
+}
