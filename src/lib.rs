@@ -34,12 +34,22 @@ pub const EXIT_CONFIG: u8 = 78;
 pub fn run(cli: cli::Cli) -> ExitCode {
     let result = match cli.command {
         cli::Command::Serve(args) => commands::serve::run(args),
+        cli::Command::Init(args) => commands::init::run(args),
+        cli::Command::Check(args) => commands::check::run(args),
+        cli::Command::Route(command) => commands::route::run(command),
+        cli::Command::Secret(command) => commands::secret::run(command),
+        cli::Command::Completions(args) => commands::completions::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            if err.downcast_ref::<config::ConfigError>().is_some() {
+            if err.chain().any(|cause| {
+                cause.is::<config::ConfigError>()
+                    || cause
+                        .downcast_ref::<config::edit::EditError>()
+                        .is_some_and(config::edit::EditError::is_config_error)
+            }) {
                 ExitCode::from(EXIT_CONFIG)
             } else {
                 ExitCode::FAILURE

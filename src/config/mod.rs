@@ -4,6 +4,7 @@
 //!
 //! Parsing works on a `&str` so tests need no disk; [`load`] adds the file lookup order.
 
+pub mod edit;
 mod error;
 mod raw;
 pub mod template;
@@ -31,6 +32,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The keyring service used for `keyring = "account"`.
 pub const KEYRING_SERVICE: &str = "secretproxy";
+/// Default time in-flight requests get to finish after SIGTERM/SIGINT.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -45,6 +48,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// How long in-flight requests and streams may run on after SIGTERM/SIGINT.
+    pub shutdown_timeout: Duration,
 }
 
 /// One entry of the route table.
@@ -139,6 +144,18 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
         })?,
         None => DEFAULT_LISTEN.parse().expect("default listen address is valid"),
     };
+    let shutdown_timeout = match &raw.server.shutdown_timeout {
+        Some(text) => humantime::parse_duration(text.get_ref()).map_err(|_| {
+            source
+                .error(
+                    text.span(),
+                    "server.shutdown-timeout",
+                    format!("`{}` is not a duration", text.get_ref()),
+                )
+                .with_help("e.g. \"30s\", \"2m\"; \"0s\" stops at once")
+        })?,
+        None => DEFAULT_SHUTDOWN_TIMEOUT,
+    };
 
     let mut secrets = BTreeMap::new();
     for (name, secret) in &raw.secrets {
@@ -173,7 +190,10 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
 
     Ok(Config {
         origin: source.name.to_string(),
-        server: ServerConfig { listen },
+        server: ServerConfig {
+            listen,
+            shutdown_timeout,
+        },
         secrets,
         routes,
     })
