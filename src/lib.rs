@@ -11,6 +11,9 @@
 //! 4. The request streams to the upstream (reqwest + rustls); the response streams back with
 //!    hop-by-hop and cookie headers removed; an access line is logged when it ends.
 //!
+//! A running daemon swaps in a new generation when its config file changes or on SIGHUP
+//! ([`reload`]); SIGTERM/SIGINT drain in-flight requests before exit ([`shutdown`], [`server`]).
+//!
 //! [`cli`] holds the command-line types, [`commands`] one module per subcommand, and
 //! [`telemetry`] the logging setup. Secret values only ever live in `SecretString`s and
 //! sensitive header values; no error, log line or `Debug` output carries one.
@@ -20,9 +23,11 @@ pub mod commands;
 pub mod config;
 pub mod generation;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 pub mod secrets;
 pub mod server;
+pub mod shutdown;
 pub mod telemetry;
 
 use std::process::ExitCode;
