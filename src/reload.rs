@@ -116,7 +116,7 @@ impl Reloader {
             Err(error) => tracing::error!(
                 %trigger,
                 config = %self.path.display(),
-                error = %error,
+                error = %with_causes(error),
                 "config reload failed; the previous config stays live"
             ),
         }
@@ -167,6 +167,18 @@ impl Reloader {
             );
         }
     }
+}
+
+/// `error: cause: cause`, as the command line prints errors.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The running watcher and SIGHUP handler; dropping it stops both.

@@ -61,7 +61,15 @@ pub fn routes_table(config: &Config) -> Table {
 
 /// Each declared secret, where it comes from, and whether it can be read right now.
 pub struct SecretReport {
-    pub rows: Vec<(String, SecretSource, Result<(), LookupError>, Vec<String>)>,
+    pub rows: Vec<SecretRow>,
+}
+
+pub struct SecretRow {
+    pub name: String,
+    pub source: SecretSource,
+    pub status: Result<(), LookupError>,
+    /// The routes that inject it.
+    pub users: Vec<String>,
 }
 
 impl SecretReport {
@@ -78,7 +86,12 @@ impl SecretReport {
                     .filter(|r| r.secrets.contains(name))
                     .map(|r| r.name.clone())
                     .collect();
-                (name.clone(), source.clone(), status, users)
+                SecretRow {
+                    name: name.clone(),
+                    source: source.clone(),
+                    status,
+                    users,
+                }
             })
             .collect();
         SecretReport { rows }
@@ -86,15 +99,15 @@ impl SecretReport {
 
     pub fn table(&self) -> Table {
         let mut table = Table::new(["SECRET", "SOURCE", "STATUS", "ROUTES"]);
-        for (name, source, status, users) in &self.rows {
+        for row in &self.rows {
             table.row([
-                name.clone(),
-                source.to_string(),
-                status_text(status),
-                if users.is_empty() {
+                row.name.clone(),
+                row.source.to_string(),
+                status_text(&row.status),
+                if row.users.is_empty() {
                     "-".to_string()
                 } else {
-                    users.join(",")
+                    row.users.join(",")
                 },
             ]);
         }
@@ -105,8 +118,11 @@ impl SecretReport {
     pub fn problems(&self) -> Vec<(String, SecretSource, LookupError)> {
         self.rows
             .iter()
-            .filter_map(|(name, source, status, _)| {
-                status.as_ref().err().map(|e| (name.clone(), source.clone(), e.clone()))
+            .filter_map(|row| {
+                row.status
+                    .as_ref()
+                    .err()
+                    .map(|e| (row.name.clone(), row.source.clone(), e.clone()))
             })
             .collect()
     }

@@ -17,7 +17,7 @@ use super::{Config, ConfigError};
 #[derive(Debug, thiserror::Error)]
 pub enum EditError {
     #[error(transparent)]
-    Read(#[from] ConfigError),
+    Read(Box<ConfigError>),
     #[error("cannot write {path}")]
     Write {
         path: PathBuf,
@@ -36,8 +36,14 @@ pub enum EditError {
     Invalid {
         path: PathBuf,
         #[source]
-        source: ConfigError,
+        source: Box<ConfigError>,
     },
+}
+
+impl From<ConfigError> for EditError {
+    fn from(error: ConfigError) -> Self {
+        EditError::Read(Box::new(error))
+    }
 }
 
 impl EditError {
@@ -166,7 +172,7 @@ impl ConfigFile {
         let text = self.text();
         let config = Config::parse(&text, &self.path.display().to_string()).map_err(|source| EditError::Invalid {
             path: self.path.clone(),
-            source,
+            source: Box::new(source),
         })?;
         write_atomic(&self.path, &text).map_err(|source| EditError::Write {
             path: self.path.clone(),

@@ -85,7 +85,12 @@ async fn twenty_rewrites_under_load_drop_no_request_and_new_routes_take_effect()
             .send()
             .await
             .unwrap();
-        assert_eq!(old.status(), 404, "the route of version {} is still served", version - 1);
+        assert_eq!(
+            old.status(),
+            404,
+            "the route of version {} is still served",
+            version - 1
+        );
     }
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
@@ -93,7 +98,11 @@ async fn twenty_rewrites_under_load_drop_no_request_and_new_routes_take_effect()
 
     let failures = failures.lock().unwrap().clone();
     let sent = sent.load(Ordering::Relaxed);
-    assert!(failures.is_empty(), "{} of {sent} requests failed: {failures:?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed: {failures:?}",
+        failures.len()
+    );
     assert!(sent >= 20, "the load loop sent only {sent} requests");
     assert!(elapsed < Duration::from_secs(60), "20 reloads took {elapsed:?}");
     let stable = upstream
@@ -123,7 +132,10 @@ async fn invalid_edit_is_logged_with_its_location_and_the_old_table_keeps_servin
     // A misspelled key, saved by rename.
     write_by_rename(
         &daemon.config_path,
-        &format!("{good}[routes.b]\npath = \"/b\"\nupstrem = \"{u}/b\"\n", u = upstream.url()),
+        &format!(
+            "{good}[routes.b]\npath = \"/b\"\nupstrem = \"{u}/b\"\n",
+            u = upstream.url()
+        ),
     );
     let logs = daemon.wait_for_log("config reload failed", 1, Duration::from_secs(10));
     let expected = format!(
@@ -136,7 +148,10 @@ async fn invalid_edit_is_logged_with_its_location_and_the_old_table_keeps_servin
     // A semantic error, written in place.
     std::fs::write(
         &daemon.config_path,
-        format!("{good}[routes.b]\npath = \"/b\"\nupstream = \"{u}/b\"\nheaders = {{ X = \"${{nope}}\" }}\n", u = upstream.url()),
+        format!(
+            "{good}[routes.b]\npath = \"/b\"\nupstream = \"{u}/b\"\nheaders = {{ X = \"${{nope}}\" }}\n",
+            u = upstream.url()
+        ),
     )
     .unwrap();
     let logs = daemon.wait_for_log("config reload failed", 2, Duration::from_secs(10));
@@ -157,7 +172,10 @@ async fn invalid_edit_is_logged_with_its_location_and_the_old_table_keeps_servin
     // Fixing the file brings the new route in.
     write_by_rename(
         &daemon.config_path,
-        &format!("{good}[routes.b]\npath = \"/b\"\nupstream = \"{u}/b\"\n", u = upstream.url()),
+        &format!(
+            "{good}[routes.b]\npath = \"/b\"\nupstream = \"{u}/b\"\n",
+            u = upstream.url()
+        ),
     );
     wait_for_status(&daemon.url("/b"), 200).await;
 
@@ -242,11 +260,12 @@ async fn a_listen_change_is_logged_as_needing_a_restart() {
             && text.contains(&format!("\"to\":\"{second}\"")),
         "{text}"
     );
-    assert!(std::net::TcpStream::connect(second).is_err(), "bound the new address without a restart");
+    assert!(
+        std::net::TcpStream::connect(second).is_err(),
+        "bound the new address without a restart"
+    );
 
-    let _ = std::process::Command::new("kill")
-        .arg(child.id().to_string())
-        .status();
+    let _ = std::process::Command::new("kill").arg(child.id().to_string()).status();
     assert!(child.wait().unwrap().success());
 }
 
@@ -259,7 +278,11 @@ async fn slow_upstream(chunks: usize, interval: Duration) -> Upstream {
                 if i > 0 {
                     tokio::time::sleep(interval).await;
                 }
-                if tx.send(Ok(Frame::data(Bytes::from(format!("chunk {i}\n"))))).await.is_err() {
+                if tx
+                    .send(Ok(Frame::data(Bytes::from(format!("chunk {i}\n")))))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -320,7 +343,10 @@ async fn shutdown_timeout_bounds_the_drain_and_a_second_signal_exits_at_once() {
     let (status, logs) = daemon.wait(Duration::from_secs(15));
     let took = started.elapsed();
     assert_eq!(status.code(), Some(0), "{logs}");
-    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(8), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
     assert!(logs.contains("drain deadline passed"), "{logs}");
     assert_no_secret(&logs, &[SECRET], "daemon logs");
 
