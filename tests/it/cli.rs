@@ -32,7 +32,8 @@ fn run_with_stdin(args: &[&str], config: &Path, input: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    // A command that refuses before reading may have exited already.
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
     child.wait_with_output().unwrap()
 }
 
@@ -522,6 +523,8 @@ fn secret_set_reads_a_terminal_without_echo() {
         assert!(n > 0, "no prompt; got {:?}", String::from_utf8_lossy(&seen));
         seen.extend_from_slice(&buf[..n]);
     }
+    // rpassword turns echo off right after printing the prompt; give it that moment.
+    std::thread::sleep(std::time::Duration::from_millis(300));
     stdin.write_all(format!("{value}\r").as_bytes()).unwrap();
     stdin.flush().unwrap();
     out.read_to_end(&mut seen).unwrap();
