@@ -650,6 +650,20 @@ mod tests {
     }
 
     #[test]
+    fn shutdown_timeout_is_a_duration() {
+        let config = Config::parse("[server]\nshutdown-timeout = \"2m\"\n", "t").unwrap();
+        assert_eq!(config.server.shutdown_timeout, Duration::from_secs(120));
+        assert_eq!(
+            Config::parse("", "t").unwrap().server.shutdown_timeout,
+            DEFAULT_SHUTDOWN_TIMEOUT
+        );
+        assert!(
+            err("[server]\nshutdown-timeout = \"soon\"\n")
+                .starts_with("proxy.toml:2:20: server.shutdown-timeout: `soon` is not a duration")
+        );
+    }
+
+    #[test]
     fn reserved_prefix_and_bad_paths() {
         assert!(err("[routes.a]\npath = \"/_secretproxy/x\"\nupstream = \"https://x/\"\n").contains("reserved"));
         assert!(err("[routes.a]\npath = \"/a/{*rest}/b\"\nupstream = \"https://x/\"\n").contains("last segment"));

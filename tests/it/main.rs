@@ -2,6 +2,7 @@
 //! as the built binary, and the real Secret Service (started by scripts/test).
 
 mod cli;
+mod cli_secret;
 mod daemon;
 mod harness;
 mod keyring;

@@ -302,6 +302,30 @@ fn slow_config(upstream: &Upstream, extra: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_in_flight_finishes_on_the_table_it_started_with() {
+    let upstream = slow_upstream(6, Duration::from_millis(250)).await;
+    let daemon = Daemon::start(&slow_config(&upstream, ""), &[("TEST_RELOAD_KEY", SECRET)]);
+    let mut response = client().get(daemon.url("/slow")).send().await.unwrap();
+    let mut body = response.chunk().await.unwrap().unwrap().to_vec();
+
+    // The route disappears from the config while its stream is running.
+    write_by_rename(
+        &daemon.config_path,
+        "[routes.other]\npath = \"/other\"\nupstream = \"https://other.example/\"\n",
+    );
+    wait_for_status(&daemon.url("/slow"), 404).await;
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    let expected: String = (0..6).map(|i| format!("chunk {i}\n")).collect();
+    assert_eq!(String::from_utf8(body).unwrap(), expected);
+
+    let (status, logs) = daemon.terminate();
+    assert!(status.success());
+    assert_no_secret(&logs, &[SECRET], "daemon logs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_slow_stream_finish_then_exits_0() {
     let upstream = slow_upstream(6, Duration::from_millis(300)).await;
     let daemon = Daemon::start(&slow_config(&upstream, ""), &[("TEST_RELOAD_KEY", SECRET)]);
