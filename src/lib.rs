@@ -13,6 +13,8 @@
 //!
 //! Paths under `/_secretproxy` never reach step 2: [`admin`] answers them (health, [`metrics`])
 //! to loopback clients only. Under systemd, [`notify`] reports readiness, reloads and shutdown.
+//! A running daemon swaps in a new generation when its config file changes or on SIGHUP
+//! ([`reload`]); SIGTERM/SIGINT drain in-flight requests before exit ([`shutdown`], [`server`]).
 //!
 //! [`cli`] holds the command-line types, [`commands`] one module per subcommand, and
 //! [`telemetry`] the logging setup. Secret values only ever live in `SecretString`s and
@@ -26,9 +28,11 @@ pub mod generation;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 pub mod secrets;
 pub mod server;
+pub mod shutdown;
 pub mod static_site;
 pub mod telemetry;
 pub mod webhooks;
@@ -42,12 +46,22 @@ pub const EXIT_CONFIG: u8 = 78;
 pub fn run(cli: cli::Cli) -> ExitCode {
     let result = match cli.command {
         cli::Command::Serve(args) => commands::serve::run(args),
+        cli::Command::Init(args) => commands::init::run(args),
+        cli::Command::Check(args) => commands::check::run(args),
+        cli::Command::Route(command) => commands::route::run(command),
+        cli::Command::Secret(command) => commands::secret::run(command),
+        cli::Command::Completions(args) => commands::completions::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            if err.downcast_ref::<config::ConfigError>().is_some() {
+            if err.chain().any(|cause| {
+                cause.is::<config::ConfigError>()
+                    || cause
+                        .downcast_ref::<config::edit::EditError>()
+                        .is_some_and(config::edit::EditError::is_config_error)
+            }) {
                 ExitCode::from(EXIT_CONFIG)
             } else {
                 ExitCode::FAILURE

@@ -1,5 +1,6 @@
 //! `secretproxy serve`: load the config, read the secrets, bind (or take the socket systemd
-//! passed), tell systemd it is ready, serve until SIGTERM/SIGINT.
+//! passed), tell systemd it is ready, serve until SIGTERM/SIGINT; the config file is watched and
+//! SIGHUP reloads it (see [`crate::reload`]).
 
 use std::sync::Arc;
 
@@ -10,14 +11,17 @@ use crate::config;
 use crate::generation::{Generation, Live};
 use crate::notify;
 use crate::proxy::Proxy;
+use crate::reload::{self, Reloader};
 use crate::secrets::{SecretStore, SystemStore};
 use crate::server;
+use crate::shutdown;
 use crate::telemetry;
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
     let path = config::locate(args.config.config.as_deref())?;
     let mut config = config::load(&path)?;
+    let file_listen = args.listen.is_none().then_some(config.server.listen);
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
@@ -31,16 +35,26 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         runtime.worker_threads(threads);
     }
     let runtime = runtime.enable_all().build().context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, Arc::new(SystemStore)))
+    runtime.block_on(serve(config, Arc::new(SystemStore), path, file_listen))
 }
 
-async fn serve(config: config::Config, store: Arc<dyn SecretStore>) -> anyhow::Result<()> {
+async fn serve(
+    config: config::Config,
+    store: Arc<dyn SecretStore>,
+    path: std::path::PathBuf,
+    file_listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     let listen = config.server.listen;
+    let drain = config.server.shutdown_timeout;
     let origin = config.origin.clone();
-    let generation = tokio::task::spawn_blocking(move || Generation::build(config, store, 1)).await??;
+    let build_store = store.clone();
+    let generation = tokio::task::spawn_blocking(move || Generation::build(config, build_store, 1)).await??;
     let missing = generation.log_missing_secrets();
     let routes = generation.config.routes.len();
     let live = Arc::new(Live::new(generation));
+    let shutdown = shutdown::signal();
+    let reloader = Arc::new(Reloader::new(path, store, live.clone(), file_listen));
+    let _watch = reload::spawn(reloader.clone());
 
     let listener = match notify::activated_listener().context("cannot use the socket passed by systemd")? {
         Some(socket) => {
@@ -53,39 +67,17 @@ async fn serve(config: config::Config, store: Arc<dyn SecretStore>) -> anyhow::R
     };
     let local = listener.local_addr()?;
     tracing::info!(address = %local, config = %origin, routes, missing_secrets = missing, "listening");
+    reloader.set_local(local);
     // Bound, config valid, secrets read: only now is the service ready.
     notify::ready_serving(&live.current(), local);
     let watchdog = notify::spawn_watchdog();
-    server::serve(
-        listener,
-        Arc::new(Proxy::new(live)),
-        async {
-            shutdown_signal().await;
-            notify::stopping();
-        },
-        server::DEFAULT_DRAIN,
-    )
-    .await;
+    let shutdown = async {
+        shutdown.await;
+        notify::stopping();
+    };
+    server::serve(listener, Arc::new(Proxy::new(live)), shutdown, drain).await;
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }
     Ok(())
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -12,7 +12,7 @@ use toml::de::{DeTable, DeValue};
 /// (config files hold secret *names* and sources only).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         #[source]

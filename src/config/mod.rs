@@ -4,6 +4,7 @@
 //!
 //! Parsing works on a `&str` so tests need no disk; [`load`] adds the file lookup order.
 
+pub mod edit;
 mod error;
 pub(crate) mod raw;
 pub mod size;
@@ -32,6 +33,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The keyring service used for `keyring = "account"`.
 pub const KEYRING_SERVICE: &str = "secretproxy";
+/// Default time in-flight requests get to finish after SIGTERM/SIGINT.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -50,6 +53,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The site served at `/` when no route matches (`static-dir`).
     pub static_site: Option<crate::static_site::SiteConfig>,
+    /// How long in-flight requests and streams may run on after SIGTERM/SIGINT.
+    pub shutdown_timeout: Duration,
 }
 
 /// One entry of the route table.
@@ -161,6 +166,18 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
         })?,
         None => DEFAULT_LISTEN.parse().expect("default listen address is valid"),
     };
+    let shutdown_timeout = match &raw.server.shutdown_timeout {
+        Some(text) => humantime::parse_duration(text.get_ref()).map_err(|_| {
+            source
+                .error(
+                    text.span(),
+                    "server.shutdown-timeout",
+                    format!("`{}` is not a duration", text.get_ref()),
+                )
+                .with_help("e.g. \"30s\", \"2m\"; \"0s\" stops at once")
+        })?,
+        None => DEFAULT_SHUTDOWN_TIMEOUT,
+    };
 
     let mut secrets = BTreeMap::new();
     for (name, secret) in &raw.secrets {
@@ -210,7 +227,11 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
 
     Ok(Config {
         origin: source.name.to_string(),
-        server: ServerConfig { listen, static_site },
+        server: ServerConfig {
+            listen,
+            static_site,
+            shutdown_timeout,
+        },
         secrets,
         routes,
         webhooks,
@@ -693,6 +714,20 @@ mod tests {
                 "{BASE}[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nauth = {{ bearer = \"zz\" }}\n"
             ))
             .contains("unknown secret `zz`")
+        );
+    }
+
+    #[test]
+    fn shutdown_timeout_is_a_duration() {
+        let config = Config::parse("[server]\nshutdown-timeout = \"2m\"\n", "t").unwrap();
+        assert_eq!(config.server.shutdown_timeout, Duration::from_secs(120));
+        assert_eq!(
+            Config::parse("", "t").unwrap().server.shutdown_timeout,
+            DEFAULT_SHUTDOWN_TIMEOUT
+        );
+        assert!(
+            err("[server]\nshutdown-timeout = \"soon\"\n")
+                .starts_with("proxy.toml:2:20: server.shutdown-timeout: `soon` is not a duration")
         );
     }
 

@@ -25,6 +25,7 @@ pub struct RawServer {
     pub listen: Option<Spanned<String>>,
     pub static_dir: Option<Spanned<String>>,
     pub spa_fallback: Option<Spanned<bool>>,
+    pub shutdown_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

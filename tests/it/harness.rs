@@ -405,6 +405,39 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Waits (at most `limit`) for the daemon to exit by itself, e.g. after a signal already sent.
+    pub fn wait(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                return (status, self.logs());
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("daemon did not exit within {limit:?}; logs:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (at most `limit`) until the logs contain `needle` `count` times.
+    pub fn wait_for_log(&self, needle: &str, count: usize, limit: Duration) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let logs = self.logs();
+            if logs.matches(needle).count() >= count {
+                return logs;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("{needle:?} did not appear {count} times within {limit:?}; logs:\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -214,7 +214,6 @@ async fn notify_no_ready_when_the_port_cannot_be_bound() {
 }
 
 #[tokio::test]
-#[ignore = "needs reload from issue 4; lead enables at merge"]
 async fn notify_reloading_then_ready_on_sighup() {
     let upstream = Upstream::echo().await;
     let dir = tempfile::tempdir().unwrap();

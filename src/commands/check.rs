@@ -1,0 +1,138 @@
+//! `secretproxy check`: validate the config, then report every route and every secret with its
+//! source and status. Values are fetched only to learn whether they are there and are dropped
+//! (zeroized) at once; nothing about a value is printed.
+//!
+//! Exit status: a config error is a [`ConfigError`](crate::config::ConfigError) (78); a valid
+//! config with a secret that is missing, unusable or whose store is unreachable is an ordinary
+//! error (1), since fixing it needs no config change.
+
+use crate::cli::CheckArgs;
+use crate::commands::table::Table;
+use crate::config::{self, Config};
+use crate::secrets::{LookupError, SecretSource, SecretStore, SystemStore};
+
+pub fn run(args: CheckArgs) -> anyhow::Result<()> {
+    let path = config::locate(args.config.config.as_deref())?;
+    let config = config::load(&path)?;
+    println!("{} is valid", path.display());
+    println!("listen {}\n", config.server.listen);
+    print!("{}", routes_table(&config));
+    println!();
+    let report = SecretReport::read(&config, &SystemStore);
+    print!("{}", report.table());
+    let problems = report.problems();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    println!();
+    for (name, source, error) in &problems {
+        println!("{name}: {error}; {}", source.how_to_set(name));
+    }
+    let names: Vec<&str> = problems.iter().map(|(name, _, _)| name.as_str()).collect();
+    anyhow::bail!(
+        "{} of {} secrets {} not available: {}",
+        names.len(),
+        report.rows.len(),
+        if names.len() == 1 { "is" } else { "are" },
+        names.join(", ")
+    )
+}
+
+/// The route table as `route list` and `check` print it.
+pub fn routes_table(config: &Config) -> Table {
+    let mut table = Table::new(["ROUTE", "METHODS", "PATH", "UPSTREAM", "SECRETS"]);
+    for route in &config.routes {
+        let methods: Vec<&str> = route.methods.iter().map(http::Method::as_str).collect();
+        let secrets: Vec<&str> = route.secrets.iter().map(String::as_str).collect();
+        table.row([
+            route.name.clone(),
+            methods.join(","),
+            route.path.clone(),
+            route.upstream.to_string(),
+            if secrets.is_empty() {
+                "-".to_string()
+            } else {
+                secrets.join(",")
+            },
+        ]);
+    }
+    table
+}
+
+/// Each declared secret, where it comes from, and whether it can be read right now.
+pub struct SecretReport {
+    pub rows: Vec<SecretRow>,
+}
+
+pub struct SecretRow {
+    pub name: String,
+    pub source: SecretSource,
+    pub status: Result<(), LookupError>,
+    /// The routes that inject it.
+    pub users: Vec<String>,
+}
+
+impl SecretReport {
+    /// Asks `store` for every secret; the values are dropped immediately.
+    pub fn read(config: &Config, store: &dyn SecretStore) -> SecretReport {
+        let rows = config
+            .secrets
+            .iter()
+            .map(|(name, source)| {
+                let status = store.fetch(source).map(drop);
+                let users = config
+                    .routes
+                    .iter()
+                    .filter(|r| r.secrets.contains(name))
+                    .map(|r| r.name.clone())
+                    .collect();
+                SecretRow {
+                    name: name.clone(),
+                    source: source.clone(),
+                    status,
+                    users,
+                }
+            })
+            .collect();
+        SecretReport { rows }
+    }
+
+    pub fn table(&self) -> Table {
+        let mut table = Table::new(["SECRET", "SOURCE", "STATUS", "ROUTES"]);
+        for row in &self.rows {
+            table.row([
+                row.name.clone(),
+                row.source.to_string(),
+                status_text(&row.status),
+                if row.users.is_empty() {
+                    "-".to_string()
+                } else {
+                    row.users.join(",")
+                },
+            ]);
+        }
+        table
+    }
+
+    /// The secrets that are not available.
+    pub fn problems(&self) -> Vec<(String, SecretSource, LookupError)> {
+        self.rows
+            .iter()
+            .filter_map(|row| {
+                row.status
+                    .as_ref()
+                    .err()
+                    .map(|e| (row.name.clone(), row.source.clone(), e.clone()))
+            })
+            .collect()
+    }
+}
+
+fn status_text(status: &Result<(), LookupError>) -> String {
+    match status {
+        Ok(()) => "present".to_string(),
+        Err(LookupError::Missing { .. }) => "missing".to_string(),
+        Err(LookupError::Unreachable { .. }) => "store unreachable".to_string(),
+        Err(LookupError::Invalid { detail, .. }) => format!("unusable: {detail}"),
+    }
+}

@@ -1,0 +1,108 @@
+//! `secretproxy secret set|delete|list`: manage the keyring entries the config refers to.
+//!
+//! Values are read from the terminal without echo, or from stdin when it is not a terminal;
+//! there is no argument that takes one, so a value never lands in shell history or `ps`. Only
+//! `keyring` sources are written: an `env` or `file` source belongs to whoever starts the daemon,
+//! and the command says how to set it instead. Keyring failures are reduced to one line.
+
+use std::io::{IsTerminal, Read};
+
+use anyhow::Context;
+use zeroize::Zeroizing;
+
+use crate::cli::SecretCommand;
+use crate::commands::check::SecretReport;
+use crate::config::{self, Config};
+use crate::secrets::keyring::{self, KeyringFailure};
+use crate::secrets::{ExposeSecret, SecretSource, SecretString, SystemStore};
+
+pub fn run(command: SecretCommand) -> anyhow::Result<()> {
+    match command {
+        SecretCommand::Set { name, config } => {
+            let config = config::load(&config::locate(config.config.as_deref())?)?;
+            let (service, account) = keyring_entry(&config, &name)?;
+            let value = read_value(&name)?;
+            keyring::set(&service, &account, &value).map_err(|e| failure("store", &name, e))?;
+            println!("stored secret `{name}` in the keyring (service `{service}`, account `{account}`)");
+            println!(
+                "a running daemon picks it up within seconds if it was missing; to replace a value it already uses, reload it (SIGHUP or `systemctl reload`)"
+            );
+        }
+        SecretCommand::Delete { name, config } => {
+            let config = config::load(&config::locate(config.config.as_deref())?)?;
+            let (service, account) = keyring_entry(&config, &name)?;
+            keyring::delete(&service, &account).map_err(|e| failure("delete", &name, e))?;
+            println!("deleted secret `{name}` from the keyring (service `{service}`, account `{account}`)");
+        }
+        SecretCommand::List { config } => {
+            let config = config::load(&config::locate(config.config.as_deref())?)?;
+            if config.secrets.is_empty() {
+                println!("the config declares no secrets");
+            } else {
+                print!("{}", SecretReport::read(&config, &SystemStore).table());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The keyring service and account of secret `name`, or why it cannot be written here.
+fn keyring_entry(config: &Config, name: &str) -> anyhow::Result<(String, String)> {
+    match config.secrets.get(name) {
+        Some(SecretSource::Keyring { service, account }) => Ok((service.clone(), account.clone())),
+        Some(source) => anyhow::bail!(
+            "secret `{name}` comes from {source}, which secretproxy does not write; {}",
+            source.how_to_set(name)
+        ),
+        None => {
+            let known: Vec<&str> = config.secrets.keys().map(String::as_str).collect();
+            anyhow::bail!(
+                "the config declares no secret `{name}`{}; add it first:\n  [secrets.{name}]\n  keyring = \"{name}\"",
+                if known.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (declared: {})", known.join(", "))
+                }
+            )
+        }
+    }
+}
+
+/// The value, without echo from a terminal or whole from piped stdin (one trailing newline
+/// dropped, as for `file` sources).
+fn read_value(name: &str) -> anyhow::Result<SecretString> {
+    let value = if std::io::stdin().is_terminal() {
+        Zeroizing::new(
+            rpassword::prompt_password(format!("value for secret `{name}` (not shown): "))
+                .context("cannot read the value from the terminal")?,
+        )
+    } else {
+        let mut text = Zeroizing::new(String::new());
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read the value from stdin (it must be UTF-8 text)")?;
+        let end = text
+            .strip_suffix('\n')
+            .map(|t| t.strip_suffix('\r').unwrap_or(t))
+            .unwrap_or(&text)
+            .len();
+        text.truncate(end);
+        text
+    };
+    let value = SecretString::from(value.as_str().to_owned());
+    if value.expose_secret().is_empty() {
+        anyhow::bail!("the value for secret `{name}` is empty; nothing was stored");
+    }
+    Ok(value)
+}
+
+/// One line that says what failed and what to do, with no D-Bus detail beyond its first line.
+fn failure(action: &str, name: &str, error: KeyringFailure) -> anyhow::Error {
+    match error {
+        KeyringFailure::NoEntry => anyhow::anyhow!("secret `{name}` is not in the keyring; nothing to {action}"),
+        KeyringFailure::Unreachable(detail) => anyhow::anyhow!(
+            "cannot {action} secret `{name}`: the keyring is unreachable or locked ({detail}); unlock it, or start a Secret Service such as gnome-keyring in this session"
+        ),
+        KeyringFailure::Other(detail) => anyhow::anyhow!("cannot {action} secret `{name}`: {detail}"),
+    }
+}

@@ -1,0 +1,418 @@
+//! Live reload and graceful shutdown of the built binary: the config file rewritten under load,
+//! invalid edits, SIGHUP, a `listen` change, and SIGTERM during a slow stream.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use tokio::sync::mpsc;
+
+use crate::harness::{Daemon, TestBody, Upstream, assert_no_secret, binary, client};
+
+const SECRET: &str = "sk_reload_Secret_9931";
+
+/// Replaces `path` the way most editors save: a temp file renamed over it.
+fn write_by_rename(path: &std::path::Path, text: &str) {
+    let temp = path.with_extension("toml.swp");
+    std::fs::write(&temp, text).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
+
+/// Polls `url` until it answers `status` (at most 10 s).
+async fn wait_for_status(url: &str, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(response) = client().get(url).send().await
+            && response.status() == status
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} never answered {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn versioned_config(upstream: &str, version: usize) -> String {
+    format!(
+        "# reload test, version {version}\n[secrets.key]\nenv = \"TEST_RELOAD_KEY\"\n\n\
+         [routes.stable]\npath = \"/stable\"\nupstream = \"{upstream}/stable\"\nquery = {{ key = \"${{key}}\" }}\n\n\
+         [routes.v{version}]\npath = \"/v{version}\"\nupstream = \"{upstream}/v{version}\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_rewrites_under_load_drop_no_request_and_new_routes_take_effect() {
+    let upstream = Upstream::echo().await;
+    let daemon = Daemon::start(&versioned_config(&upstream.url(), 0), &[("TEST_RELOAD_KEY", SECRET)]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let url = daemon.url("/stable");
+    let load = tokio::spawn({
+        let (stop, sent, failures) = (stop.clone(), sent.clone(), failures.clone());
+        async move {
+            let pooled = client();
+            while !stop.load(Ordering::Relaxed) {
+                let n = sent.fetch_add(1, Ordering::Relaxed);
+                // Mostly a kept-alive connection, sometimes a fresh one.
+                let client = if n % 4 == 0 { client() } else { pooled.clone() };
+                match client.get(&url).send().await {
+                    Ok(response) if response.status() == 200 => {
+                        let _ = response.bytes().await;
+                    }
+                    Ok(response) => failures.lock().unwrap().push(format!("status {}", response.status())),
+                    Err(error) => failures.lock().unwrap().push(format!("{error:?}")),
+                }
+            }
+        }
+    });
+
+    let started = Instant::now();
+    for version in 1..=20 {
+        let text = versioned_config(&upstream.url(), version);
+        if version % 2 == 0 {
+            std::fs::write(&daemon.config_path, text).unwrap();
+        } else {
+            write_by_rename(&daemon.config_path, &text);
+        }
+        wait_for_status(&daemon.url(&format!("/v{version}")), 200).await;
+        let old = client()
+            .get(daemon.url(&format!("/v{}", version - 1)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            old.status(),
+            404,
+            "the route of version {} is still served",
+            version - 1
+        );
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+
+    let failures = failures.lock().unwrap().clone();
+    let sent = sent.load(Ordering::Relaxed);
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed: {failures:?}",
+        failures.len()
+    );
+    assert!(sent >= 20, "the load loop sent only {sent} requests");
+    assert!(elapsed < Duration::from_secs(60), "20 reloads took {elapsed:?}");
+    let stable = upstream
+        .received()
+        .iter()
+        .filter(|r| r.target.starts_with("/stable"))
+        .count();
+    assert!(stable >= sent - 1, "upstream saw {stable} of {sent}");
+
+    let (status, logs) = daemon.terminate();
+    assert!(status.success(), "{status:?}\n{logs}");
+    assert!(logs.matches("config reloaded").count() >= 20, "{logs}");
+    assert!(!logs.contains("config reload failed"), "{logs}");
+    assert_no_secret(&logs, &[SECRET], "daemon logs");
+    eprintln!("20 reloads in {elapsed:?} while {sent} requests ran; 0 failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_edit_is_logged_with_its_location_and_the_old_table_keeps_serving() {
+    let upstream = Upstream::echo().await;
+    let good = format!(
+        "[secrets.key]\nenv = \"TEST_RELOAD_KEY\"\n[routes.a]\npath = \"/a\"\nupstream = \"{u}/a\"\nauth = {{ bearer = \"key\" }}\n",
+        u = upstream.url()
+    );
+    let daemon = Daemon::start(&good, &[("TEST_RELOAD_KEY", SECRET)]);
+
+    // A misspelled key, saved by rename.
+    write_by_rename(
+        &daemon.config_path,
+        &format!(
+            "{good}[routes.b]\npath = \"/b\"\nupstrem = \"{u}/b\"\n",
+            u = upstream.url()
+        ),
+    );
+    let logs = daemon.wait_for_log("config reload failed", 1, Duration::from_secs(10));
+    let expected = format!(
+        "{}:9:1: routes.b.upstrem: unknown field `upstrem`",
+        daemon.config_path.display()
+    );
+    assert!(logs.contains(&expected), "{expected} not in\n{logs}");
+    assert!(logs.contains("did you mean `upstream`?"), "{logs}");
+
+    // A semantic error, written in place.
+    std::fs::write(
+        &daemon.config_path,
+        format!(
+            "{good}[routes.b]\npath = \"/b\"\nupstream = \"{u}/b\"\nheaders = {{ X = \"${{nope}}\" }}\n",
+            u = upstream.url()
+        ),
+    )
+    .unwrap();
+    let logs = daemon.wait_for_log("config reload failed", 2, Duration::from_secs(10));
+    assert!(
+        logs.contains(&format!("{}:10:", daemon.config_path.display())) && logs.contains("unknown secret `nope`"),
+        "{logs}"
+    );
+
+    // The old table still serves, secret included; the half-added route does not exist.
+    let a = client().get(daemon.url("/a")).send().await.unwrap();
+    assert_eq!(a.status(), 200);
+    assert_eq!(client().get(daemon.url("/b")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        upstream.only().header("authorization"),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
+
+    // Fixing the file brings the new route in.
+    write_by_rename(
+        &daemon.config_path,
+        &format!(
+            "{good}[routes.b]\npath = \"/b\"\nupstream = \"{u}/b\"\n",
+            u = upstream.url()
+        ),
+    );
+    wait_for_status(&daemon.url("/b"), 200).await;
+
+    let (status, logs) = daemon.terminate();
+    assert!(status.success());
+    assert_no_secret(&logs, &[SECRET], "daemon logs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_reads_secrets_again() {
+    let upstream = Upstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("key");
+    std::fs::write(&secret_file, "first-value-1111\n").unwrap();
+    let config = format!(
+        "[secrets.key]\nfile = {:?}\n[routes.a]\npath = \"/a\"\nupstream = \"{}/a\"\nauth = {{ bearer = \"key\" }}\n",
+        secret_file.display().to_string(),
+        upstream.url()
+    );
+    let daemon = Daemon::start(&config, &[]);
+    assert_eq!(client().get(daemon.url("/a")).send().await.unwrap().status(), 200);
+
+    // The secret file is not watched; a present secret is kept until a reload.
+    std::fs::write(&secret_file, "second-value-2222\n").unwrap();
+    daemon.signal("HUP");
+    daemon.wait_for_log("\"trigger\":\"SIGHUP\"", 1, Duration::from_secs(10));
+    assert_eq!(client().get(daemon.url("/a")).send().await.unwrap().status(), 200);
+    let received = upstream.received();
+    assert_eq!(received[0].header("authorization"), Some("Bearer first-value-1111"));
+    assert_eq!(received[1].header("authorization"), Some("Bearer second-value-2222"));
+
+    let (status, logs) = daemon.terminate();
+    assert!(status.success(), "{logs}");
+    assert!(logs.contains("\"generation\":2"), "{logs}");
+    assert_no_secret(&logs, &["first-value-1111", "second-value-2222"], "daemon logs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listen_change_is_logged_as_needing_a_restart() {
+    use std::io::BufRead;
+    let upstream = Upstream::echo().await;
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (first, second) = (free(), free());
+    let config = |listen: std::net::SocketAddr, route: &str| {
+        format!(
+            "[server]\nlisten = \"{listen}\"\n[routes.{route}]\npath = \"/{route}\"\nupstream = \"{}/{route}\"\n",
+            upstream.url()
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config(first, "a")).unwrap();
+    // Without --listen, so the file's address is the one in use.
+    let mut child = binary()
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let logs = Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn({
+        let logs = logs.clone();
+        move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                logs.lock().unwrap().push_str(&(line + "\n"));
+            }
+        }
+    });
+    wait_for_status(&format!("http://{first}/a"), 200).await;
+
+    write_by_rename(&path, &config(second, "b"));
+    wait_for_status(&format!("http://{first}/b"), 200).await;
+    let text = logs.lock().unwrap().clone();
+    assert!(
+        text.contains("server.listen changed; it takes effect only after a restart")
+            && text.contains(&format!("\"to\":\"{second}\"")),
+        "{text}"
+    );
+    assert!(
+        std::net::TcpStream::connect(second).is_err(),
+        "bound the new address without a restart"
+    );
+
+    let _ = std::process::Command::new("kill").arg(child.id().to_string()).status();
+    assert!(child.wait().unwrap().success());
+}
+
+/// An upstream whose response is `chunks` pieces, one every `interval`.
+async fn slow_upstream(chunks: usize, interval: Duration) -> Upstream {
+    Upstream::start(move |_| async move {
+        let (tx, mut rx) = mpsc::channel::<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>(1);
+        tokio::spawn(async move {
+            for i in 0..chunks {
+                if i > 0 {
+                    tokio::time::sleep(interval).await;
+                }
+                if tx
+                    .send(Ok(Frame::data(Bytes::from(format!("chunk {i}\n")))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let body: TestBody = BodyExt::boxed(StreamBody::new(stream));
+        http::Response::new(body)
+    })
+    .await
+}
+
+fn slow_config(upstream: &Upstream, extra: &str) -> String {
+    format!(
+        "{extra}[secrets.key]\nenv = \"TEST_RELOAD_KEY\"\n[routes.slow]\npath = \"/slow\"\nupstream = \"{}/slow\"\nauth = {{ bearer = \"key\" }}\n",
+        upstream.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_in_flight_finishes_on_the_table_it_started_with() {
+    let upstream = slow_upstream(6, Duration::from_millis(250)).await;
+    let daemon = Daemon::start(&slow_config(&upstream, ""), &[("TEST_RELOAD_KEY", SECRET)]);
+    let mut response = client().get(daemon.url("/slow")).send().await.unwrap();
+    let mut body = response.chunk().await.unwrap().unwrap().to_vec();
+
+    // The route disappears from the config while its stream is running.
+    write_by_rename(
+        &daemon.config_path,
+        "[routes.other]\npath = \"/other\"\nupstream = \"https://other.example/\"\n",
+    );
+    wait_for_status(&daemon.url("/slow"), 404).await;
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    let expected: String = (0..6).map(|i| format!("chunk {i}\n")).collect();
+    assert_eq!(String::from_utf8(body).unwrap(), expected);
+
+    let (status, logs) = daemon.terminate();
+    assert!(status.success());
+    assert_no_secret(&logs, &[SECRET], "daemon logs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_slow_stream_finish_then_exits_0() {
+    let upstream = slow_upstream(6, Duration::from_millis(300)).await;
+    let daemon = Daemon::start(&slow_config(&upstream, ""), &[("TEST_RELOAD_KEY", SECRET)]);
+    let mut response = client().get(daemon.url("/slow")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let first = response.chunk().await.unwrap().unwrap();
+    assert_eq!(&first[..], b"chunk 0\n");
+
+    daemon.signal("TERM");
+    daemon.wait_for_log("shutting down", 1, Duration::from_secs(5));
+    // No new connections once shutdown began.
+    assert!(client().get(daemon.url("/slow")).send().await.is_err());
+
+    let mut body = first.to_vec();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        body.extend_from_slice(&chunk);
+    }
+    let expected: String = (0..6).map(|i| format!("chunk {i}\n")).collect();
+    assert_eq!(String::from_utf8(body).unwrap(), expected);
+
+    let (status, logs) = daemon.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{logs}");
+    assert!(logs.contains("all connections drained"), "{logs}");
+    assert_no_secret(&logs, &[SECRET], "daemon logs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_timeout_bounds_the_drain_and_a_second_signal_exits_at_once() {
+    // The deadline: a stream that would run 30 s is cut after the configured 1 s; exit 0.
+    let upstream = slow_upstream(100, Duration::from_millis(300)).await;
+    let daemon = Daemon::start(
+        &slow_config(&upstream, "[server]\nshutdown-timeout = \"1s\"\n"),
+        &[("TEST_RELOAD_KEY", SECRET)],
+    );
+    let mut response = client().get(daemon.url("/slow")).send().await.unwrap();
+    response.chunk().await.unwrap().unwrap();
+    let started = Instant::now();
+    daemon.signal("TERM");
+    let (status, logs) = daemon.wait(Duration::from_secs(15));
+    let took = started.elapsed();
+    assert_eq!(status.code(), Some(0), "{logs}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+    assert!(logs.contains("drain deadline passed"), "{logs}");
+    assert_no_secret(&logs, &[SECRET], "daemon logs");
+
+    // A second signal: no waiting for the 30 s default deadline; exit status 1.
+    let daemon = Daemon::start(&slow_config(&upstream, ""), &[("TEST_RELOAD_KEY", SECRET)]);
+    let mut response = client().get(daemon.url("/slow")).send().await.unwrap();
+    response.chunk().await.unwrap().unwrap();
+    daemon.signal("TERM");
+    daemon.wait_for_log("shutting down", 1, Duration::from_secs(5));
+    let started = Instant::now();
+    daemon.signal("INT");
+    let (status, logs) = daemon.wait(Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert_eq!(status.code(), Some(1), "{logs}");
+    assert!(logs.contains("second signal"), "{logs}");
+    assert_no_secret(&logs, &[SECRET], "daemon logs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_add_reaches_a_running_daemon() {
+    let upstream = Upstream::echo().await;
+    let daemon = Daemon::start(
+        &format!(
+            "[secrets.key]\nenv = \"TEST_RELOAD_KEY\"\n[routes.a]\npath = \"/a\"\nupstream = \"{}/a\"\n",
+            upstream.url()
+        ),
+        &[("TEST_RELOAD_KEY", SECRET)],
+    );
+    let output = binary()
+        .args(["route", "add", "added", "--path", "/added/{*rest}", "--upstream"])
+        .arg(format!("{}/x/{{rest}}", upstream.url()))
+        .args(["--header", "X-Key: ${key}", "--config"])
+        .arg(&daemon.config_path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    wait_for_status(&daemon.url("/added/deep/path"), 200).await;
+    let seen = upstream.only();
+    assert_eq!(seen.target, "/x/deep/path");
+    assert_eq!(seen.header("x-key"), Some(SECRET));
+    let (status, logs) = daemon.terminate();
+    assert!(status.success());
+    assert_no_secret(&logs, &[SECRET], "daemon logs");
+    assert_no_secret(&String::from_utf8_lossy(&output.stdout), &[SECRET], "route add output");
+}
