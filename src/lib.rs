@@ -18,6 +18,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod framing;
 pub mod generation;
 pub mod proxy;
 pub mod routes;

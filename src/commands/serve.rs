@@ -19,6 +19,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
+    if let Some(message) = config.server.access.listen_refusal(config.server.listen) {
+        return Err(config::ConfigError::Listen(message).into());
+    }
 
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = std::env::var("SECRETPROXY_WORKER_THREADS")

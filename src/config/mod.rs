@@ -4,6 +4,7 @@
 //!
 //! Parsing works on a `&str` so tests need no disk; [`load`] adds the file lookup order.
 
+pub mod access;
 mod error;
 mod raw;
 pub mod template;
@@ -45,6 +46,10 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// Who may call: origins, hosts, non-browser clients, client token.
+    pub access: access::Access,
+    /// Header size and time, connection cap.
+    pub limits: access::ServerLimits,
 }
 
 /// One entry of the route table.
@@ -70,6 +75,13 @@ pub struct Route {
     pub response_timeout: Duration,
     /// Every secret this route injects.
     pub secrets: BTreeSet<String>,
+    /// Origins allowed on this route, narrowing `[server] allowed-origins`; `None`: the server's.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Request body limit in bytes (`413` beyond it); `None`: unlimited.
+    pub max_body: Option<u64>,
+    /// Replace injected values echoed in the upstream's response headers and body by
+    /// `[REDACTED]` (default on).
+    pub scrub_response: bool,
 }
 
 impl Config {
@@ -171,9 +183,37 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
         routes.push(route);
     }
 
+    let access = access::access(&raw.server, &secrets, source)?;
+    if let Some(message) = access.listen_refusal(listen) {
+        let span = raw.server.listen.as_ref().map_or(0..0, |l| l.span());
+        return Err(source.error(span, "server.listen", message));
+    }
+    for route in &routes {
+        if let Some(narrowed) = &route.allowed_origins
+            && let Some(extra) = narrowed.iter().find(|o| !access.allowed_origins.contains(o))
+        {
+            let span = raw.routes[&route.name]
+                .get_ref()
+                .allowed_origins
+                .as_ref()
+                .map_or(0..0, |l| l.span());
+            return Err(source
+                .error(
+                    span,
+                    format!("routes.{}.allowed-origins", route.name),
+                    format!("`{extra}` is not in `[server] allowed-origins`; a route may only narrow it"),
+                )
+                .with_help("add it to `[server] allowed-origins` too"));
+        }
+    }
+
     Ok(Config {
         origin: source.name.to_string(),
-        server: ServerConfig { listen },
+        server: ServerConfig {
+            listen,
+            access,
+            limits: access::limits(&raw.server, source)?,
+        },
         secrets,
         routes,
     })
@@ -472,6 +512,12 @@ fn validate_route(
         connect_timeout: duration(&raw.connect_timeout, "connect-timeout", DEFAULT_CONNECT_TIMEOUT)?,
         response_timeout: duration(&raw.response_timeout, "response-timeout", DEFAULT_RESPONSE_TIMEOUT)?,
         secrets: used,
+        allowed_origins: match &raw.allowed_origins {
+            None => None,
+            Some(list) => Some(access::origins(list, &key("allowed-origins"), source)?),
+        },
+        max_body: access::max_body(&raw.max_body, &key("max-body"), source)?,
+        scrub_response: raw.scrub_response.unwrap_or(true),
     })
 }
 

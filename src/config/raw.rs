@@ -21,6 +21,23 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawServer {
     pub listen: Option<Spanned<String>>,
+    pub allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
+    pub allowed_hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    pub allow_non_browser: Option<bool>,
+    pub client_token: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allow_remote: bool,
+    pub max_header_size: Option<Spanned<RawSize>>,
+    pub header_timeout: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
+}
+
+/// A byte size: an integer, `"10MiB"`-style text, or `"unlimited"` where allowed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(i64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,6 +83,9 @@ pub struct RawRoute {
     pub ca_file: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub response_timeout: Option<Spanned<String>>,
+    pub allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
+    pub max_body: Option<Spanned<RawSize>>,
+    pub scrub_response: Option<bool>,
 }
 
 /// Shorthands for the `Authorization` header.

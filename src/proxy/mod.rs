@@ -6,8 +6,13 @@
 //! is written when the response body ends (see [`body`]).
 
 pub mod body;
+pub mod cors;
 pub mod error;
+pub mod guard;
 pub mod headers;
+pub mod limit;
+pub mod path;
+pub mod scrub;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -56,8 +61,10 @@ impl Proxy {
         let generation = self.live.current();
         let method = request.method().clone();
         let path = request.uri().path().to_string();
+        let origin = request.headers().get(header::ORIGIN).cloned();
         let bytes_in = Arc::new(AtomicU64::new(0));
-        let outcome = forward(&generation, request, bytes_in.clone()).await;
+        let mut outcome = forward(&generation, request, bytes_in.clone()).await;
+        cors::decorate(&mut outcome.response, &generation, outcome.route.as_deref(), origin.as_ref());
         let record = AccessRecord {
             method,
             route: outcome.route,
@@ -82,7 +89,20 @@ async fn forward(generation: &Generation, request: Request<Incoming>, bytes_in: 
         upstream_status: None,
     };
 
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    if let Err(error) = guard::admit(generation, &mut parts).await {
+        return fail(error, None);
+    }
+    if cors::is_preflight(&parts) {
+        let (response, route) = cors::preflight(generation, &parts);
+        return Outcome {
+            response,
+            route,
+            query: None,
+            upstream_status: None,
+            error: None,
+        };
+    }
     let (route, params) = match generation.table.lookup(&parts.method, parts.uri.path()) {
         Lookup::Found { route, params } => (route, params),
         Lookup::MethodNotAllowed { route } => {
@@ -95,6 +115,9 @@ async fn forward(generation: &Generation, request: Request<Incoming>, bytes_in: 
         Lookup::NotFound => return fail(ProxyError::NoRoute, None),
     };
     let route_name = Some(route.name.as_str());
+    if let Err(error) = guard::admit_route(route, &parts.headers).and_then(|()| limit::check_declared(route, &parts.headers)) {
+        return fail(error, route_name);
+    }
 
     // Every secret the route injects, or a 503 naming the first one that is missing.
     let mut values: Vec<(&str, Arc<SecretString>)> = Vec::with_capacity(route.secrets.len());
@@ -161,11 +184,21 @@ async fn forward(generation: &Generation, request: Request<Incoming>, bytes_in: 
             }
         }
     }
-    let headers = upstream::upstream_headers(&parts.headers, route, injected_headers);
+    let mut headers = upstream::upstream_headers(&parts.headers, route, injected_headers);
+    let redactor = route
+        .scrub_response
+        .then(|| scrub::Redactor::for_route(route, secret).map(Arc::new))
+        .flatten();
+    if redactor.is_some() {
+        // Scrubbing needs the plaintext body.
+        headers.insert(header::ACCEPT_ENCODING, http::HeaderValue::from_static("identity"));
+    }
 
     let mut outbound = reqwest::Request::new(parts.method.clone(), url);
     *outbound.headers_mut() = headers;
+    let overrun = limit::Overrun::default();
     if !body.is_end_stream() {
+        let body = limit::Limited::new(body, route.max_body, overrun.clone());
         *outbound.body_mut() = Some(reqwest::Body::wrap(Counted::new(body, bytes_in)));
     }
 
@@ -177,6 +210,13 @@ async fn forward(generation: &Generation, request: Request<Incoming>, bytes_in: 
             return Outcome {
                 query: Some(logged_query),
                 ..fail(ProxyError::Timeout(route.response_timeout), route_name)
+            };
+        }
+        Ok(Err(_)) if overrun.happened() => {
+            let limit = route.max_body.unwrap_or_default();
+            return Outcome {
+                query: Some(logged_query),
+                ..fail(ProxyError::BodyTooLarge { limit }, route_name)
             };
         }
         Ok(Err(err)) => {
@@ -198,10 +238,25 @@ async fn forward(generation: &Generation, request: Request<Incoming>, bytes_in: 
     let upstream_status = upstream_response.status().as_u16();
     let mut response: Response<reqwest::Body> = upstream_response.into();
     filter_response_headers(response.headers_mut(), route.keep_set_cookie);
-    let response = response.map(|body| {
+    let mut response = response.map(|body| {
         body.map_err(|e| Box::new(e.without_url()) as body::BoxError)
             .boxed_unsync()
     });
+    if let Some(redactor) = redactor {
+        if let Err(error) = scrub::check_encoding(response.headers()) {
+            return Outcome {
+                query: Some(logged_query),
+                upstream_status: Some(upstream_status),
+                ..fail(error, route_name)
+            };
+        }
+        redactor.headers(response.headers_mut());
+        // Redaction changes the length; a HEAD answer has no body to change.
+        if parts.method != http::Method::HEAD {
+            response.headers_mut().remove(header::CONTENT_LENGTH);
+        }
+        response = response.map(|body| redactor.body(body));
+    }
     Outcome {
         response,
         route: Some(route.name.clone()),
@@ -213,6 +268,7 @@ async fn forward(generation: &Generation, request: Request<Incoming>, bytes_in: 
 
 fn filter_response_headers(headers: &mut HeaderMap, keep_set_cookie: bool) {
     headers::strip_hop_by_hop(headers);
+    cors::strip_upstream(headers);
     if !keep_set_cookie {
         headers.remove(header::SET_COOKIE);
     }
