@@ -4,9 +4,9 @@
 //!
 //! The body is scrubbed while it streams: an Aho-Corasick automaton over every form of every
 //! injected secret (plain, URL-encoded, JSON-escaped, and `base64(user:secret)` for Basic auth)
-//! runs over each chunk, and the last `longest pattern - 1` bytes are held back until the next
-//! chunk arrives, so a secret split across chunk boundaries is still found. Nothing else is
-//! buffered. Scrubbing needs the plaintext, so scrubbing routes ask the upstream for
+//! runs over each chunk, and a chunk's tail that could be the start of a secret is held back
+//! until the next chunk arrives, so a secret split across chunk boundaries is still found. Any
+//! other byte goes out at once (an SSE event is not delayed), and nothing else is buffered. Scrubbing needs the plaintext, so scrubbing routes ask the upstream for
 //! `Accept-Encoding: identity` and refuse an encoded answer (see [`check_encoding`]).
 //! The automaton's pattern memory is not zeroized on drop; it lives for one response.
 
@@ -34,6 +34,8 @@ pub const REDACTED: &[u8] = b"[REDACTED]";
 /// Finds every injected value of one route in response bytes.
 pub struct Redactor {
     automaton: AhoCorasick,
+    /// The patterns again, to tell whether a chunk's tail may be the start of one.
+    patterns: Vec<Zeroizing<Vec<u8>>>,
     longest: usize,
 }
 
@@ -77,16 +79,30 @@ impl Redactor {
                 }
             }
         }
-        Redactor::new(&patterns)
+        Redactor::new(patterns)
     }
 
-    fn new(patterns: &[Zeroizing<Vec<u8>>]) -> Option<Redactor> {
+    fn new(patterns: Vec<Zeroizing<Vec<u8>>>) -> Option<Redactor> {
         let longest = patterns.iter().map(|p| p.len()).max()?;
         let automaton = AhoCorasick::builder()
             .match_kind(MatchKind::LeftmostLongest)
             .build(patterns.iter().map(|p| p.as_slice()))
             .ok()?;
-        Some(Redactor { automaton, longest })
+        Some(Redactor {
+            automaton,
+            patterns,
+            longest,
+        })
+    }
+
+    /// The first position in `from..to` where the rest of `bytes` is a proper prefix of a
+    /// pattern, i.e. where a secret may begin that only the next chunk completes.
+    fn partial(&self, bytes: &[u8], from: usize, to: usize) -> Option<usize> {
+        let from = from.max(bytes.len().saturating_sub(self.longest - 1));
+        (from..to).find(|&at| {
+            let rest = &bytes[at..];
+            self.patterns.iter().any(|p| p.len() > rest.len() && p.starts_with(rest))
+        })
     }
 
     fn replace(&self, bytes: &[u8]) -> Vec<u8> {
@@ -137,24 +153,29 @@ struct Scrubbed {
 }
 
 impl Scrubbed {
-    /// Scrubs `held` and returns what is safe to send; keeps a tail that may start a secret
-    /// unless `last`.
+    /// Scrubs `held` and returns what can be sent; unless `last`, keeps the tail from the
+    /// first place where more data could still make (or lengthen) a match.
     fn release(&mut self, last: bool) -> Bytes {
-        let keep = if last { 0 } else { self.redactor.longest - 1 };
-        let safe = self.held.len().saturating_sub(keep);
-        let mut out = Vec::with_capacity(self.held.len());
+        let held = &self.held[..];
+        let redactor = &self.redactor;
+        let mut out = Vec::with_capacity(held.len());
         let mut at = 0;
-        for found in self.redactor.automaton.find_iter(&self.held[..]) {
-            // A match starting before `safe` is complete: every pattern starting there fits.
-            if found.start() >= safe {
+        let mut cut = None;
+        for found in redactor.automaton.find_iter(held) {
+            if !last && let Some(pending) = redactor.partial(held, at, found.start() + 1) {
+                cut = Some(pending);
                 break;
             }
-            out.extend_from_slice(&self.held[at..found.start()]);
+            out.extend_from_slice(&held[at..found.start()]);
             out.extend_from_slice(REDACTED);
             at = found.end();
         }
-        let cut = at.max(safe);
-        out.extend_from_slice(&self.held[at..cut]);
+        let cut = match cut {
+            Some(cut) => cut,
+            None if last => held.len(),
+            None => redactor.partial(held, at, held.len()).unwrap_or(held.len()),
+        };
+        out.extend_from_slice(&held[at..cut]);
         let _ = self.held.split_to(cut);
         Bytes::from(out)
     }
@@ -214,7 +235,7 @@ mod tests {
 
     fn redactor(secrets: &[&str]) -> Arc<Redactor> {
         let patterns: Vec<_> = secrets.iter().map(|s| Zeroizing::new(s.as_bytes().to_vec())).collect();
-        Arc::new(Redactor::new(&patterns).unwrap())
+        Arc::new(Redactor::new(patterns).unwrap())
     }
 
     async fn scrub_chunks(redactor: Arc<Redactor>, chunks: Vec<Vec<u8>>) -> Vec<u8> {
