@@ -5,3 +5,4 @@ mod daemon;
 mod harness;
 mod keyring;
 mod proxy;
+mod redteam;
