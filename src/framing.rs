@@ -80,12 +80,26 @@ impl<IO> Sniffed<IO> {
             State::Body(left) => {
                 let used = take(left);
                 let left = left - used as u64;
-                (if left == 0 { State::Head(Vec::new()) } else { State::Body(left) }, used)
+                (
+                    if left == 0 {
+                        State::Head(Vec::new())
+                    } else {
+                        State::Body(left)
+                    },
+                    used,
+                )
             }
             State::ChunkData(left) => {
                 let used = take(left);
                 let left = left - used as u64;
-                (if left == 0 { State::ChunkEnd } else { State::ChunkData(left) }, used)
+                (
+                    if left == 0 {
+                        State::ChunkEnd
+                    } else {
+                        State::ChunkData(left)
+                    },
+                    used,
+                )
             }
             State::ChunkEnd => match line_end() {
                 Some(at) => (State::ChunkSize(Vec::new()), at),
@@ -98,7 +112,14 @@ impl<IO> Sniffed<IO> {
                 }
                 None => {
                     buf.extend_from_slice(bytes);
-                    (if buf.len() > MAX_HEAD { State::Stopped } else { State::Head(buf) }, bytes.len())
+                    (
+                        if buf.len() > MAX_HEAD {
+                            State::Stopped
+                        } else {
+                            State::Head(buf)
+                        },
+                        bytes.len(),
+                    )
                 }
             },
             State::ChunkSize(mut buf) => match line_end() {
@@ -115,18 +136,39 @@ impl<IO> Sniffed<IO> {
                 }
                 None => {
                     buf.extend_from_slice(bytes);
-                    (if buf.len() > MAX_HEAD { State::Stopped } else { State::ChunkSize(buf) }, bytes.len())
+                    (
+                        if buf.len() > MAX_HEAD {
+                            State::Stopped
+                        } else {
+                            State::ChunkSize(buf)
+                        },
+                        bytes.len(),
+                    )
                 }
             },
             State::Trailers(mut buf) => match line_end() {
                 Some(at) => {
                     buf.extend_from_slice(&bytes[..at]);
                     let blank = buf == b"\r\n" || buf == b"\n";
-                    (if blank { State::Head(Vec::new()) } else { State::Trailers(Vec::new()) }, at)
+                    (
+                        if blank {
+                            State::Head(Vec::new())
+                        } else {
+                            State::Trailers(Vec::new())
+                        },
+                        at,
+                    )
                 }
                 None => {
                     buf.extend_from_slice(bytes);
-                    (if buf.len() > MAX_HEAD { State::Stopped } else { State::Trailers(buf) }, bytes.len())
+                    (
+                        if buf.len() > MAX_HEAD {
+                            State::Stopped
+                        } else {
+                            State::Trailers(buf)
+                        },
+                        bytes.len(),
+                    )
                 }
             },
         }
@@ -140,7 +182,7 @@ impl<IO> Sniffed<IO> {
         }
         let headers = &*request.headers;
         let named = |name: &'static str| headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name));
-        let chunked = named("transfer-encoding").last().map(|h| {
+        let chunked = named("transfer-encoding").next_back().map(|h| {
             String::from_utf8_lossy(h.value)
                 .rsplit(',')
                 .next()
@@ -219,8 +261,7 @@ mod tests {
         for piece in input {
             sniffed.feed(piece);
         }
-        let list = verdicts.0.lock().unwrap().iter().copied().collect();
-        list
+        verdicts.0.lock().unwrap().iter().copied().collect()
     }
 
     #[test]

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::ConfigError;
 use super::error::Source;
 use super::raw::{RawServer, RawSize};
 use super::template::{ValuePart, ValueTemplate};
-use super::ConfigError;
 
 /// Default request body limit of a route (`max-body`).
 pub const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024;
@@ -111,8 +111,14 @@ pub(super) fn access(raw: &RawServer, secrets: &Secrets, source: &Source<'_>) ->
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'));
         if !valid {
             return Err(source
-                .error(host.span(), "server.allowed-hosts", format!("`{}` is not a host name", host.get_ref()))
-                .with_help("write a name as clients send it in `Host`, e.g. \"myhost.local\" or \"myhost.local:8787\""));
+                .error(
+                    host.span(),
+                    "server.allowed-hosts",
+                    format!("`{}` is not a host name", host.get_ref()),
+                )
+                .with_help(
+                    "write a name as clients send it in `Host`, e.g. \"myhost.local\" or \"myhost.local:8787\"",
+                ));
         }
         allowed_hosts.push(text);
     }
@@ -178,7 +184,9 @@ pub fn normalize_origin(text: &str) -> Result<String, String> {
     let url = url::Url::parse(text).map_err(|_| format!("`{text}` is not an origin (scheme://host[:port])"))?;
     let bare = url.path().is_empty() || url.path() == "/";
     if !bare || url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
-        return Err(format!("`{text}` is not an origin: it may not have a path, query or user"));
+        return Err(format!(
+            "`{text}` is not an origin: it may not have a path, query or user"
+        ));
     }
     let host = url
         .host_str()
@@ -191,7 +199,11 @@ pub fn normalize_origin(text: &str) -> Result<String, String> {
 }
 
 /// A route's `max-body`: `None` means unlimited.
-pub(super) fn max_body(raw: &Option<Spanned<RawSize>>, key: &str, source: &Source<'_>) -> Result<Option<u64>, ConfigError> {
+pub(super) fn max_body(
+    raw: &Option<Spanned<RawSize>>,
+    key: &str,
+    source: &Source<'_>,
+) -> Result<Option<u64>, ConfigError> {
     match raw {
         None => Ok(Some(DEFAULT_MAX_BODY)),
         Some(value) => match value.get_ref() {
@@ -217,7 +229,11 @@ pub(super) fn limits(raw: &RawServer, source: &Source<'_>) -> Result<ServerLimit
             .filter(|d| !d.is_zero())
             .ok_or_else(|| {
                 source
-                    .error(text.span(), "server.header-timeout", format!("`{}` is not a duration", text.get_ref()))
+                    .error(
+                        text.span(),
+                        "server.header-timeout",
+                        format!("`{}` is not a duration", text.get_ref()),
+                    )
                     .with_help("e.g. \"5s\", \"30s\"")
             })?;
     }
@@ -259,7 +275,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "gib" => 1 << 30,
         _ => return Err(format!("`{text}` has an unknown unit")),
     };
-    number.checked_mul(factor).ok_or_else(|| format!("`{text}` is too large"))
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 #[cfg(test)]
@@ -278,8 +296,14 @@ mod tests {
 
     #[test]
     fn origins_normalize_like_browsers() {
-        assert_eq!(normalize_origin("HTTP://LocalHost:5173/").unwrap(), "http://localhost:5173");
-        assert_eq!(normalize_origin("https://app.example:443").unwrap(), "https://app.example");
+        assert_eq!(
+            normalize_origin("HTTP://LocalHost:5173/").unwrap(),
+            "http://localhost:5173"
+        );
+        assert_eq!(
+            normalize_origin("https://app.example:443").unwrap(),
+            "https://app.example"
+        );
         assert_eq!(
             normalize_origin("chrome-extension://abcdef").unwrap(),
             "chrome-extension://abcdef"

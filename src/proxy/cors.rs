@@ -57,7 +57,11 @@ pub fn preflight(generation: &Generation, parts: &Parts) -> (Response<ProxyBody>
     if let Err(error) = guard::admit_route(route, &parts.headers) {
         return (error.into_response(Some(&route.name)), name);
     }
-    let origin = parts.headers.get(header::ORIGIN).cloned().expect("a preflight has an Origin");
+    let origin = parts
+        .headers
+        .get(header::ORIGIN)
+        .cloned()
+        .expect("a preflight has an Origin");
     let token = generation.config.server.access.client_token.is_some();
 
     let mut response = Response::new(empty());
@@ -125,7 +129,12 @@ pub fn strip_upstream(headers: &mut HeaderMap) {
 
 /// Adds `Access-Control-Allow-Origin` for an allowed origin, and `Vary: Origin` always, to a
 /// response that is not a preflight answer.
-pub fn decorate(response: &mut Response<ProxyBody>, generation: &Generation, route: Option<&str>, origin: Option<&HeaderValue>) {
+pub fn decorate(
+    response: &mut Response<ProxyBody>,
+    generation: &Generation,
+    route: Option<&str>,
+    origin: Option<&HeaderValue>,
+) {
     let headers = response.headers_mut();
     if headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
         return;

@@ -58,7 +58,10 @@ pub fn admit_route(route: &Route, headers: &HeaderMap) -> Result<(), ProxyError>
     if let (Some(allowed), Some(origin)) = (&route.allowed_origins, headers.get(header::ORIGIN))
         && !allowed.iter().any(|a| a.as_bytes() == origin.as_bytes())
     {
-        return Err(forbidden("origin_not_allowed", "this page's origin may not call this route"));
+        return Err(forbidden(
+            "origin_not_allowed",
+            "this page's origin may not call this route",
+        ));
     }
     Ok(())
 }
@@ -77,7 +80,12 @@ fn forbidden(code: &'static str, reason: &str) -> ProxyError {
 }
 
 fn check_host(access: &Access, headers: &HeaderMap, local: Option<SocketAddr>) -> Result<(), ProxyError> {
-    let refused = || forbidden("host_not_allowed", "the Host header names a host this proxy does not serve");
+    let refused = || {
+        forbidden(
+            "host_not_allowed",
+            "the Host header names a host this proxy does not serve",
+        )
+    };
     let mut hosts = headers.get_all(header::HOST).iter();
     let (Some(host), None) = (hosts.next(), hosts.next()) else {
         return Err(refused());
@@ -175,7 +183,7 @@ async fn check_token(generation: &Generation, name: &str, headers: &mut HeaderMa
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
-        .is_some_and(|token| matches(token));
+        .is_some_and(matches);
     if bearer {
         headers.remove(header::AUTHORIZATION);
         Ok(())

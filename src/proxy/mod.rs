@@ -64,7 +64,12 @@ impl Proxy {
         let origin = request.headers().get(header::ORIGIN).cloned();
         let bytes_in = Arc::new(AtomicU64::new(0));
         let mut outcome = forward(&generation, request, bytes_in.clone()).await;
-        cors::decorate(&mut outcome.response, &generation, outcome.route.as_deref(), origin.as_ref());
+        cors::decorate(
+            &mut outcome.response,
+            &generation,
+            outcome.route.as_deref(),
+            origin.as_ref(),
+        );
         let record = AccessRecord {
             method,
             route: outcome.route,
@@ -115,7 +120,9 @@ async fn forward(generation: &Generation, request: Request<Incoming>, bytes_in: 
         Lookup::NotFound => return fail(ProxyError::NoRoute, None),
     };
     let route_name = Some(route.name.as_str());
-    if let Err(error) = guard::admit_route(route, &parts.headers).and_then(|()| limit::check_declared(route, &parts.headers)) {
+    if let Err(error) =
+        guard::admit_route(route, &parts.headers).and_then(|()| limit::check_declared(route, &parts.headers))
+    {
         return fail(error, route_name);
     }
 

@@ -101,7 +101,9 @@ impl Redactor {
         let from = from.max(bytes.len().saturating_sub(self.longest - 1));
         (from..to).find(|&at| {
             let rest = &bytes[at..];
-            self.patterns.iter().any(|p| p.len() > rest.len() && p.starts_with(rest))
+            self.patterns
+                .iter()
+                .any(|p| p.len() > rest.len() && p.starts_with(rest))
         })
     }
 
@@ -135,7 +137,10 @@ impl Redactor {
 
 /// Refuses an encoded upstream answer on a scrubbing route: a compressed secret cannot be found.
 pub fn check_encoding(headers: &HeaderMap) -> Result<(), ProxyError> {
-    match headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim()) {
+    match headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim())
+    {
         None | Some("") => Ok(()),
         Some(encoding) if encoding.eq_ignore_ascii_case("identity") => Ok(()),
         Some(encoding) => Err(ProxyError::Unscrubbable(encoding.to_string())),

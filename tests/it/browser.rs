@@ -21,7 +21,10 @@ fn browser_dir() -> PathBuf {
 
 /// Fails (never skips) with a pointer to scripts/test when the browser tooling is missing.
 fn require_browser_tooling() {
-    let node = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    let node = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     let chromium = std::path::Path::new("/usr/bin/chromium").exists();
     let playwright = browser_dir().join("node_modules/playwright-core").is_dir();
     assert!(
@@ -147,11 +150,19 @@ async fn chromium_allowed_page_works_and_disallowed_page_reaches_no_upstream() {
         .iter()
         .find(|r| r["url"].as_str().unwrap().contains("/api/hello") && r["status"] == 200)
         .expect("the fetch response was recorded");
-    assert_eq!(answer["headers"]["access-control-allow-origin"], allowed_origin.as_str());
+    assert_eq!(
+        answer["headers"]["access-control-allow-origin"],
+        allowed_origin.as_str()
+    );
     let text = shown["text"].as_str().unwrap();
     assert!(text.contains("hello from upstream"), "{text}");
     assert!(text.contains("Bearer [REDACTED]"), "{text}");
-    assert!(report["allowed"]["html"].as_str().unwrap().contains("hello from upstream"));
+    assert!(
+        report["allowed"]["html"]
+            .as_str()
+            .unwrap()
+            .contains("hello from upstream")
+    );
 
     let refused = &report["disallowed"]["result"];
     assert!(refused["fetch"].as_str().unwrap().starts_with("error"), "{report:#}");
@@ -163,7 +174,10 @@ async fn chromium_allowed_page_works_and_disallowed_page_reaches_no_upstream() {
     let received = upstream.received();
     assert_eq!(received.len(), 1, "{received:?}");
     assert_eq!(received[0].target, "/v1/hello?from=page");
-    assert_eq!(received[0].header("authorization"), Some(format!("Bearer {SECRET}").as_str()));
+    assert_eq!(
+        received[0].header("authorization"),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
 
     // The disallowed page's requests did reach the proxy, and were refused there.
     let (_, logs) = daemon.terminate();

@@ -12,7 +12,11 @@ fn assert_located(text: &str) -> Result<(), TestCaseError> {
             prop_assert!(config.server.access.listen_refusal(config.server.listen).is_none());
             for route in &config.routes {
                 if let Some(narrowed) = &route.allowed_origins {
-                    prop_assert!(narrowed.iter().all(|o| config.server.access.allowed_origins.contains(o)));
+                    prop_assert!(
+                        narrowed
+                            .iter()
+                            .all(|o| config.server.access.allowed_origins.contains(o))
+                    );
                 }
             }
         }
@@ -33,8 +37,28 @@ fn edit() -> impl Strategy<Value = (usize, usize, &'static str)> {
         0usize..EXAMPLE.len(),
         0usize..8,
         prop::sample::select(vec![
-            "", "\"", "=", "[", "]", "{", "}", "\n", "${", "}", "..", "/", "0.0.0.0", "*", "#", ",", "'''", "1e9", "-1",
-            "allowed-origins = [\"*\"]\n", "max-body = \"10 parsecs\"\n", "client-token = \"${nope}\"\n",
+            "",
+            "\"",
+            "=",
+            "[",
+            "]",
+            "{",
+            "}",
+            "\n",
+            "${",
+            "}",
+            "..",
+            "/",
+            "0.0.0.0",
+            "*",
+            "#",
+            ",",
+            "'''",
+            "1e9",
+            "-1",
+            "allowed-origins = [\"*\"]\n",
+            "max-body = \"10 parsecs\"\n",
+            "client-token = \"${nope}\"\n",
         ]),
     )
 }

@@ -77,7 +77,12 @@ fn assert_untouched(upstream: &Upstream, case: &str) {
 #[tokio::test]
 async fn forbidden_origin_is_refused_for_get_post_and_preflight() {
     let (upstream, proxy) = setup("").await;
-    let get = client().get(proxy.url("/api/user")).header("Origin", EVIL).send().await.unwrap();
+    let get = client()
+        .get(proxy.url("/api/user"))
+        .header("Origin", EVIL)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(get.status(), 403);
     assert!(get.headers().get("access-control-allow-origin").is_none());
     let body: Value = serde_json::from_str(&get.text().await.unwrap()).unwrap();
@@ -91,7 +96,12 @@ async fn forbidden_origin_is_refused_for_get_post_and_preflight() {
         .await
         .unwrap();
     assert_eq!(post.status(), 403);
-    let null_origin = client().get(proxy.url("/api/user")).header("Origin", "null").send().await.unwrap();
+    let null_origin = client()
+        .get(proxy.url("/api/user"))
+        .header("Origin", "null")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(null_origin.status(), 403);
     let preflight = client()
         .request(reqwest::Method::OPTIONS, proxy.url("/api/user"))
@@ -114,7 +124,10 @@ async fn preflight_from_an_allowed_origin_is_answered_by_the_proxy() {
         .request(reqwest::Method::OPTIONS, proxy.url("/api/user"))
         .header("Origin", ALLOWED)
         .header("Access-Control-Request-Method", "POST")
-        .header("Access-Control-Request-Headers", "content-type, x-trace, authorization, host")
+        .header(
+            "Access-Control-Request-Headers",
+            "content-type, x-trace, authorization, host",
+        )
         .header("Access-Control-Request-Private-Network", "true")
         .send()
         .await
@@ -130,7 +143,12 @@ async fn preflight_from_an_allowed_origin_is_answered_by_the_proxy() {
     assert_untouched(&upstream, "preflight");
 
     // The actual request carries the proxy's CORS headers.
-    let get = client().get(proxy.url("/api/user")).header("Origin", ALLOWED).send().await.unwrap();
+    let get = client()
+        .get(proxy.url("/api/user"))
+        .header("Origin", ALLOWED)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(get.status(), 200);
     assert_eq!(get.headers()["access-control-allow-origin"], ALLOWED);
     assert!(get.headers().get_all("vary").iter().any(|v| v == "Origin"));
@@ -163,9 +181,19 @@ async fn upstream_cors_headers_are_replaced_and_routes_narrow_origins() {
     let no_origin = client().get(proxy.url("/wide")).send().await.unwrap();
     assert!(no_origin.headers().get("access-control-allow-origin").is_none());
     assert!(no_origin.headers().get("access-control-allow-credentials").is_none());
-    let wide = client().get(proxy.url("/wide")).header("Origin", other).send().await.unwrap();
+    let wide = client()
+        .get(proxy.url("/wide"))
+        .header("Origin", other)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wide.headers()["access-control-allow-origin"], other);
-    let narrow = client().get(proxy.url("/narrow")).header("Origin", other).send().await.unwrap();
+    let narrow = client()
+        .get(proxy.url("/narrow"))
+        .header("Origin", other)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(narrow.status(), 403);
     assert_eq!(upstream.received().len(), 2, "the narrowed route was not forwarded");
 }
@@ -244,7 +272,10 @@ async fn path_tricks_are_refused_before_matching() {
         format!("http://127.0.0.1:{}/api/x", proxy.addr.port()),
     ];
     for target in &targets {
-        let request = format!("GET {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", proxy.addr);
+        let request = format!(
+            "GET {target} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            proxy.addr
+        );
         let (response, _) = raw(proxy.addr, request.as_bytes(), Duration::from_secs(5)).await;
         assert_eq!(status(&response), 400, "{target}: {response}");
         assert_no_secret(&response, &[SECRET], "path refusal");
@@ -270,14 +301,20 @@ async fn smuggling_headers_get_400_and_a_closed_connection() {
         format!(
             "POST /api/x HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n{smuggled}"
         ),
-        format!("POST /api/x HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\nContent-Length: 60\r\n\r\nhello{smuggled}"),
+        format!(
+            "POST /api/x HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\nContent-Length: 60\r\n\r\nhello{smuggled}"
+        ),
         format!("POST /api/x HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5, 60\r\n\r\nhello{smuggled}"),
     ];
     for case in &cases {
         let (response, closed) = raw(proxy.addr, case.as_bytes(), Duration::from_secs(5)).await;
         assert_eq!(status(&response), 400, "{case}\n=> {response}");
         assert!(closed, "the connection stayed open after:\n{case}");
-        assert_eq!(response.matches("HTTP/1.1").count(), 1, "the smuggled request was answered: {response}");
+        assert_eq!(
+            response.matches("HTTP/1.1").count(),
+            1,
+            "the smuggled request was answered: {response}"
+        );
     }
     // After a clean first request on a kept-alive connection, an ambiguous second one is refused too.
     let pipelined = format!(
@@ -325,7 +362,12 @@ async fn oversized_header_and_body_are_refused() {
         assert!(seen.body.len() <= 1024, "the upstream got {} bytes", seen.body.len());
     }
     // Within the limit is fine.
-    let ok = client().post(proxy.url("/api/upload")).body(vec![b'x'; 1024]).send().await.unwrap();
+    let ok = client()
+        .post(proxy.url("/api/upload"))
+        .body(vec![b'x'; 1024])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
 }
 
@@ -334,7 +376,9 @@ async fn slow_client_is_cut_off_while_others_are_served() {
     let (upstream, proxy) = setup("").await;
     let started = Instant::now();
     let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
-    slow.write_all(b"GET /api/slow HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap();
+    slow.write_all(b"GET /api/slow HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
     // Others are served while the slow client dawdles.
     for _ in 0..5 {
         let response = client().get(proxy.url("/api/fast")).send().await.unwrap();
@@ -342,7 +386,11 @@ async fn slow_client_is_cut_off_while_others_are_served() {
     }
     let (_, closed) = read_all(&mut slow, Duration::from_secs(5)).await;
     assert!(closed, "the slow client was never disconnected");
-    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(upstream.received().iter().all(|r| r.target == "/v1/fast"));
 
     // An idle keep-alive connection is closed by the same timer.
@@ -424,7 +472,14 @@ async fn an_upstream_that_echoes_the_secret_is_redacted_even_across_chunks() {
     assert_eq!(seen.matches("[REDACTED]").count(), 4, "{seen}");
 
     // Switched off per route, the echo passes (which is what proves the scrubbing above).
-    let unscrubbed = client().get(proxy.url("/raw")).send().await.unwrap().text().await.unwrap();
+    let unscrubbed = client()
+        .get(proxy.url("/raw"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(unscrubbed.contains(SECRET));
 }
 
@@ -432,7 +487,9 @@ async fn an_upstream_that_echoes_the_secret_is_redacted_even_across_chunks() {
 async fn a_compressed_answer_on_a_scrubbing_route_is_refused() {
     let upstream = Upstream::start(|_| async {
         let mut response = text(200, vec![0x1f, 0x8b, 0x08, 0x00]);
-        response.headers_mut().insert("content-encoding", "gzip".parse().unwrap());
+        response
+            .headers_mut()
+            .insert("content-encoding", "gzip".parse().unwrap());
         response
     })
     .await;
@@ -452,7 +509,10 @@ async fn a_compressed_answer_on_a_scrubbing_route_is_refused() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_with_a_query_secret_leaks_nothing() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let daemon = Daemon::start(
         &format!(
             "[secrets.k]\nenv = \"REDTEAM_KEY\"\n\
@@ -521,7 +581,11 @@ async fn client_token_is_required_compared_and_removed() {
     for seen in upstream.received() {
         assert!(seen.header("x-secretproxy-token").is_none());
         assert_eq!(seen.header("authorization"), Some(format!("Bearer {SECRET}").as_str()));
-        assert_no_secret(&format!("{:?} {}", seen.headers, seen.target), &[token], "forwarded request");
+        assert_no_secret(
+            &format!("{:?} {}", seen.headers, seen.target),
+            &[token],
+            "forwarded request",
+        );
     }
     // A preflight carries no credentials and is answered without the token.
     let preflight = client()
@@ -533,7 +597,10 @@ async fn client_token_is_required_compared_and_removed() {
         .await
         .unwrap();
     assert_eq!(preflight.status(), 204);
-    assert_eq!(preflight.headers()["access-control-allow-headers"], "x-secretproxy-token");
+    assert_eq!(
+        preflight.headers()["access-control-allow-headers"],
+        "x-secretproxy-token"
+    );
 }
 
 #[tokio::test]
@@ -544,7 +611,12 @@ async fn non_browser_clients_can_be_turned_off() {
     let body: Value = serde_json::from_str(&curl.text().await.unwrap()).unwrap();
     assert_eq!(body["code"], "non_browser");
     assert_untouched(&upstream, "non-browser");
-    let page = client().get(proxy.url("/api/a")).header("Origin", ALLOWED).send().await.unwrap();
+    let page = client()
+        .get(proxy.url("/api/a"))
+        .header("Origin", ALLOWED)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.status(), 200);
 }
 
@@ -552,7 +624,11 @@ async fn non_browser_clients_can_be_turned_off() {
 async fn remote_listen_is_refused_without_opt_in_and_token() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("proxy.toml");
-    std::fs::write(&config, "[routes.a]\npath = \"/a\"\nupstream = \"https://example.com/\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[routes.a]\npath = \"/a\"\nupstream = \"https://example.com/\"\n",
+    )
+    .unwrap();
     let output = binary()
         .args(["serve", "--listen", "0.0.0.0:0", "--config"])
         .arg(&config)
@@ -566,5 +642,8 @@ async fn remote_listen_is_refused_without_opt_in_and_token() {
     let output = binary().args(["serve", "--config"]).arg(&config).output().unwrap();
     assert_eq!(output.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("server.listen") && stderr.contains("client-token"), "{stderr}");
+    assert!(
+        stderr.contains("server.listen") && stderr.contains("client-token"),
+        "{stderr}"
+    );
 }
