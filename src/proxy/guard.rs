@@ -2,8 +2,8 @@
 //!
 //! Checks run in this order, and the first refusal answers: ambiguous framing (`400`, connection
 //! closed), the request target ([`super::path`], `400`), the `Host` header against the loopback
-//! names and `allowed-hosts` (`403`, DNS rebinding), `Origin` against `allowed-origins` (`403`,
-//! every method), `Sec-Fetch-Site` on requests without `Origin` (`403` for `cross-site` and
+//! names and `allowed-hosts` (`403`, DNS rebinding), `Origin` against `allowed-origins` or the
+//! proxy's own origin (`403`, every method), `Sec-Fetch-Site` on requests without `Origin` (`403` for `cross-site` and
 //! `same-site`: `<img>`, `<script>`, navigations, no-cors posts), the non-browser policy, and the
 //! client token (`401`). None of these contacts an upstream. The client token is compared in
 //! constant time and removed from the request before it is forwarded.
@@ -57,6 +57,7 @@ pub async fn admit(generation: &Generation, parts: &mut Parts) -> Result<(), Pro
 pub fn admit_route(route: &Route, headers: &HeaderMap) -> Result<(), ProxyError> {
     if let (Some(allowed), Some(origin)) = (&route.allowed_origins, headers.get(header::ORIGIN))
         && !allowed.iter().any(|a| a.as_bytes() == origin.as_bytes())
+        && !same_origin(headers, origin)
     {
         return Err(forbidden(
             "origin_not_allowed",
@@ -70,6 +71,19 @@ pub fn admit_route(route: &Route, headers: &HeaderMap) -> Result<(), ProxyError>
 pub fn origin_allowed(access: &Access, route: Option<&Route>, origin: &HeaderValue) -> bool {
     let listed = |list: &[String]| list.iter().any(|a| a.as_bytes() == origin.as_bytes());
     listed(&access.allowed_origins) && route.and_then(|r| r.allowed_origins.as_deref()).is_none_or(listed)
+}
+
+/// A page served by the proxy itself: `Origin` is `http://` plus the (already checked) `Host`.
+/// No other page can have that origin while the daemon holds the port.
+pub fn same_origin(headers: &HeaderMap, origin: &HeaderValue) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.strip_prefix("http://"))
+        .is_some_and(|o| o.eq_ignore_ascii_case(host))
 }
 
 fn forbidden(code: &'static str, reason: &str) -> ProxyError {
@@ -128,7 +142,7 @@ fn check_caller(access: &Access, headers: &HeaderMap) -> Result<(), ProxyError> 
     let mut origins = headers.get_all(header::ORIGIN).iter();
     match (origins.next(), origins.next()) {
         (Some(origin), None) => {
-            return if origin_allowed(access, None, origin) {
+            return if origin_allowed(access, None, origin) || same_origin(headers, origin) {
                 Ok(())
             } else {
                 Err(forbidden(
