@@ -2,7 +2,7 @@
 //!
 //! Routes match the path as it arrived (still percent-encoded) and parameter values go to the
 //! upstream byte for byte, so the path must already be canonical: no `.` or `..` segment in any
-//! encoding (`%2e`, `%252e`, ...), no encoded `/` or `\`, no raw `\`, no empty segment, no `;`
+//! encoding (`%2e`, `%252e`, ...) nor a segment of only dots and spaces (`...`, `..%20`), no encoded `/` or `\`, no raw `\`, no empty segment, no `;`
 //! parameters (`..;`), no control characters, only origin-form targets (`/path`), never CONNECT.
 //! A path that passes means the same thing to every server that decodes it any number of times
 //! (up to [`MAX_DECODE_DEPTH`]), so no upstream can resolve it outside the route's base path.
@@ -20,7 +20,7 @@ pub enum PathError {
     Connect,
     #[error("absolute-form and authority-form request targets are not accepted; send `/path`")]
     NotOriginForm,
-    #[error("the path contains a `.` or `..` segment")]
+    #[error("the path contains a `.` or `..` segment (or one of only dots and spaces)")]
     DotSegment,
     #[error("the path contains an empty segment (`//`)")]
     EmptySegment,
@@ -72,7 +72,9 @@ fn check_segment(raw: &[u8]) -> Result<(), PathError> {
     }
     let mut level = raw.to_vec();
     for depth in 0..=MAX_DECODE_DEPTH {
-        if level == b"." || level == b".." {
+        // `.` and `..`, and lookalikes that some servers trim into them (`...`, `..%20`: Windows
+        // drops trailing dots and spaces, URL parsers trim spaces at the end).
+        if level.iter().all(|b| *b == b'.' || *b == b' ') && level.contains(&b'.') {
             return Err(PathError::DotSegment);
         }
         for &byte in &level {
@@ -136,7 +138,6 @@ mod tests {
             "/api/a%20b/%41",
             "/api/@scope/pkg",
             "/api/100%25",
-            "/api/...",
             "/api/.well-known/x",
             "/api/x?q=../../etc",
         ] {
@@ -150,6 +151,9 @@ mod tests {
             ("/api/../admin", PathError::DotSegment),
             ("/api/./x", PathError::DotSegment),
             ("/api/..", PathError::DotSegment),
+            ("/api/...", PathError::DotSegment),
+            ("/api/..%20", PathError::DotSegment),
+            ("/api/%20.", PathError::DotSegment),
             ("/api/%2e%2e/admin", PathError::DotSegment),
             ("/api/.%2E/admin", PathError::DotSegment),
             ("/api/%252e%252e/admin", PathError::DotSegment),
@@ -184,7 +188,7 @@ mod tests {
     fn piece() -> impl Strategy<Value = &'static str> {
         prop::sample::select(vec![
             "a", "Z", "0", ".", "..", "%2e", "%2E", "%252e", "%2f", "%5c", "%25", "%", "/", "//", ";", "\\", "%00",
-            "%41", "@", "~", "-", "%c0%ae", "%20", "é",
+            "%41", "@", "~", "-", "%c0%ae", "%20", " ", "%2520", "é",
         ])
     }
 
