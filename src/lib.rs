@@ -2,14 +2,17 @@
 //!
 //! A request flows through the crate like this:
 //!
-//! 1. [`server`] accepts a connection (hyper, HTTP/1.1) and hands each request to [`proxy`].
+//! 1. [`server`] accepts a connection (hyper, HTTP/1.1, with header size/time and connection
+//!    limits), follows its raw request framing ([`framing`]) and hands each request to [`proxy`].
 //! 2. [`proxy`] takes the current [`generation::Generation`] — the validated [`config`], its
-//!    [`routes::RouteTable`], its [`secrets::SecretCache`] and HTTPS clients — and matches the
-//!    path and method.
+//!    [`routes::RouteTable`], its [`secrets::SecretCache`] and HTTPS clients —, runs the request
+//!    guard (path, `Host`, `Origin`, `Sec-Fetch-Site`, client token; [`proxy::guard`]), answers
+//!    CORS preflights itself ([`proxy::cors`]), and matches the path and method.
 //! 3. The route's secrets come from the cache (OS keyring, environment or file, see
 //!    [`secrets`]); the upstream URL, query and headers are built with the secrets injected.
-//! 4. The request streams to the upstream (reqwest + rustls); the response streams back with
-//!    hop-by-hop and cookie headers removed; an access line is logged when it ends.
+//! 4. The request streams to the upstream (reqwest + rustls) within the route's body limit; the
+//!    response streams back with hop-by-hop, cookie and upstream CORS headers removed and echoed
+//!    secrets redacted ([`proxy::scrub`]); an access line is logged when it ends.
 //!
 //! Paths under `/_secretproxy` never reach step 2: [`admin`] answers them (health, [`metrics`])
 //! to loopback clients only. Under systemd, [`notify`] reports readiness, reloads and shutdown.
@@ -24,6 +27,7 @@ pub mod admin;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod framing;
 pub mod generation;
 pub mod metrics;
 pub mod notify;

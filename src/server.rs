@@ -2,6 +2,13 @@
 //!
 //! One shutdown future stops accepting; in-flight requests and streams then get up to the drain
 //! deadline to finish before the connections are dropped.
+//!
+//! Limits against hostile clients live here (values from `[server]`, read at start): request
+//! headers over `max-header-size` get `431` from hyper; a client that does not finish its headers
+//! within `header-timeout` is disconnected, and the same timer closes idle keep-alive
+//! connections; past `max-connections` open connections a new one gets a fixed `503` and is
+//! closed. Each connection's bytes pass through [`framing::Sniffed`] so ambiguous request framing
+//! can be refused (see [`crate::framing`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,10 +22,15 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::framing;
 use crate::proxy::Proxy;
+use crate::proxy::guard::{AmbiguousFraming, LocalAddr};
 
-/// How long a client may take to send its request headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a client may take to send its request headers (`[server] header-timeout`).
+pub const HEADER_READ_TIMEOUT: Duration = crate::config::access::DEFAULT_HEADER_TIMEOUT;
+
+/// The answer to a connection over `max-connections`.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 79\r\nretry-after: 1\r\nconnection: close\r\n\r\n{\"error\":\"too many open connections; try again\",\"code\":\"too_many_connections\"}\n";
 /// Default time in-flight requests get to finish after shutdown starts.
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 
@@ -30,9 +42,12 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Serves connections from `listener` until `shutdown` resolves, then drains for up to `drain`.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>, drain: Duration) {
     let graceful = GracefulShutdown::new();
+    let limits = proxy.live().current().config.server.limits.clone();
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_timeout)
+        .max_header_size(limits.max_header_size)
         .keep_alive(true);
     tokio::pin!(shutdown);
     loop {
@@ -48,9 +63,23 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, limit = limits.max_connections, "connection refused: too many open connections");
+                    tokio::spawn(refuse_busy(stream));
+                    continue;
+                };
+                let local = stream.local_addr().ok().map(LocalAddr);
+                let verdicts = framing::Verdicts::default();
+                let stream = framing::Sniffed::new(stream, verdicts.clone());
                 let proxy = proxy.clone();
-                let service = service_fn(move |request| {
+                let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                     let proxy = proxy.clone();
+                    if let Some(local) = local {
+                        request.extensions_mut().insert(local);
+                    }
+                    if verdicts.next_is_ambiguous() {
+                        request.extensions_mut().insert(AmbiguousFraming);
+                    }
                     async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
                 });
                 let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
@@ -58,6 +87,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
                     if let Err(err) = connection.await {
                         tracing::debug!(%peer, error = %err, "connection ended with an error");
                     }
+                    drop(permit);
                 });
             }
             () = &mut shutdown => break,
@@ -72,4 +102,14 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
         Ok(()) => tracing::info!("all connections drained"),
         Err(_) => tracing::warn!("drain deadline passed; closing remaining connections"),
     }
+}
+
+/// Answers a connection over the cap with a fixed `503` and closes it, within a second.
+async fn refuse_busy(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(BUSY).await?;
+        stream.shutdown().await
+    })
+    .await;
 }

@@ -25,6 +25,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
+    if let Some(message) = config.server.access.listen_refusal(config.server.listen) {
+        return Err(config::ConfigError::Listen(message).into());
+    }
 
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = std::env::var("SECRETPROXY_WORKER_THREADS")
@@ -58,6 +61,10 @@ async fn serve(
 
     let listener = match notify::activated_listener().context("cannot use the socket passed by systemd")? {
         Some(socket) => {
+            // The socket systemd passed is held to the same rule as `listen`.
+            if let Some(message) = live.current().config.server.access.listen_refusal(socket.local_addr()?) {
+                return Err(config::ConfigError::Listen(message).into());
+            }
             tracing::info!("using the listening socket passed by systemd (socket activation)");
             tokio::net::TcpListener::from_std(socket)?
         }

@@ -18,6 +18,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// `serve --listen` asked for an address the config does not open up.
+    #[error("{0}")]
+    Listen(String),
     #[error("no config file found (looked for {tried}); create one with `secretproxy init`")]
     NotFound { tried: String },
     #[error("{location}: {key}: {message}{}", help.as_ref().map(|h| format!("\n  help: {h}")).unwrap_or_default())]

@@ -4,6 +4,7 @@
 //!
 //! Parsing works on a `&str` so tests need no disk; [`load`] adds the file lookup order.
 
+pub mod access;
 pub mod edit;
 mod error;
 pub(crate) mod raw;
@@ -55,6 +56,10 @@ pub struct ServerConfig {
     pub static_site: Option<crate::static_site::SiteConfig>,
     /// How long in-flight requests and streams may run on after SIGTERM/SIGINT.
     pub shutdown_timeout: Duration,
+    /// Who may call: origins, hosts, non-browser clients, client token.
+    pub access: access::Access,
+    /// Header size and time, connection cap.
+    pub limits: access::ServerLimits,
 }
 
 /// One entry of the route table.
@@ -86,6 +91,13 @@ pub struct Route {
     pub request: crate::proxy::validate::RequestRules,
     /// `rate-limit`: buckets and daily quota.
     pub rate_limit: Option<crate::proxy::ratelimit::RateLimit>,
+    /// Origins allowed on this route, narrowing `[server] allowed-origins`; `None`: the server's.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Request body limit in bytes (`413` beyond it); `None`: unlimited.
+    pub max_body: Option<u64>,
+    /// Replace injected values echoed in the upstream's response headers and body by
+    /// `[REDACTED]` (default on).
+    pub scrub_response: bool,
 }
 
 impl Config {
@@ -224,6 +236,29 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
         webhooks.push(hook);
     }
     let static_site = crate::static_site::SiteConfig::from_raw(&raw.server, source)?;
+    let access = access::access(&raw.server, &secrets, source)?;
+    if let Some(message) = access.listen_refusal(listen) {
+        let span = raw.server.listen.as_ref().map_or(0..0, |l| l.span());
+        return Err(source.error(span, "server.listen", message));
+    }
+    for route in &routes {
+        if let Some(narrowed) = &route.allowed_origins
+            && let Some(extra) = narrowed.iter().find(|o| !access.allowed_origins.contains(o))
+        {
+            let span = raw.routes[&route.name]
+                .get_ref()
+                .allowed_origins
+                .as_ref()
+                .map_or(0..0, |l| l.span());
+            return Err(source
+                .error(
+                    span,
+                    format!("routes.{}.allowed-origins", route.name),
+                    format!("`{extra}` is not in `[server] allowed-origins`; a route may only narrow it"),
+                )
+                .with_help("add it to `[server] allowed-origins` too"));
+        }
+    }
 
     Ok(Config {
         origin: source.name.to_string(),
@@ -231,6 +266,8 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
             listen,
             static_site,
             shutdown_timeout,
+            access,
+            limits: access::limits(&raw.server, source)?,
         },
         secrets,
         routes,
@@ -553,6 +590,12 @@ fn validate_route(
         response: crate::proxy::transform::ResponsePolicy::from_raw(raw.response.as_ref(), name, source)?,
         request: crate::proxy::validate::RequestRules::from_raw(raw.request.as_ref(), name, source)?,
         rate_limit: crate::proxy::ratelimit::RateLimit::from_raw(raw.rate_limit.as_ref(), name, source)?,
+        allowed_origins: match &raw.allowed_origins {
+            None => None,
+            Some(list) => Some(access::origins(list, &key("allowed-origins"), source)?),
+        },
+        max_body: access::max_body(&raw.max_body, &key("max-body"), source)?,
+        scrub_response: raw.scrub_response.unwrap_or(true),
     })
 }
 

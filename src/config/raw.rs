@@ -26,6 +26,23 @@ pub struct RawServer {
     pub static_dir: Option<Spanned<String>>,
     pub spa_fallback: Option<Spanned<bool>>,
     pub shutdown_timeout: Option<Spanned<String>>,
+    pub allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
+    pub allowed_hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    pub allow_non_browser: Option<bool>,
+    pub client_token: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allow_remote: bool,
+    pub max_header_size: Option<Spanned<RawSize>>,
+    pub header_timeout: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
+}
+
+/// A byte size: an integer, `"10MiB"`-style text, or `"unlimited"` where allowed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(i64),
+    Text(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +93,9 @@ pub struct RawRoute {
     pub response: Option<Spanned<RawResponse>>,
     pub request: Option<Spanned<RawRequest>>,
     pub rate_limit: Option<Spanned<RawRateLimit>>,
+    pub allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
+    pub max_body: Option<Spanned<RawSize>>,
+    pub scrub_response: Option<bool>,
 }
 
 /// Shorthands for the `Authorization` header.
@@ -116,14 +136,6 @@ pub struct RawResponseHeaders {
     pub set: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     pub remove: Vec<Spanned<String>>,
-}
-
-/// A byte size: an integer, or a string with a unit (`"512KiB"`, `"4MiB"`, `"1GB"`).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum RawSize {
-    Bytes(u64),
-    Text(String),
 }
 
 /// `request.*` on a route: checks made before the upstream is contacted.

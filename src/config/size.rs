@@ -7,23 +7,26 @@ use super::ConfigError;
 use super::error::Source;
 use super::raw::RawSize;
 
-/// Parses `"4MiB"`-style text into bytes.
-pub fn parse_size(text: &str) -> Option<u64> {
+/// Parses `"10MiB"`, `"512 KB"`, `"1048576"`: decimal (`KB`, `MB`, `GB`) and binary (`KiB`,
+/// `MiB`, `GiB`) units, case-insensitive.
+pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
-    let count: u64 = digits.parse().ok()?;
+    let number: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size"))?;
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
-        "kb" => 1000,
-        "kib" | "k" => 1024,
-        "mb" => 1000 * 1000,
-        "mib" | "m" => 1024 * 1024,
-        "gb" => 1000 * 1000 * 1000,
-        "gib" | "g" => 1024 * 1024 * 1024,
-        _ => return None,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        _ => return Err(format!("`{text}` has an unknown unit")),
     };
-    count.checked_mul(factor)
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// A validated size from the raw config, or `default` when absent. Zero is refused.
@@ -36,8 +39,8 @@ pub(crate) fn size(
     let Some(raw) = raw else { return Ok(default) };
     let span: Range<usize> = raw.span();
     let parsed = match raw.get_ref() {
-        RawSize::Bytes(bytes) => Some(*bytes),
-        RawSize::Text(text) => parse_size(text),
+        RawSize::Bytes(bytes) => u64::try_from(*bytes).ok(),
+        RawSize::Text(text) => parse_size(text).ok(),
     };
     parsed.filter(|n| *n > 0).ok_or_else(|| {
         source
@@ -52,12 +55,12 @@ mod tests {
 
     #[test]
     fn units() {
-        assert_eq!(parse_size("4MiB"), Some(4 << 20));
-        assert_eq!(parse_size("512 KiB"), Some(512 << 10));
-        assert_eq!(parse_size("1GB"), Some(1_000_000_000));
-        assert_eq!(parse_size("10"), Some(10));
-        assert_eq!(parse_size("1.5MiB"), None);
-        assert_eq!(parse_size("MiB"), None);
-        assert_eq!(parse_size("3 parsecs"), None);
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("512 KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_size("10"), Ok(10));
+        assert!(parse_size("1.5MiB").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("3 parsecs").is_err());
     }
 }

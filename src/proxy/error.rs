@@ -28,6 +28,21 @@ pub enum ProxyError {
     Unreachable(String),
     #[error("upstream did not answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// The request target is not a canonical origin-form path.
+    #[error("bad request path: {0}")]
+    BadPath(#[from] super::path::PathError),
+    /// Both `Content-Length` and `Transfer-Encoding`: the connection is closed after the answer.
+    #[error("the request has both Content-Length and Transfer-Encoding")]
+    AmbiguousFraming,
+    /// Refused by the browser boundary (origin, fetch metadata, host, non-browser policy).
+    #[error("{reason}")]
+    Forbidden { code: &'static str, reason: String },
+    #[error("a valid client token is required (`Authorization: Bearer ...` or `X-Secretproxy-Token`)")]
+    ClientToken,
+    #[error("the request body is larger than this route's limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("the upstream answered with `Content-Encoding: {0}`, which cannot be scrubbed of secrets")]
+    Unscrubbable(String),
 }
 
 impl ProxyError {
@@ -39,6 +54,11 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Unreachable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadPath(_) | ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
+            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::ClientToken => StatusCode::UNAUTHORIZED,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Unscrubbable(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -52,6 +72,12 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::Unreachable(_) => "upstream_unreachable",
             ProxyError::Timeout(_) => "upstream_timeout",
+            ProxyError::BadPath(_) => "bad_path",
+            ProxyError::AmbiguousFraming => "ambiguous_framing",
+            ProxyError::Forbidden { code, .. } => code,
+            ProxyError::ClientToken => "client_token",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::Unscrubbable(_) => "upstream_unscrubbable",
         }
     }
 
@@ -69,6 +95,12 @@ impl ProxyError {
             && let Ok(value) = HeaderValue::from_str(allow)
         {
             response.headers_mut().insert(header::ALLOW, value);
+        }
+        // The rest of the request cannot be trusted or is not worth reading: end the connection.
+        if matches!(self, ProxyError::AmbiguousFraming | ProxyError::BodyTooLarge { .. }) {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

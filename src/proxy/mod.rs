@@ -6,9 +6,14 @@
 //! is written when the response body ends (see [`body`]).
 
 pub mod body;
+pub mod cors;
 pub mod error;
+pub mod guard;
 pub mod headers;
+pub mod limit;
+pub mod path;
 pub mod ratelimit;
+pub mod scrub;
 pub mod transform;
 pub mod upstream;
 pub mod validate;
@@ -63,19 +68,15 @@ impl Proxy {
         let generation = self.live.current();
         let method = request.method().clone();
         let path = request.uri().path().to_string();
+        let origin = request.headers().get(header::ORIGIN).cloned();
         let bytes_in = Arc::new(AtomicU64::new(0));
-        let outcome = if admin::is_reserved(&path) {
-            let (response, error) = admin::answer(&method, &path, peer, &generation, self.live.metrics());
-            Outcome {
-                response,
-                route: None,
-                query: None,
-                upstream_status: None,
-                error,
-            }
-        } else {
-            forward(&generation, self.live.metrics(), request, bytes_in.clone()).await
-        };
+        let mut outcome = forward(&generation, self.live.metrics(), request, peer, bytes_in.clone()).await;
+        cors::decorate(
+            &mut outcome.response,
+            &generation,
+            outcome.route.as_deref(),
+            origin.as_ref(),
+        );
         let record = AccessRecord {
             method,
             route: outcome.route,
@@ -96,6 +97,7 @@ async fn forward(
     generation: &Generation,
     metrics: &Metrics,
     request: Request<Incoming>,
+    peer: SocketAddr,
     bytes_in: Arc<AtomicU64>,
 ) -> Outcome {
     let fail = |error: ProxyError, route: Option<&str>| Outcome {
@@ -114,7 +116,22 @@ async fn forward(
         error: code,
     };
 
-    let (parts, body) = request.into_parts();
+    // The guard runs first for every path, the proxy's own included (DNS rebinding, origins).
+    let (mut parts, body) = request.into_parts();
+    if let Err(error) = guard::admit(generation, &mut parts).await {
+        return fail(error, None);
+    }
+    if admin::is_reserved(parts.uri.path()) {
+        let (response, error) = admin::answer(&parts.method, parts.uri.path(), peer, generation, metrics);
+        return refused(response, None, error);
+    }
+    if cors::is_preflight(&parts) {
+        let (response, route) = cors::preflight(generation, &parts);
+        return Outcome {
+            route,
+            ..refused(response, None, None)
+        };
+    }
     if let Some(hook) = generation.hooks.find(parts.uri.path()) {
         let handled = generation.hooks.handle(hook, &generation.secrets, parts, body).await;
         return Outcome {
@@ -141,6 +158,11 @@ async fn forward(
         }
     };
     let route_name = Some(route.name.as_str());
+    if let Err(error) =
+        guard::admit_route(route, &parts.headers).and_then(|()| limit::check_declared(route, &parts.headers))
+    {
+        return fail(error, route_name);
+    }
 
     // Validation, then the rate limit: a refused request never costs an upstream call.
     let body = if route.request.is_active() {
@@ -233,14 +255,19 @@ async fn forward(
         }
     }
     let mut headers = upstream::upstream_headers(&parts.headers, route, injected_headers);
-    if route.response.transform.is_some() {
-        // The transform reads the body as JSON: ask for it unencoded.
-        headers.remove(header::ACCEPT_ENCODING);
+    let redactor = route
+        .scrub_response
+        .then(|| scrub::Redactor::for_route(route, secret).map(Arc::new))
+        .flatten();
+    if redactor.is_some() || route.response.transform.is_some() {
+        // Scrubbing and transforms read the body: ask for it unencoded.
+        headers.insert(header::ACCEPT_ENCODING, http::HeaderValue::from_static("identity"));
     }
 
     let mut outbound = reqwest::Request::new(parts.method.clone(), url);
     *outbound.headers_mut() = headers;
-    *outbound.body_mut() = body.into_upstream(bytes_in);
+    let overrun = limit::Overrun::default();
+    *outbound.body_mut() = body.into_upstream(bytes_in, route.max_body, &overrun);
 
     let client = generation.clients.get(&route.name);
     let sent_at = Instant::now();
@@ -254,6 +281,13 @@ async fn forward(
             return Outcome {
                 query: Some(logged_query),
                 ..fail(ProxyError::Timeout(route.response_timeout), route_name)
+            };
+        }
+        Ok(Err(_)) if overrun.happened() => {
+            let limit = route.max_body.unwrap_or_default();
+            return Outcome {
+                query: Some(logged_query),
+                ..fail(ProxyError::BodyTooLarge { limit }, route_name)
             };
         }
         Ok(Err(err)) => {
@@ -275,10 +309,26 @@ async fn forward(
     let upstream_status = upstream_response.status().as_u16();
     let mut response: Response<reqwest::Body> = upstream_response.into();
     filter_response_headers(response.headers_mut(), route.keep_set_cookie);
-    let response = response.map(|body| {
+    let mut response = response.map(|body| {
         body.map_err(|e| Box::new(e.without_url()) as body::BoxError)
             .boxed_unsync()
     });
+    // Scrub first, so a transform never sees (or reshapes) an echoed secret.
+    if let Some(redactor) = redactor {
+        if let Err(error) = scrub::check_encoding(response.headers()) {
+            return Outcome {
+                query: Some(logged_query),
+                upstream_status: Some(upstream_status),
+                ..fail(error, route_name)
+            };
+        }
+        redactor.headers(response.headers_mut());
+        // Redaction changes the length; a HEAD answer has no body to change.
+        if parts.method != http::Method::HEAD {
+            response.headers_mut().remove(header::CONTENT_LENGTH);
+        }
+        response = response.map(|body| redactor.body(body));
+    }
     let (response, error) = if route.response.is_active() {
         route.response.apply(&parts.method, &route.name, response).await
     } else {
@@ -295,6 +345,7 @@ async fn forward(
 
 fn filter_response_headers(headers: &mut HeaderMap, keep_set_cookie: bool) {
     headers::strip_hop_by_hop(headers);
+    cors::strip_upstream(headers);
     if !keep_set_cookie {
         headers.remove(header::SET_COOKIE);
     }

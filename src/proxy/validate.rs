@@ -328,11 +328,20 @@ pub enum RequestBody {
 }
 
 impl RequestBody {
-    /// The body for reqwest (`None` when there is none), counting streamed bytes into `count`.
-    pub fn into_upstream(self, count: Arc<AtomicU64>) -> Option<reqwest::Body> {
+    /// The body for reqwest (`None` when there is none), counting streamed bytes into `count`
+    /// and cutting a stream off past `limit` (recorded in `overrun`).
+    pub fn into_upstream(
+        self,
+        count: Arc<AtomicU64>,
+        limit: Option<u64>,
+        overrun: &crate::proxy::limit::Overrun,
+    ) -> Option<reqwest::Body> {
         match self {
             RequestBody::Stream(body) if body.is_end_stream() => None,
-            RequestBody::Stream(body) => Some(reqwest::Body::wrap(Counted::new(body, count))),
+            RequestBody::Stream(body) => {
+                let limited = crate::proxy::limit::Limited::new(body, limit, overrun.clone());
+                Some(reqwest::Body::wrap(Counted::new(limited, count)))
+            }
             RequestBody::Buffered(bytes) => {
                 count.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 Some(reqwest::Body::from(bytes))

@@ -271,12 +271,19 @@ async fn reserved_paths_refuse_non_loopback_clients() {
     let dir = tempfile::tempdir().unwrap();
     let secret_path = dir.path().join("key");
     std::fs::write(&secret_path, SECRET).unwrap();
+    // Listening beyond loopback needs `allow-remote` and a client token (issue 3's rule).
+    let token_path = dir.path().join("token");
+    std::fs::write(&token_path, CLIENT_TOKEN).unwrap();
     let config = dir.path().join("proxy.toml");
     std::fs::write(
         &config,
         format!(
-            "[secrets.key]\nfile = {:?}\n[routes.a]\npath = \"/a\"\nupstream = \"http://127.0.0.1:9/a\"\nauth = {{ bearer = \"key\" }}\n",
-            secret_path.display().to_string()
+            "[server]\nallow-remote = true\nclient-token = \"${{token}}\"\nallowed-hosts = [\"{inner}\"]\n\
+             [secrets.token]\nfile = {:?}\n\
+             [secrets.key]\nfile = {:?}\n[routes.a]\npath = \"/a\"\nupstream = \"http://127.0.0.1:9/a\"\nauth = {{ bearer = \"key\" }}\n",
+            token_path.display().to_string(),
+            secret_path.display().to_string(),
+            inner = ns.inner,
         ),
     )
     .unwrap();
@@ -312,7 +319,8 @@ async fn reserved_paths_refuse_non_loopback_clients() {
         // Loopback, inside the namespace: answered.
         let local = ns
             .command("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+            .arg(format!("X-Secretproxy-Token: {CLIENT_TOKEN}"))
             .arg(format!("http://127.0.0.1:{port}{path}"))
             .output()
             .unwrap();
@@ -321,6 +329,7 @@ async fn reserved_paths_refuse_non_loopback_clients() {
         // Over the veth link: refused.
         let response = client()
             .get(format!("http://{}:{port}{path}", ns.inner))
+            .header("X-Secretproxy-Token", CLIENT_TOKEN)
             .send()
             .await
             .unwrap();
@@ -332,6 +341,7 @@ async fn reserved_paths_refuse_non_loopback_clients() {
     // The same remote client reaches the proxy itself (here: a 502 from the dead upstream).
     let routed = client()
         .get(format!("http://{}:{port}/a", ns.inner))
+        .header("X-Secretproxy-Token", CLIENT_TOKEN)
         .send()
         .await
         .unwrap();
@@ -341,6 +351,8 @@ async fn reserved_paths_refuse_non_loopback_clients() {
     Command::new("kill").arg(daemon.id().to_string()).status().unwrap();
     assert!(daemon.wait().unwrap().success());
     let logs = std::fs::read_to_string(&log_path).unwrap();
-    assert_no_secret(&logs, &[SECRET], "daemon logs");
-    assert_no_secret(&outputs, &[SECRET], "responses");
+    assert_no_secret(&logs, &[SECRET, CLIENT_TOKEN], "daemon logs");
+    assert_no_secret(&outputs, &[SECRET, CLIENT_TOKEN], "responses");
 }
+
+const CLIENT_TOKEN: &str = "client-token-for-the-netns-test";

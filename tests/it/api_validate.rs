@@ -178,6 +178,7 @@ async fn rate_limit_refuses_after_the_burst_and_recovers_after_the_period() {
     let upstream = Upstream::echo().await;
     let proxy = TestProxy::builder()
         .secret("api", SECRET)
+        .toml("[server]\nallowed-origins = [\"http://a.localhost\", \"http://b.localhost\"]")
         .toml(&format!(
             "[routes.limited]\npath = \"/limited\"\nupstream = \"{u}/limited\"\nauth = {{ bearer = \"api\" }}\nrate-limit = {{ requests = 1, per = \"1s\", burst = 2 }}\n\
              [routes.per-origin]\npath = \"/per-origin\"\nupstream = \"{u}/per-origin\"\nrate-limit = {{ requests = 1, per = \"1h\", key = \"origin\" }}\n\

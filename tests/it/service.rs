@@ -277,6 +277,10 @@ async fn socket_activation_serves_on_the_passed_socket() {
         .local_addr()
         .unwrap()
         .port();
+    // A loopback port held by this test: the daemon could never bind `--listen` itself, so only
+    // the passed socket can serve.
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let blocked = blocker.local_addr().unwrap();
     let mut command = Command::new("systemd-socket-activate");
     command
         .arg(format!("--listen=127.0.0.1:{port}"))
@@ -285,8 +289,14 @@ async fn socket_activation_serves_on_the_passed_socket() {
         .arg("-E")
         .arg(format!("NOTIFY_SOCKET={}", notify.path.display()))
         .arg(env!("CARGO_BIN_EXE_secretproxy"))
-        // An address the daemon could never bind: only the passed socket can serve.
-        .args(["serve", "--log-format", "json", "--listen", "192.0.2.255:1", "--config"])
+        .args([
+            "serve",
+            "--log-format",
+            "json",
+            "--listen",
+            &blocked.to_string(),
+            "--config",
+        ])
         .arg(&config);
     let mut daemon = Spawned::start(command);
     // systemd-socket-activate starts the daemon on the first connection.

@@ -1,0 +1,235 @@
+//! The request-target check that runs before route matching.
+//!
+//! Routes match the path as it arrived (still percent-encoded) and parameter values go to the
+//! upstream byte for byte, so the path must already be canonical: no `.` or `..` segment in any
+//! encoding (`%2e`, `%252e`, ...) nor a segment of only dots and spaces (`...`, `..%20`), no encoded `/` or `\`, no raw `\`, no empty segment, no `;`
+//! parameters (`..;`), no control characters, only origin-form targets (`/path`), never CONNECT.
+//! A path that passes means the same thing to every server that decodes it any number of times
+//! (up to [`MAX_DECODE_DEPTH`]), so no upstream can resolve it outside the route's base path.
+
+use http::{Method, Uri};
+use percent_encoding::percent_decode;
+
+/// How many rounds of percent-decoding are looked through; deeper nesting is refused.
+pub const MAX_DECODE_DEPTH: usize = 4;
+
+/// Why a request target was refused. Messages name the rule, never the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("CONNECT is not supported")]
+    Connect,
+    #[error("absolute-form and authority-form request targets are not accepted; send `/path`")]
+    NotOriginForm,
+    #[error("the path contains a `.` or `..` segment (or one of only dots and spaces)")]
+    DotSegment,
+    #[error("the path contains an empty segment (`//`)")]
+    EmptySegment,
+    #[error("the path contains an encoded `/` or `\\`, or a raw `\\`")]
+    Slash,
+    #[error("the path contains a `;` parameter")]
+    Semicolon,
+    #[error("the path contains a control character")]
+    Control,
+    #[error("the path has malformed percent-encoding")]
+    Encoding,
+    #[error("the path is percent-encoded too many times over")]
+    TooDeep,
+}
+
+/// Accepts a canonical origin-form target, refuses every path trick listed in the module docs.
+pub fn check(method: &Method, uri: &Uri) -> Result<(), PathError> {
+    if *method == Method::CONNECT {
+        return Err(PathError::Connect);
+    }
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        return Err(PathError::NotOriginForm);
+    }
+    check_path(uri.path())
+}
+
+/// The path rules alone, on the raw (still encoded) path.
+pub fn check_path(path: &str) -> Result<(), PathError> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(PathError::NotOriginForm);
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    for (index, segment) in segments.iter().enumerate() {
+        // A single trailing slash (`/api/items/`) is an ordinary path; `//` anywhere is not.
+        if segment.is_empty() {
+            if index + 1 == segments.len() {
+                continue;
+            }
+            return Err(PathError::EmptySegment);
+        }
+        check_segment(segment.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn check_segment(raw: &[u8]) -> Result<(), PathError> {
+    if !well_formed(raw) {
+        return Err(PathError::Encoding);
+    }
+    let mut level = raw.to_vec();
+    for depth in 0..=MAX_DECODE_DEPTH {
+        // `.` and `..`, and lookalikes that some servers trim into them (`...`, `..%20`: Windows
+        // drops trailing dots and spaces, URL parsers trim spaces at the end).
+        if level.iter().all(|b| *b == b'.' || *b == b' ') && level.contains(&b'.') {
+            return Err(PathError::DotSegment);
+        }
+        for &byte in &level {
+            match byte {
+                b'\\' => return Err(PathError::Slash),
+                b'/' if depth > 0 => return Err(PathError::Slash),
+                b';' => return Err(PathError::Semicolon),
+                0..=0x1f | 0x7f => return Err(PathError::Control),
+                _ => {}
+            }
+        }
+        if !has_escape(&level) {
+            return Ok(());
+        }
+        if depth == MAX_DECODE_DEPTH {
+            break;
+        }
+        let decoded: Vec<u8> = percent_decode(&level).collect();
+        // Overlong and other invalid UTF-8 (`%c0%ae`) decodes to different things on different
+        // servers; refuse it rather than guess.
+        if std::str::from_utf8(&decoded).is_err() {
+            return Err(PathError::Encoding);
+        }
+        level = decoded;
+    }
+    Err(PathError::TooDeep)
+}
+
+/// Every `%` in the raw path starts a `%XX` escape.
+fn well_formed(raw: &[u8]) -> bool {
+    raw.iter().enumerate().all(|(i, &b)| {
+        b != b'%'
+            || (raw.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && raw.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    })
+}
+
+/// Holds at least one `%XX` escape that a decoder would turn into another byte.
+fn has_escape(bytes: &[u8]) -> bool {
+    bytes
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn target(text: &str) -> Result<(), PathError> {
+        let uri: Uri = text.parse().expect("a parseable target");
+        check(&Method::GET, &uri)
+    }
+
+    #[test]
+    fn accepts_ordinary_paths() {
+        for ok in [
+            "/",
+            "/api/github/user/repos",
+            "/api/x/",
+            "/api/a%20b/%41",
+            "/api/@scope/pkg",
+            "/api/100%25",
+            "/api/.well-known/x",
+            "/api/x?q=../../etc",
+        ] {
+            assert_eq!(target(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn refuses_each_trick() {
+        let cases = [
+            ("/api/../admin", PathError::DotSegment),
+            ("/api/./x", PathError::DotSegment),
+            ("/api/..", PathError::DotSegment),
+            ("/api/...", PathError::DotSegment),
+            ("/api/..%20", PathError::DotSegment),
+            ("/api/%20.", PathError::DotSegment),
+            ("/api/%2e%2e/admin", PathError::DotSegment),
+            ("/api/.%2E/admin", PathError::DotSegment),
+            ("/api/%252e%252e/admin", PathError::DotSegment),
+            ("/api/%25252e/admin", PathError::DotSegment),
+            ("/api/x%2fy", PathError::Slash),
+            ("/api/x%2Fy", PathError::Slash),
+            ("/api/x%5cy", PathError::Slash),
+            ("/api/x%252fy", PathError::Slash),
+            ("/api//x", PathError::EmptySegment),
+            ("//evil.example/x", PathError::EmptySegment),
+            ("/api/..;/admin", PathError::Semicolon),
+            ("/api/x;jsessionid=1", PathError::Semicolon),
+            ("/api/x%3b", PathError::Semicolon),
+            ("/api/x%00", PathError::Control),
+            ("/api/x%0d%0aHost:%20evil", PathError::Control),
+            ("/api/%zz", PathError::Encoding),
+            ("/api/%c0%ae%c0%ae/x", PathError::Encoding),
+            ("/api/%2525252525252e", PathError::TooDeep),
+            ("http://evil.example/api/x", PathError::NotOriginForm),
+            ("evil.example:443", PathError::NotOriginForm),
+            ("*", PathError::NotOriginForm),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(target(text), Err(expected), "{text}");
+        }
+        assert_eq!(check_path("/api/x\\..\\y"), Err(PathError::Slash));
+        let connect: Uri = "evil.example:443".parse().unwrap();
+        assert_eq!(check(&Method::CONNECT, &connect), Err(PathError::Connect));
+    }
+
+    /// Pieces that make up hostile and harmless segments.
+    fn piece() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "a", "Z", "0", ".", "..", "%2e", "%2E", "%252e", "%2f", "%5c", "%25", "%", "/", "//", ";", "\\", "%00",
+            "%41", "@", "~", "-", "%c0%ae", "%20", " ", "%2520", "é",
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever is accepted stays under the upstream's base path, however many times a
+        /// server down the line decodes it.
+        #[test]
+        fn accepted_paths_stay_under_the_base(pieces in prop::collection::vec(piece(), 0..12)) {
+            let path = format!("/{}", pieces.concat());
+            if check_path(&path).is_ok() {
+                let mut current = path.clone();
+                for _ in 0..=MAX_DECODE_DEPTH {
+                    let url = url::Url::parse(&format!("https://upstream.example/base{current}")).unwrap();
+                    prop_assert_eq!(url.host_str(), Some("upstream.example"));
+                    prop_assert!(url.path().starts_with("/base/"), "{} escaped as {}", path, url.path());
+                    prop_assert!(!url.path().contains("//"), "{}", path);
+                    current = percent_decode(current.as_bytes()).decode_utf8_lossy().into_owned();
+                }
+            }
+        }
+
+        /// A dot segment in any encoding, anywhere, is refused.
+        #[test]
+        fn dot_segments_are_always_refused(
+            before in prop::collection::vec("[a-z0-9]{1,4}", 0..4),
+            after in prop::collection::vec("[a-z0-9]{1,4}", 0..4),
+            dots in prop::sample::select(vec![".", "..", "%2e", "%2E%2e", ".%2e", "%252e%252E", "%25252e"]),
+        ) {
+            let mut segments = before.clone();
+            segments.push(dots.to_string());
+            segments.extend(after);
+            let path = format!("/{}", segments.join("/"));
+            prop_assert_eq!(check_path(&path), Err(PathError::DotSegment));
+        }
+
+        /// Arbitrary input never panics.
+        #[test]
+        fn never_panics(text in "\\PC{0,64}") {
+            let _ = check_path(&text);
+        }
+    }
+}
