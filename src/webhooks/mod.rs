@@ -24,6 +24,7 @@ use serde_json::json;
 
 use signature::{Replays, verify};
 
+use crate::config::duration::{Zero, duration};
 use crate::config::raw::RawWebhook;
 use crate::config::size::size;
 use crate::config::{ConfigError, Source};
@@ -134,16 +135,7 @@ impl Webhook {
                         .error(text.span(), key("tolerance"), "this scheme signs no timestamp")
                         .with_help("only stripe, slack and standard-webhooks take a tolerance"));
                 }
-                humantime::parse_duration(text.get_ref())
-                    .ok()
-                    .filter(|d| !d.is_zero())
-                    .ok_or_else(|| {
-                        source.error(
-                            text.span(),
-                            key("tolerance"),
-                            format!("`{}` is not a duration", text.get_ref()),
-                        )
-                    })?
+                duration(text, &key("tolerance"), Zero::Refused, None, source)?
             }
         };
         Ok(Webhook {
