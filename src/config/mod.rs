@@ -346,11 +346,13 @@ fn secret_source(
 mod tests {
     use super::*;
 
-    fn err(text: &str) -> String {
+    /// The error `text` fails with, as printed (file `proxy.toml`).
+    pub(super) fn err(text: &str) -> String {
         Config::parse(text, "proxy.toml").unwrap_err().to_string()
     }
 
-    const BASE: &str = "[secrets.gh]\nenv = \"GH\"\n";
+    /// One declared secret, `gh`.
+    pub(super) const BASE: &str = "[secrets.gh]\nenv = \"GH\"\n";
 
     #[test]
     fn unknown_key_names_location_and_suggests() {

@@ -310,13 +310,8 @@ fn path_params(path: &str) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tests::{BASE, err};
     use crate::config::{Config, DEFAULT_LISTEN};
-
-    fn err(text: &str) -> String {
-        Config::parse(text, "proxy.toml").unwrap_err().to_string()
-    }
-
-    const BASE: &str = "[secrets.gh]\nenv = \"GH\"\n";
 
     #[test]
     fn full_route_parses() {
