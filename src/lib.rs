@@ -15,9 +15,12 @@
 //!    secrets redacted ([`proxy::scrub`]); an access line is logged when it ends.
 //!
 //! Paths under `/_secretproxy` never reach step 2: [`admin`] answers them (health, [`metrics`])
-//! to loopback clients only. Under systemd, [`notify`] reports readiness, reloads and shutdown.
-//! A running daemon swaps in a new generation when its config file changes or on SIGHUP
-//! ([`reload`]); SIGTERM/SIGINT drain in-flight requests before exit ([`shutdown`], [`server`]).
+//! to loopback clients only. A `[webhooks.NAME]` path is answered by [`webhooks`] (signature
+//! verified, then forwarded to a loopback target), and a `GET`/`HEAD` that no route matches by
+//! [`static_site`] when `static-dir` is set. Under systemd, [`notify`] reports readiness, reloads
+//! and shutdown. A running daemon swaps in a new generation when its config file changes or on
+//! SIGHUP ([`reload`]); SIGTERM/SIGINT drain in-flight requests before exit ([`shutdown`],
+//! [`server`]).
 //!
 //! [`cli`] holds the command-line types, [`commands`] one module per subcommand, and
 //! [`telemetry`] the logging setup. Secret values only ever live in `SecretString`s and

@@ -1,5 +1,5 @@
 //! `secretproxy route list|show|add|remove`: read the route table, or edit it through
-//! [`config::edit`](crate::config::edit) so the rest of the file stays as written.
+//! [`config::edit`] so the rest of the file stays as written.
 
 use crate::cli::RouteCommand;
 use crate::commands::check::routes_table;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::ConfigError;
+use super::duration::{Zero, duration};
 use super::error::Source;
 use super::raw::{RawServer, RawSize};
 use super::size::parse_size;
@@ -225,18 +226,13 @@ pub(super) fn limits(raw: &RawServer, source: &Source<'_>) -> Result<ServerLimit
         limits.max_header_size = size as usize;
     }
     if let Some(text) = &raw.header_timeout {
-        limits.header_timeout = humantime::parse_duration(text.get_ref())
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                source
-                    .error(
-                        text.span(),
-                        "server.header-timeout",
-                        format!("`{}` is not a duration", text.get_ref()),
-                    )
-                    .with_help("e.g. \"5s\", \"30s\"")
-            })?;
+        limits.header_timeout = duration(
+            text,
+            "server.header-timeout",
+            Zero::Refused,
+            Some("e.g. \"5s\", \"30s\""),
+            source,
+        )?;
     }
     if let Some(count) = &raw.max_connections {
         limits.max_connections = usize::try_from(*count.get_ref())

@@ -10,6 +10,7 @@ pub mod cors;
 pub mod error;
 pub mod guard;
 pub mod headers;
+pub mod jq;
 pub mod limit;
 pub mod path;
 pub mod ratelimit;

@@ -18,6 +18,7 @@ use serde_json::json;
 
 use super::body::ProxyBody;
 use super::error::json_response;
+use crate::config::duration::{Zero, duration};
 use crate::config::raw::RawRateLimit;
 use crate::config::{ConfigError, Route, Source};
 
@@ -58,18 +59,13 @@ impl RateLimit {
                 .ok_or_else(|| source.error(value.span(), key(field), "must be a whole number from 1 to 4294967295"))
         };
         let requests = positive(&raw.requests, "requests")?;
-        let per = humantime::parse_duration(raw.per.get_ref())
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                source
-                    .error(
-                        raw.per.span(),
-                        key("per"),
-                        format!("`{}` is not a duration", raw.per.get_ref()),
-                    )
-                    .with_help("e.g. \"1s\", \"1m\", \"1h\"")
-            })?;
+        let per = duration(
+            &raw.per,
+            &key("per"),
+            Zero::Refused,
+            Some("e.g. \"1s\", \"1m\", \"1h\""),
+            source,
+        )?;
         let burst = match &raw.burst {
             Some(burst) => positive(burst, "burst")?,
             None => requests,

@@ -12,6 +12,13 @@ pub fn run(args: &[&str], config: &Path) -> Output {
     binary().args(args).arg("--config").arg(config).output().unwrap()
 }
 
+/// `secretproxy route add NAME --path PATH --upstream UPSTREAM EXTRA... --config CONFIG`.
+fn route_add(config: &Path, name: &str, path: &str, upstream: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["route", "add", name, "--path", path, "--upstream", upstream];
+    args.extend_from_slice(extra);
+    run(&args, config)
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
 }
@@ -145,15 +152,12 @@ fn route_add_then_remove_leaves_a_commented_file_byte_identical() {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
     }
 
-    let add = run(
+    let add = route_add(
+        &path,
+        "items",
+        "/api/items/{id}",
+        "https://items.example.com/v1/items/{id}",
         &[
-            "route",
-            "add",
-            "items",
-            "--path",
-            "/api/items/{id}",
-            "--upstream",
-            "https://items.example.com/v1/items/{id}",
             "--method",
             "get",
             "--method",
@@ -165,7 +169,6 @@ fn route_add_then_remove_leaves_a_commented_file_byte_identical() {
             "--query",
             "token=${gh}",
         ],
-        &path,
     );
     assert_eq!(add.status.code(), Some(0), "{add:?}");
     let added = std::fs::read_to_string(&path).unwrap();
@@ -238,20 +241,7 @@ fn invalid_route_edits_are_refused_and_the_file_is_unchanged() {
     std::fs::write(&path, COMMENTED).unwrap();
     let before = std::fs::metadata(&path).unwrap().modified().unwrap();
 
-    let plain_http = run(
-        &[
-            "route",
-            "add",
-            "bad",
-            "--path",
-            "/bad",
-            "--upstream",
-            "http://example.com/",
-            "--header",
-            "X: ${gh}",
-        ],
-        &path,
-    );
+    let plain_http = route_add(&path, "bad", "/bad", "http://example.com/", &["--header", "X: ${gh}"]);
     assert_eq!(plain_http.status.code(), Some(78), "{plain_http:?}");
     assert_eq!(
         stderr(&plain_http),
@@ -261,50 +251,15 @@ fn invalid_route_edits_are_refused_and_the_file_is_unchanged() {
         )
     );
 
-    let unknown_secret = run(
-        &[
-            "route",
-            "add",
-            "bad",
-            "--path",
-            "/bad",
-            "--upstream",
-            "https://x.example/",
-            "--query",
-            "k=${nope}",
-        ],
-        &path,
-    );
+    let unknown_secret = route_add(&path, "bad", "/bad", "https://x.example/", &["--query", "k=${nope}"]);
     assert_eq!(unknown_secret.status.code(), Some(78));
     assert!(stderr(&unknown_secret).contains("routes.bad.query.k: unknown secret `nope`"));
 
-    let conflict = run(
-        &[
-            "route",
-            "add",
-            "bad",
-            "--path",
-            "/api/weather",
-            "--upstream",
-            "https://x.example/",
-        ],
-        &path,
-    );
+    let conflict = route_add(&path, "bad", "/api/weather", "https://x.example/", &[]);
     assert_eq!(conflict.status.code(), Some(78));
     assert!(stderr(&conflict).contains(".path: conflicts with another route"));
 
-    let exists = run(
-        &[
-            "route",
-            "add",
-            "github",
-            "--path",
-            "/x",
-            "--upstream",
-            "https://x.example/",
-        ],
-        &path,
-    );
+    let exists = route_add(&path, "github", "/x", "https://x.example/", &[]);
     assert_eq!(exists.status.code(), Some(1));
     assert_eq!(
         stderr(&exists),
@@ -318,20 +273,7 @@ fn invalid_route_edits_are_refused_and_the_file_is_unchanged() {
         "error: no route named `nope`; routes are github, weather\n"
     );
 
-    let malformed = run(
-        &[
-            "route",
-            "add",
-            "bad",
-            "--path",
-            "/b",
-            "--upstream",
-            "https://x.example/",
-            "--header",
-            "no colon",
-        ],
-        &path,
-    );
+    let malformed = route_add(&path, "bad", "/b", "https://x.example/", &["--header", "no colon"]);
     assert_eq!(malformed.status.code(), Some(2));
 
     assert_eq!(std::fs::read_to_string(&path).unwrap(), COMMENTED);

@@ -387,21 +387,9 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and waits for the exit status (at most 40 s).
-    pub fn terminate(mut self) -> (std::process::ExitStatus, String) {
+    pub fn terminate(self) -> (std::process::ExitStatus, String) {
         self.signal("TERM");
-        let deadline = std::time::Instant::now() + Duration::from_secs(40);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader thread drain the pipe.
-                std::thread::sleep(Duration::from_millis(100));
-                return (status, self.logs());
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("daemon did not exit after SIGTERM; logs:\n{}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait(Duration::from_secs(40))
     }
 }
 

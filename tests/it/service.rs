@@ -95,6 +95,14 @@ impl Spawned {
         assert!(status.success());
     }
 
+    /// Waits for exit status 0 and returns the logs, checked for the secret.
+    fn exits_cleanly(&mut self) -> String {
+        let (status, logs) = self.wait(Duration::from_secs(40));
+        assert!(status.success(), "{status:?}\n{logs}");
+        assert_no_secret(&logs, &[SECRET], "daemon logs");
+        logs
+    }
+
     fn wait(&mut self, within: Duration) -> (std::process::ExitStatus, String) {
         let deadline = Instant::now() + within;
         loop {
@@ -119,6 +127,39 @@ impl Drop for Spawned {
     }
 }
 
+/// What every notify test starts from: an echo upstream, a config routing `/api` to it with a
+/// file secret, and a notify socket.
+struct Unit {
+    upstream: Upstream,
+    config: std::path::PathBuf,
+    notify: NotifySocket,
+    _dir: tempfile::TempDir,
+}
+
+impl Unit {
+    async fn new() -> Unit {
+        let upstream = Upstream::echo().await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_with_secret(dir.path(), &upstream);
+        Unit {
+            upstream,
+            config,
+            notify: NotifySocket::bind(),
+            _dir: dir,
+        }
+    }
+
+    /// `secretproxy serve` on `listen` with this unit's config and notify socket.
+    fn serve(&self, listen: &str) -> Command {
+        let mut command = binary();
+        command
+            .args(["serve", "--log-format", "json", "--listen", listen, "--config"])
+            .arg(&self.config)
+            .env("NOTIFY_SOCKET", &self.notify.path);
+        command
+    }
+}
+
 /// A config with one route injecting a file secret, written into `dir`.
 fn config_with_secret(dir: &std::path::Path, upstream: &Upstream) -> std::path::PathBuf {
     let secret = dir.join("key.secret");
@@ -134,15 +175,6 @@ fn config_with_secret(dir: &std::path::Path, upstream: &Upstream) -> std::path::
     )
     .unwrap();
     path
-}
-
-fn serve(config: &std::path::Path, listen: &str, notify: &NotifySocket) -> Command {
-    let mut command = binary();
-    command
-        .args(["serve", "--log-format", "json", "--listen", listen, "--config"])
-        .arg(config)
-        .env("NOTIFY_SOCKET", &notify.path);
-    command
 }
 
 /// `STATUS=serving 1 route on ADDR; ...` -> ADDR.
@@ -161,13 +193,10 @@ fn status_address(message: &str) -> SocketAddr {
 
 #[tokio::test]
 async fn notify_ready_only_when_serving_then_stopping_on_sigterm() {
-    let upstream = Upstream::echo().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = config_with_secret(dir.path(), &upstream);
-    let notify = NotifySocket::bind();
-    let mut daemon = Spawned::start(serve(&config, "127.0.0.1:0", &notify));
+    let unit = Unit::new().await;
+    let mut daemon = Spawned::start(unit.serve("127.0.0.1:0"));
 
-    let ready = notify.expect("READY=1", Duration::from_secs(30));
+    let ready = unit.notify.expect("READY=1", Duration::from_secs(30));
     assert!(
         ready.contains("STATUS=serving 1 route on 127.0.0.1:") && ready.contains("all secrets available"),
         "{ready:?}"
@@ -178,32 +207,27 @@ async fn notify_ready_only_when_serving_then_stopping_on_sigterm() {
     let response = client().get(format!("http://{addr}/api/charges")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(
-        upstream.only().header("authorization"),
+        unit.upstream.only().header("authorization"),
         Some(format!("Bearer {SECRET}").as_str())
     );
 
     daemon.signal("TERM");
-    let stopping = notify.expect("STOPPING=1", Duration::from_secs(10));
+    let stopping = unit.notify.expect("STOPPING=1", Duration::from_secs(10));
     assert!(!stopping.contains("READY=1"), "{stopping:?}");
-    let (status, logs) = daemon.wait(Duration::from_secs(40));
-    assert!(status.success(), "{status:?}\n{logs}");
-    assert_no_secret(&logs, &[SECRET], "daemon logs");
+    daemon.exits_cleanly();
     assert_no_secret(&ready, &[SECRET], "notify messages");
 }
 
 #[tokio::test]
 async fn notify_no_ready_when_the_port_cannot_be_bound() {
-    let upstream = Upstream::echo().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = config_with_secret(dir.path(), &upstream);
+    let unit = Unit::new().await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let notify = NotifySocket::bind();
-    let mut daemon = Spawned::start(serve(&config, &taken.local_addr().unwrap().to_string(), &notify));
+    let mut daemon = Spawned::start(unit.serve(&taken.local_addr().unwrap().to_string()));
     let (status, logs) = daemon.wait(Duration::from_secs(30));
     assert!(!status.success(), "{logs}");
     assert!(logs.contains("cannot listen on"), "{logs}");
     let mut messages = Vec::new();
-    while let Some(message) = notify.recv(Duration::from_millis(200)) {
+    while let Some(message) = unit.notify.recv(Duration::from_millis(200)) {
         messages.push(message);
     }
     assert!(
@@ -215,63 +239,50 @@ async fn notify_no_ready_when_the_port_cannot_be_bound() {
 
 #[tokio::test]
 async fn notify_reloading_then_ready_on_sighup() {
-    let upstream = Upstream::echo().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = config_with_secret(dir.path(), &upstream);
-    let notify = NotifySocket::bind();
-    let mut daemon = Spawned::start(serve(&config, "127.0.0.1:0", &notify));
-    let ready = notify.expect("READY=1", Duration::from_secs(30));
+    let unit = Unit::new().await;
+    let mut daemon = Spawned::start(unit.serve("127.0.0.1:0"));
+    let ready = unit.notify.expect("READY=1", Duration::from_secs(30));
     let addr = status_address(&ready);
 
     daemon.signal("HUP");
-    let reloading = notify.expect("RELOADING=1", Duration::from_secs(10));
+    let reloading = unit.notify.expect("RELOADING=1", Duration::from_secs(10));
     let usec = reloading
         .lines()
         .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
         .unwrap_or_else(|| panic!("RELOADING=1 without MONOTONIC_USEC: {reloading:?}"));
     assert!(usec.parse::<u64>().unwrap() > 0);
-    let ready_again = notify.expect("READY=1", Duration::from_secs(10));
+    let ready_again = unit.notify.expect("READY=1", Duration::from_secs(10));
     assert!(ready_again.contains("STATUS=serving 1 route"), "{ready_again:?}");
     // Still serving after the reload.
     let response = client().get(format!("http://{addr}/api/after")).send().await.unwrap();
     assert_eq!(response.status(), 200);
 
     daemon.signal("TERM");
-    notify.expect("STOPPING=1", Duration::from_secs(10));
-    let (status, logs) = daemon.wait(Duration::from_secs(40));
-    assert!(status.success(), "{logs}");
-    assert_no_secret(&logs, &[SECRET], "daemon logs");
+    unit.notify.expect("STOPPING=1", Duration::from_secs(10));
+    daemon.exits_cleanly();
 }
 
 #[tokio::test]
 async fn watchdog_pings_at_half_the_interval() {
-    let upstream = Upstream::echo().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = config_with_secret(dir.path(), &upstream);
-    let notify = NotifySocket::bind();
-    let mut command = serve(&config, "127.0.0.1:0", &notify);
+    let unit = Unit::new().await;
+    let mut command = unit.serve("127.0.0.1:0");
     command.env("WATCHDOG_USEC", "200000");
     let mut daemon = Spawned::start(command);
-    notify.expect("READY=1", Duration::from_secs(30));
+    unit.notify.expect("READY=1", Duration::from_secs(30));
     let started = Instant::now();
     for _ in 0..3 {
-        notify.expect("WATCHDOG=1", Duration::from_secs(2));
+        unit.notify.expect("WATCHDOG=1", Duration::from_secs(2));
     }
     // Three pings at 100 ms intervals, well inside one 200 ms watchdog period each.
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     daemon.signal("TERM");
-    let (status, logs) = daemon.wait(Duration::from_secs(40));
-    assert!(status.success(), "{logs}");
+    let logs = daemon.exits_cleanly();
     assert!(logs.contains("systemd watchdog enabled"), "{logs}");
-    assert_no_secret(&logs, &[SECRET], "daemon logs");
 }
 
 #[tokio::test]
 async fn socket_activation_serves_on_the_passed_socket() {
-    let upstream = Upstream::echo().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = config_with_secret(dir.path(), &upstream);
-    let notify = NotifySocket::bind();
+    let unit = Unit::new().await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -287,7 +298,7 @@ async fn socket_activation_serves_on_the_passed_socket() {
         .arg("-E")
         .arg("RUST_LOG=info")
         .arg("-E")
-        .arg(format!("NOTIFY_SOCKET={}", notify.path.display()))
+        .arg(format!("NOTIFY_SOCKET={}", unit.notify.path.display()))
         .arg(env!("CARGO_BIN_EXE_secretproxy"))
         .args([
             "serve",
@@ -297,28 +308,31 @@ async fn socket_activation_serves_on_the_passed_socket() {
             &blocked.to_string(),
             "--config",
         ])
-        .arg(&config);
+        .arg(&unit.config);
     let mut daemon = Spawned::start(command);
-    // systemd-socket-activate starts the daemon on the first connection.
-    let response = tokio::time::timeout(
-        Duration::from_secs(30),
-        client().get(format!("http://127.0.0.1:{port}/api/x")).send(),
-    )
+    // systemd-socket-activate starts the daemon on the first connection; until it has bound the
+    // port itself (it was just spawned), a connection is refused: try again.
+    let response = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match client().get(format!("http://127.0.0.1:{port}/api/x")).send().await {
+                Err(error) if error.is_connect() => tokio::time::sleep(Duration::from_millis(50)).await,
+                answer => break answer,
+            }
+        }
+    })
     .await
     .expect("answered")
     .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(
-        upstream.only().header("authorization"),
+        unit.upstream.only().header("authorization"),
         Some(format!("Bearer {SECRET}").as_str())
     );
-    let ready = notify.expect("READY=1", Duration::from_secs(5));
+    let ready = unit.notify.expect("READY=1", Duration::from_secs(5));
     assert_eq!(status_address(&ready).port(), port, "{ready:?}");
     daemon.signal("TERM");
-    let (status, logs) = daemon.wait(Duration::from_secs(40));
-    assert!(status.success(), "{logs}");
+    let logs = daemon.exits_cleanly();
     assert!(logs.contains("socket activation"), "{logs}");
-    assert_no_secret(&logs, &[SECRET], "daemon logs");
 }
 
 #[tokio::test]

@@ -1,0 +1,382 @@
+//! One `[routes.NAME]` table, validated into a [`Route`]: the path and its parameters, the
+//! upstream template (which may only use those parameters, and plain `http` only to loopback or
+//! with `allow-http`), the methods, and the injected headers and query parameters (every secret
+//! they name is declared; headers that belong to the connection cannot be set).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use http::{HeaderName, Method};
+
+use super::duration::{Zero, duration};
+use super::error::Source;
+use super::raw::RawRoute;
+use super::template::{UrlTemplate, ValuePart, ValueTemplate, is_name};
+use super::{ConfigError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, Route, access};
+use crate::secrets::SecretSource;
+
+/// Headers a route may not inject: they belong to the connection or the proxy.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+];
+
+pub(super) fn validate_route(
+    name: &str,
+    raw: &RawRoute,
+    span: std::ops::Range<usize>,
+    secrets: &BTreeMap<String, SecretSource>,
+    source: &Source<'_>,
+) -> Result<Route, ConfigError> {
+    let key = |field: &str| format!("routes.{name}.{field}");
+    if !is_name(name) {
+        return Err(source.error(
+            span,
+            format!("routes.{name}"),
+            "route names may hold only letters, digits, `-` and `_`",
+        ));
+    }
+
+    let path = raw.path.get_ref();
+    let path_params = path_params(path).map_err(|message| source.error(raw.path.span(), key("path"), message))?;
+
+    let upstream = UrlTemplate::parse(raw.upstream.get_ref())
+        .map_err(|m| source.error(raw.upstream.span(), key("upstream"), m))?;
+    for param in upstream.params() {
+        if !path_params.iter().any(|p| p == param) {
+            return Err(source
+                .error(
+                    raw.upstream.span(),
+                    key("upstream"),
+                    format!("`{{{param}}}` is not a parameter of path `{path}`"),
+                )
+                .with_help(match path_params.as_slice() {
+                    [] => "the path defines no parameters".to_string(),
+                    params => format!(
+                        "the path defines {}",
+                        params
+                            .iter()
+                            .map(|p| format!("`{{{p}}}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }));
+        }
+    }
+    if upstream.base.scheme() == "http" && !raw.allow_http && !upstream.is_loopback() {
+        return Err(source
+            .error(
+                raw.upstream.span(),
+                key("upstream"),
+                "plain http would send the secret unencrypted",
+            )
+            .with_help("use https, or set `allow-http = true` on this route if the network path is trusted"));
+    }
+
+    let methods = match &raw.methods {
+        None => vec![Method::GET, Method::HEAD],
+        Some(list) => {
+            let mut methods = Vec::new();
+            for method in list.get_ref() {
+                let text = method.get_ref().to_ascii_uppercase();
+                let parsed = Method::from_bytes(text.as_bytes())
+                    .ok()
+                    .filter(|m| text.bytes().all(|b| b.is_ascii_uppercase()) && *m != Method::CONNECT)
+                    .ok_or_else(|| {
+                        source.error(
+                            method.span(),
+                            key("methods"),
+                            format!("`{}` is not a method a route can take", method.get_ref()),
+                        )
+                    })?;
+                if !methods.contains(&parsed) {
+                    methods.push(parsed);
+                }
+            }
+            if methods.is_empty() {
+                return Err(source.error(list.span(), key("methods"), "a route needs at least one method"));
+            }
+            methods
+        }
+    };
+
+    let mut used = BTreeSet::new();
+    let mut check_secrets =
+        |template: &ValueTemplate, span: std::ops::Range<usize>, field: String| -> Result<(), ConfigError> {
+            for secret in template.secrets() {
+                if !secrets.contains_key(secret) {
+                    let known = secrets.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+                    return Err(source
+                        .error(span, field, format!("unknown secret `{secret}`"))
+                        .with_help(if known.is_empty() {
+                            format!("declare it in a `[secrets.{secret}]` table")
+                        } else {
+                            format!("declared secrets are {known}; or add a `[secrets.{secret}]` table")
+                        }));
+                }
+                used.insert(secret.to_string());
+            }
+            Ok(())
+        };
+
+    let mut headers: Vec<(HeaderName, ValueTemplate)> = Vec::new();
+    for (header, value) in &raw.headers {
+        let field = format!("routes.{name}.headers.{header}");
+        let header_name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+            source.error(
+                value.span(),
+                field.clone(),
+                format!("`{header}` is not a valid header name"),
+            )
+        })?;
+        if RESERVED_HEADERS.contains(&header_name.as_str()) {
+            return Err(source.error(
+                value.span(),
+                field,
+                format!("`{header}` is managed by the proxy and cannot be set"),
+            ));
+        }
+        let template =
+            ValueTemplate::parse(value.get_ref()).map_err(|m| source.error(value.span(), field.clone(), m))?;
+        if template
+            .parts
+            .iter()
+            .any(|p| matches!(p, ValuePart::Literal(text) if text.contains(['\r', '\n', '\0'])))
+        {
+            return Err(source.error(value.span(), field, "header values may not contain line breaks"));
+        }
+        check_secrets(&template, value.span(), field)?;
+        headers.push((header_name, template));
+    }
+
+    if let Some(auth) = &raw.auth {
+        let field = key("auth");
+        let template = match (&auth.get_ref().bearer, &auth.get_ref().basic) {
+            (Some(secret), None) => ValueTemplate {
+                parts: vec![ValuePart::Literal("Bearer ".into()), ValuePart::Secret(secret.clone())],
+            },
+            (None, Some(basic)) => ValueTemplate {
+                parts: vec![
+                    ValuePart::Literal("Basic ".into()),
+                    ValuePart::Basic {
+                        username: basic.username.clone(),
+                        secret: basic.password.clone(),
+                    },
+                ],
+            },
+            _ => {
+                return Err(source
+                    .error(auth.span(), field, "give exactly one of `bearer` or `basic`")
+                    .with_help("e.g. `auth = { bearer = \"github\" }` or `auth = { basic = { username = \"me\", password = \"secret-name\" } }`"));
+            }
+        };
+        if headers.iter().any(|(h, _)| h == http::header::AUTHORIZATION) {
+            return Err(source.error(
+                auth.span(),
+                field,
+                "`auth` and an `Authorization` header both set the same header; keep one",
+            ));
+        }
+        check_secrets(&template, auth.span(), field)?;
+        headers.push((http::header::AUTHORIZATION, template));
+    }
+
+    let mut query = Vec::new();
+    for (param, value) in &raw.query {
+        let field = format!("routes.{name}.query.{param}");
+        if param.is_empty() {
+            return Err(source.error(value.span(), field, "query parameter names may not be empty"));
+        }
+        let template =
+            ValueTemplate::parse(value.get_ref()).map_err(|m| source.error(value.span(), field.clone(), m))?;
+        check_secrets(&template, value.span(), field)?;
+        query.push((param.clone(), template));
+    }
+
+    let mut forward_headers = Vec::new();
+    for header in &raw.forward_headers {
+        let parsed = HeaderName::from_bytes(header.get_ref().as_bytes()).map_err(|_| {
+            source.error(
+                header.span(),
+                key("forward-headers"),
+                format!("`{}` is not a valid header name", header.get_ref()),
+            )
+        })?;
+        if headers.iter().any(|(injected, _)| *injected == parsed) {
+            return Err(source.error(
+                header.span(),
+                key("forward-headers"),
+                format!("`{parsed}` is injected by this route, so the client's cannot be forwarded"),
+            ));
+        }
+        forward_headers.push(parsed);
+    }
+
+    let timeout = |value: &Option<toml::Spanned<String>>, field: &str, default| match value {
+        None => Ok(default),
+        Some(text) => duration(
+            text,
+            &key(field),
+            Zero::Refused,
+            Some("e.g. \"500ms\", \"10s\", \"2m\""),
+            source,
+        ),
+    };
+
+    let ca_file = match &raw.ca_file {
+        None => None,
+        Some(path) => {
+            let path_buf = PathBuf::from(path.get_ref());
+            if !path_buf.is_file() {
+                return Err(source.error(
+                    path.span(),
+                    key("ca-file"),
+                    format!("`{}` is not a readable file", path.get_ref()),
+                ));
+            }
+            Some(path_buf)
+        }
+    };
+
+    Ok(Route {
+        name: name.to_string(),
+        path: path.clone(),
+        methods,
+        upstream,
+        headers,
+        query,
+        forward_headers,
+        keep_set_cookie: raw.keep_set_cookie,
+        ca_file,
+        connect_timeout: timeout(&raw.connect_timeout, "connect-timeout", DEFAULT_CONNECT_TIMEOUT)?,
+        response_timeout: timeout(&raw.response_timeout, "response-timeout", DEFAULT_RESPONSE_TIMEOUT)?,
+        secrets: used,
+        response: crate::proxy::transform::ResponsePolicy::from_raw(raw.response.as_ref(), name, source)?,
+        request: crate::proxy::validate::RequestRules::from_raw(raw.request.as_ref(), name, source)?,
+        rate_limit: crate::proxy::ratelimit::RateLimit::from_raw(raw.rate_limit.as_ref(), name, source)?,
+        allowed_origins: match &raw.allowed_origins {
+            None => None,
+            Some(list) => Some(access::origins(list, &key("allowed-origins"), source)?),
+        },
+        max_body: access::max_body(&raw.max_body, &key("max-body"), source)?,
+        scrub_response: raw.scrub_response.unwrap_or(true),
+    })
+}
+
+/// The parameter names of a route path, checking its shape: absolute, `{name}` segments, a
+/// `{*rest}` only at the end.
+fn path_params(path: &str) -> Result<Vec<String>, String> {
+    if !path.starts_with('/') {
+        return Err("a route path must start with `/`".to_string());
+    }
+    if path.starts_with("/_secretproxy") {
+        return Err("paths under `/_secretproxy` are reserved for the proxy itself".to_string());
+    }
+    let mut params = Vec::new();
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    for (index, segment) in segments.iter().enumerate() {
+        if let Some(inner) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            let (catch_all, name) = match inner.strip_prefix('*') {
+                Some(name) => (true, name),
+                None => (false, inner),
+            };
+            if !is_name(name) {
+                return Err(format!("`{segment}` is not a valid parameter"));
+            }
+            if catch_all && index + 1 != segments.len() {
+                return Err(format!("`{segment}` must be the last segment"));
+            }
+            if params.iter().any(|p| p == name) {
+                return Err(format!("parameter `{name}` appears twice"));
+            }
+            params.push(name.to_string());
+        } else if segment.contains(['{', '}']) {
+            return Err(format!(
+                "`{segment}`: a parameter must be a whole segment, like `{{id}}`"
+            ));
+        } else if *segment == "." || *segment == ".." || (segment.is_empty() && index + 1 != segments.len()) {
+            return Err("a route path may not have empty, `.` or `..` segments".to_string());
+        }
+    }
+    Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{BASE, err};
+    use crate::config::{Config, DEFAULT_LISTEN};
+
+    #[test]
+    fn full_route_parses() {
+        let config = Config::parse(
+            &format!("{BASE}[routes.github]\npath = \"/api/github/{{*rest}}\"\nupstream = \"https://api.github.com/{{rest}}\"\nheaders = {{ Authorization = \"Bearer ${{gh}}\" }}\nquery = {{ key = \"${{gh}}\" }}\n"),
+            "proxy.toml",
+        )
+        .unwrap();
+        let route = config.route("github").unwrap();
+        assert_eq!(route.methods, vec![Method::GET, Method::HEAD]);
+        assert_eq!(route.secrets.iter().collect::<Vec<_>>(), ["gh"]);
+        assert_eq!(config.server.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn unknown_secret_is_an_error() {
+        let message = err(&format!(
+            "{BASE}[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nheaders = {{ X = \"${{nope}}\" }}\n"
+        ));
+        assert!(
+            message.starts_with("proxy.toml:6:17: routes.a.headers.X: unknown secret `nope`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn undefined_param_is_an_error() {
+        let message = err("[routes.a]\npath = \"/a/{id}\"\nupstream = \"https://x/{rest}\"\n");
+        assert!(
+            message.contains("routes.a.upstream: `{rest}` is not a parameter of path"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn plain_http_needs_loopback_or_opt_in() {
+        assert!(err("[routes.a]\npath = \"/a\"\nupstream = \"http://example.com/\"\n").contains("plain http"));
+        Config::parse("[routes.a]\npath = \"/a\"\nupstream = \"http://127.0.0.1:9/\"\n", "t").unwrap();
+        Config::parse(
+            "[routes.a]\npath = \"/a\"\nupstream = \"http://example.com/\"\nallow-http = true\n",
+            "t",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn auth_shorthands() {
+        let config = Config::parse(
+            &format!("{BASE}[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nauth = {{ basic = {{ username = \"me\", password = \"gh\" }} }}\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(config.routes[0].headers[0].0, http::header::AUTHORIZATION);
+        assert!(
+            err(&format!(
+                "{BASE}[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nauth = {{ bearer = \"zz\" }}\n"
+            ))
+            .contains("unknown secret `zz`")
+        );
+    }
+
+    #[test]
+    fn reserved_prefix_and_bad_paths() {
+        assert!(err("[routes.a]\npath = \"/_secretproxy/x\"\nupstream = \"https://x/\"\n").contains("reserved"));
+        assert!(err("[routes.a]\npath = \"/a/{*rest}/b\"\nupstream = \"https://x/\"\n").contains("last segment"));
+        assert!(err("[routes.a]\npath = \"/a/../b\"\nupstream = \"https://x/\"\n").contains("`..`"));
+    }
+}
