@@ -27,6 +27,8 @@ pub struct Generation {
     pub hooks: crate::webhooks::Hooks,
     /// The static site, when `static-dir` is set.
     pub site: Option<crate::static_site::Site>,
+    /// Response scrubbers by route, built on first use.
+    pub redactors: crate::proxy::scrub::Redactors,
 }
 
 impl Generation {
@@ -38,6 +40,7 @@ impl Generation {
             limits: crate::proxy::ratelimit::Limiters::build(&config.routes),
             hooks: crate::webhooks::Hooks::build(&config.webhooks),
             site: config.server.static_site.clone().map(crate::static_site::Site::new),
+            redactors: Default::default(),
             number,
             table: RouteTable::new(&config),
             config: Arc::new(config),

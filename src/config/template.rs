@@ -110,6 +110,9 @@ pub struct UrlTemplate {
     pub base: Url,
     /// The path every rendered URL must stay under (the literal path before the first param).
     pub base_path: String,
+    /// `parts` from the path on (the authority cut off), filled in per request on a clone of
+    /// `base`: scheme and host are never parsed again, so no request can change them.
+    path_parts: Vec<UrlPart>,
 }
 
 impl UrlTemplate {
@@ -164,15 +167,25 @@ impl UrlTemplate {
             return Err("the upstream URL may not have a fragment".to_string());
         }
         let base_path = prefix.path().to_string();
-        let template = UrlTemplate {
+        let mut path_parts = parts.clone();
+        if let Some(UrlPart::Literal(first)) = path_parts.first_mut() {
+            let authority_end = first.find("://").map_or(0, |i| i + 3);
+            *first = first[authority_end..].find(['/', '?']).map_or(String::new(), |i| first[authority_end + i..].to_string());
+        }
+        let full: String = parts
+            .iter()
+            .map(|part| match part {
+                UrlPart::Literal(literal) => literal.as_str(),
+                UrlPart::Param(_) => "",
+            })
+            .collect();
+        let base = Url::parse(&full).map_err(|e| format!("not a valid URL: {e}"))?;
+        Ok(UrlTemplate {
             parts,
-            base: prefix,
+            base,
             base_path,
-        };
-        let base = template
-            .render(|_| Some(""))
-            .map_err(|e| format!("not a valid URL: {e}"))?;
-        Ok(UrlTemplate { base, ..template })
+            path_parts,
+        })
     }
 
     pub fn params(&self) -> impl Iterator<Item = &str> {
@@ -184,15 +197,22 @@ impl UrlTemplate {
 
     /// Fills in the parameters. Values are used as they came in the request path (still
     /// percent-encoded); the caller checks that the result stayed on the route's origin.
-    pub fn render<'a>(&self, mut value: impl FnMut(&str) -> Option<&'a str>) -> Result<Url, url::ParseError> {
+    pub fn render<'a>(&self, mut value: impl FnMut(&str) -> Option<&'a str>) -> Url {
         let mut text = String::new();
-        for part in &self.parts {
+        for part in &self.path_parts {
             match part {
                 UrlPart::Literal(literal) => text.push_str(literal),
                 UrlPart::Param(name) => text.push_str(value(name).unwrap_or("")),
             }
         }
-        Url::parse(&text)
+        let (path, query) = match text.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (text.as_str(), None),
+        };
+        let mut url = self.base.clone();
+        url.set_path(path);
+        url.set_query(query);
+        url
     }
 
     /// True when `url` has the route's scheme, host and port, and its path stays under the
@@ -254,7 +274,7 @@ mod tests {
         let t = UrlTemplate::parse("https://api.github.com/{rest}").unwrap();
         assert_eq!(t.params().collect::<Vec<_>>(), ["rest"]);
         assert_eq!(t.base_path, "/");
-        let url = t.render(|_| Some("user/repos")).unwrap();
+        let url = t.render(|_| Some("user/repos"));
         assert_eq!(url.as_str(), "https://api.github.com/user/repos");
         assert!(t.contains(&url));
         assert!(UrlTemplate::parse("https://{sub}.example.com/").is_err());
@@ -266,8 +286,12 @@ mod tests {
     #[test]
     fn contains_rejects_escapes() {
         let t = UrlTemplate::parse("https://api.example.com/v1/{rest}").unwrap();
-        let escaped = t.render(|_| Some("../admin")).unwrap();
+        let escaped = t.render(|_| Some("../admin"));
         assert!(!t.contains(&escaped));
+        let with_query = UrlTemplate::parse("https://api.example.com/v1/{id}?format=json").unwrap();
+        assert_eq!(with_query.render(|_| Some("7")).as_str(), "https://api.example.com/v1/7?format=json");
+        let fixed = UrlTemplate::parse("https://api.example.com").unwrap();
+        assert_eq!(fixed.render(|_| None).as_str(), "https://api.example.com/");
         let other = Url::parse("https://evil.example/v1/x").unwrap();
         assert!(!t.contains(&other));
     }

@@ -220,7 +220,7 @@ async fn forward(
         .upstream
         .render(|name| params.iter().find(|(p, _)| *p == name).map(|(_, v)| *v))
     {
-        Ok(url) if route.upstream.contains(&url) => url,
+        url if route.upstream.contains(&url) => url,
         _ => {
             return fail(
                 ProxyError::BadRequest("the path does not map to a URL under the route's upstream".into()),
@@ -258,7 +258,7 @@ async fn forward(
     let mut headers = upstream::upstream_headers(&parts.headers, route, injected_headers);
     let redactor = route
         .scrub_response
-        .then(|| scrub::Redactor::for_route(route, secret).map(Arc::new))
+        .then(|| generation.redactors.get(route, &values, secret))
         .flatten();
     if redactor.is_some() || route.response.transform.is_some() {
         // Scrubbing and transforms read the body: ask for it unencoded.
