@@ -22,7 +22,10 @@
 #                        empty = keep the throughput pinning
 #   BENCH_PORT_BASE      first port; uses base..base+2, base+707, base+708, [18080]
 #   BENCH_UPLOAD_SIZE    bytes for --upload [1073741824]   BENCH_UPLOAD_ROUNDS [1]
-#   BENCH_SP_ROUTE_EXTRA extra TOML lines for the secretproxy route (e.g. a body-size limit)
+#   BENCH_QUIET_PCT      other processes may use this % of one core during a run [15]; before each
+#                        run wait up to BENCH_QUIET_WAIT s [120] for that, redo a disturbed run
+#                        up to BENCH_RETRIES times [2]
+#   BENCH_SP_ROUTE_EXTRA extra TOML lines for the secretproxy route [--upload: max-body = 2 x size]
 #   BENCH_OUT            also write the report (Markdown) to this file
 #   BENCH_KEEP           1 = keep the temp dir with configs, logs and raw wrk output
 set -euo pipefail
@@ -59,6 +62,9 @@ LAT_CPUS=${BENCH_LAT_CPUS-$LOAD_CPUS}
 PORT_BASE=${BENCH_PORT_BASE:-18080}
 UPLOAD_SIZE=${BENCH_UPLOAD_SIZE:-1073741824}
 UPLOAD_ROUNDS=${BENCH_UPLOAD_ROUNDS:-1}
+QUIET_PCT=${BENCH_QUIET_PCT:-15}
+QUIET_WAIT=${BENCH_QUIET_WAIT:-120}
+RETRIES=${BENCH_RETRIES:-2}
 
 UPSTREAM_PORT=$PORT_BASE            # 18080
 NGINX_PORT=$((PORT_BASE + 1))       # 18081
@@ -150,6 +156,25 @@ pids() {
   echo "$p"
   [[ ${KIND[$1]} == nginx ]] && { pgrep -P "$p" || true; }
   return 0
+}
+
+busy_pct() { # -> % of one core used by everything on the machine over $1 seconds
+  local a b
+  a=$(machine_ticks | awk '{print $1}')
+  sleep "$1"
+  b=$(machine_ticks | awk '{print $1}')
+  echo $(( (b - a) * 100 / CLK_TCK / ${1%.*} ))
+}
+
+wait_quiet() { # wait up to BENCH_QUIET_WAIT s until the machine is idle (between runs, ours use ~0)
+  local waited=0 busy
+  while :; do
+    busy=$(busy_pct 1)
+    ((busy <= QUIET_PCT)) && return 0
+    if ((waited >= QUIET_WAIT)); then log "machine still busy ($busy % of a core); going on"; return 0; fi
+    ((waited == 0)) && log "machine busy ($busy % of a core); waiting up to ${QUIET_WAIT}s"
+    waited=$((waited + 1))
+  done
 }
 
 repin() { # proxy-cpus upstream-cpus target... : move running processes (all threads)
@@ -309,11 +334,20 @@ run_wrk() {
   local -a ps=() hdr=()
   # the direct baseline is the upstream itself: send the header a proxy would have injected
   if [[ $name == direct ]]; then hdr=(-H "Authorization: Bearer $TOKEN"); else mapfile -t ps < <(pids "$name"); fi
+  local -a up=()
+  mapfile -t up < <(pids upstream)
+  local u0 u1 c0 c1 s0 s1 st0 st1
   t0=$(cpu_ticks "${ps[@]}")
+  u0=$(cpu_ticks "${up[@]}")
+  children_ticks >"$WORK/c0.$BASHPID"; c0=$(<"$WORK/c0.$BASHPID")
+  read -r s0 st0 < <(machine_ticks)
   w0=$(date +%s.%N)
   taskset -c "$cpus" "$WRK" -t"$THREADS" -c"$conns" -d"${secs}s" --latency "${hdr[@]}" "$url" >"$out" 2>&1 \
     || { cat "$out" >&2; die "wrk failed against $name"; }
   w1=$(date +%s.%N)
+  read -r s1 st1 < <(machine_ticks)
+  children_ticks >"$WORK/c1.$BASHPID"; c1=$(<"$WORK/c1.$BASHPID")
+  u1=$(cpu_ticks "${up[@]}")
   t1=$(cpu_ticks "${ps[@]}")
   local req rps p50 p99 bad
   req=$(awk '/ requests in /{print $1}' "$out")
@@ -324,7 +358,23 @@ run_wrk() {
   bad=$(awk '/Non-2xx or 3xx responses:/{n += $NF}
              /Socket errors:/{gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$out")
   p=$(awk -v a="$w0" -v b="$w1" 'BEGIN {printf "%.3f", b - a}')
-  echo "$req $rps $p50 $p99 $bad $((t1 - t0)) $p"
+  # CPU that neither the proxy, the upstream nor wrk used: other processes on the machine
+  local other=$(( (s1 - s0) - (t1 - t0) - (u1 - u0) - (c1 - c0) ))
+  ((other < 0)) && other=0
+  echo "$req $rps $p50 $p99 $bad $((t1 - t0)) $p $other $((st1 - st0))"
+}
+
+machine_ticks() { # -> busy ticks (all CPUs, without idle, iowait and steal), steal ticks
+  awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8, $9}' /proc/stat
+}
+
+children_ticks() { # CPU of this shell's finished children (here: wrk), in clock ticks
+  # `times` must run in this shell, not in a pipe or $(...) subshell that has no children yet
+  times >"$WORK/times.$BASHPID"
+  awk -v hz="$CLK_TCK" 'NR == 2 {
+    t = 0
+    for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] }
+    printf "%d", t * hz + 0.5 }' "$WORK/times.$BASHPID"
 }
 
 # --- reporting -------------------------------------------------------------------------------
@@ -345,7 +395,7 @@ machine_info() {
   echo "- nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'); wrk: $("$WRK" -v 2>&1 | head -n1 | awk '{print $2}')"
   if [[ $NGINX_ONLY == 0 ]]; then
     sp_ver=$("$SECRETPROXY_BIN" --version 2>/dev/null | head -n1) || sp_ver="(no --version)"
-    echo "- secretproxy: $sp_ver, commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'none yet'), $(rustc --version 2>/dev/null || echo 'rustc ?')"
+    echo "- secretproxy: $sp_ver ($SECRETPROXY_BIN), repo HEAD $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'none yet')$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml 2>/dev/null || echo ' + local changes'), $(rustc --version 2>/dev/null || echo 'rustc ?')"
   fi
   echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 }
@@ -400,15 +450,23 @@ throughput() {
     if ((r % 2)); then order=("${all[@]}"); else order=(); for ((i = ${#all[@]} - 1; i >= 0; i--)); do order+=("${all[$i]}"); done; fi
     for t in "${order[@]}"; do
       log "round $r/$ROUNDS: $t, ${DURATION}s, $CONNS connections"
-      line=$(run_wrk "$t" "${URL[$t]}" "$CONNS" "$DURATION" "$WORK/wrk-$t-$r.txt")
+      local try
+      for try in $(seq 0 "$RETRIES"); do
+        wait_quiet
+        line=$(run_wrk "$t" "${URL[$t]}" "$CONNS" "$DURATION" "$WORK/wrk-$t-$r.txt")
+        # redo a run that other processes disturbed (CPU > BENCH_QUIET_PCT % of a core)
+        awk -v hz="$CLK_TCK" -v max="$QUIET_PCT" '{exit !(100 * $8 / hz / $7 > max)}' <<<"$line" || break
+        ((try < RETRIES)) && log "  run disturbed by other processes ($(awk -v hz="$CLK_TCK" '{printf "%.0f", 100 * $8 / hz / $7}' <<<"$line") % of a core); again"
+      done
       echo "$t $r $line" >>"$res"
-      log "  -> $(awk '{printf "%s req/s, p50 %s us, p99 %s us, errors %s, cpu %s ticks", $4, $5, $6, $7, $8}' <<<"$t $r $line")"
+      log "  -> $(awk '{printf "%s req/s, p50 %s us, p99 %s us, errors %s, proxy cpu %s ticks, other %s, steal %s", $4, $5, $6, $7, $8, $10, $11}' <<<"$t $r $line")"
     done
     # one request at a time has no parallelism to gain from a second core, but each cross-core
     # wakeup costs (on VMs up to ~70 µs): move everything onto one CPU for this part
     [[ -n $LAT_CPUS ]] && repin "$LAT_CPUS" "$LAT_CPUS" "${targets[@]}"
     for t in "${order[@]}"; do
       log "round $r/$ROUNDS: $t, ${LAT_DURATION}s, 1 connection"
+      wait_quiet
       line=$(run_wrk "$t" "${URL[$t]}" 1 "$LAT_DURATION" "$WORK/lat-$t-$r.txt" "${LAT_CPUS:-$LOAD_CPUS}")
       echo "$t $r $line" >>"$lat"
     done
@@ -416,8 +474,17 @@ throughput() {
   done
 
   # results.tsv columns: 1 target 2 round 3 requests 4 rps 5 p50us 6 p99us 7 errors 8 ticks 9 wall
+  #                      10 ticks of other processes 11 steal ticks
   local errors
   errors=$(awk '{n += $7} END {print n + 0}' "$res" "$lat")
+  # runs other processes disturbed (after the retries) leave the medians when the target has
+  # undisturbed ones; results.tsv keeps them all
+  local all_res=$res dropped
+  res=$WORK/results-clean.tsv
+  awk -v hz="$CLK_TCK" -v max="$QUIET_PCT" '
+    {line[NR] = $0; t[NR] = $1; bad[NR] = 100 * $10 / hz / $9 > max; if (!bad[NR]) clean[$1]++}
+    END {for (i = 1; i <= NR; i++) if (!bad[i] || !clean[t[i]]) print line[i]}' "$all_res" >"$res"
+  dropped=$(( $(wc -l <"$all_res") - $(wc -l <"$res") ))
 
   report() {
     echo "### secretproxy vs nginx: prefix route with Authorization injected"
@@ -474,6 +541,21 @@ throughput() {
     echo "completed. CPU busy = that CPU time / wall time (100 % = the proxy's core was the limit)."
     echo "RSS: VmRSS / VmHWM from /proc (nginx: master + worker summed)."
     if [[ $errors != 0 ]]; then echo; echo "**Warning: $errors non-2xx responses or socket errors during the runs.**"; fi
+    # columns 10 and 11: ticks used by other processes, steal ticks
+    local bg
+    bg=$(awk -v hz="$CLK_TCK" '{o = 100 * $10 / hz / $9; s = 100 * $11 / hz / $9
+      if (o > mo) mo = o; if (s > ms) ms = s; to += o; ts += s}
+      END {printf "%.0f %.0f %.0f %.0f", to / NR, mo, ts / NR, ms}' "$all_res")
+    read -r bg_avg bg_max st_avg st_max <<<"$bg"
+    echo
+    echo "Background load during the throughput runs (CPU not used by the proxy, upstream or wrk):"
+    echo "mean $bg_avg %, max $bg_max % of one core; hypervisor steal mean $st_avg %, max $st_max %."
+    if ((dropped > 0)); then
+      echo "$dropped disturbed run(s) (other processes above $QUIET_PCT % of a core after $RETRIES retries) left out of the medians."
+    fi
+    if awk -v hz="$CLK_TCK" -v max="$QUIET_PCT" '100 * $10 / hz / $9 > max {found = 1} END {exit !found}' "$res"; then
+      echo "**Warning: some medians include disturbed runs; rerun on an idle machine before trusting them.**"
+    fi
     if [[ $NGINX_ONLY == 0 ]]; then
       local n_rps s_rps n_cpu s_cpu verdict
       n_rps=$(col nginx 4 "$res" | median); s_rps=$(col secretproxy 4 "$res" | median)
@@ -493,11 +575,13 @@ throughput() {
 
 # --- upload mode -----------------------------------------------------------------------------
 upload() {
+  # secretproxy limits request bodies per route (`max-body`, default 10 MiB): raise it for the test
+  : "${BENCH_SP_ROUTE_EXTRA=max-body = $((UPLOAD_SIZE * 2))}"
   start_upstream_sink
   local -a targets=(direct nginx)
   declare -A URL LABEL
   URL[direct]="http://127.0.0.1:$UPSTREAM_PORT/upload/sink"
-  LABEL[direct]="direct to upstream (client + sink ceiling)"
+  LABEL[direct]="direct to upstream (no proxy)"
   start_nginx_proxy nginx "$NGINX_PORT" off
   URL[nginx]="http://127.0.0.1:$NGINX_PORT/api/upload/sink"
   LABEL[nginx]="nginx, proxy_request_buffering off"
