@@ -170,7 +170,9 @@ impl UrlTemplate {
         let mut path_parts = parts.clone();
         if let Some(UrlPart::Literal(first)) = path_parts.first_mut() {
             let authority_end = first.find("://").map_or(0, |i| i + 3);
-            *first = first[authority_end..].find(['/', '?']).map_or(String::new(), |i| first[authority_end + i..].to_string());
+            *first = first[authority_end..]
+                .find(['/', '?'])
+                .map_or(String::new(), |i| first[authority_end + i..].to_string());
         }
         let full: String = parts
             .iter()
@@ -289,7 +291,10 @@ mod tests {
         let escaped = t.render(|_| Some("../admin"));
         assert!(!t.contains(&escaped));
         let with_query = UrlTemplate::parse("https://api.example.com/v1/{id}?format=json").unwrap();
-        assert_eq!(with_query.render(|_| Some("7")).as_str(), "https://api.example.com/v1/7?format=json");
+        assert_eq!(
+            with_query.render(|_| Some("7")).as_str(),
+            "https://api.example.com/v1/7?format=json"
+        );
         let fixed = UrlTemplate::parse("https://api.example.com").unwrap();
         assert_eq!(fixed.render(|_| None).as_str(), "https://api.example.com/");
         let other = Url::parse("https://evil.example/v1/x").unwrap();
