@@ -46,8 +46,11 @@ pub struct Redactor {
 /// value `Arc`s the request read.
 #[derive(Default)]
 pub struct Redactors {
-    by_route: std::sync::Mutex<std::collections::HashMap<String, (Vec<usize>, Option<Arc<Redactor>>)>>,
+    by_route: std::sync::Mutex<std::collections::HashMap<String, CachedRedactor>>,
 }
+
+/// The identities of the secret values a redactor was built from, and the redactor.
+type CachedRedactor = (Vec<usize>, Option<Arc<Redactor>>);
 
 impl std::fmt::Debug for Redactors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -274,6 +277,35 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn redactors_are_built_once_per_set_of_secret_values() {
+        let config = crate::config::Config::parse(
+            "[secrets.k]\nenv = \"K\"\n[routes.r]\npath = \"/r\"\nupstream = \"https://x.example/\"\nauth = { bearer = \"k\" }\n",
+            "t",
+        )
+        .unwrap();
+        let route = &config.routes[0];
+        let cache = Redactors::default();
+        let first = Arc::new(SecretString::from("value-one".to_string()));
+        let values = [("k", first.clone())];
+        let a = cache.get(route, &values, |_| SecretString::clone(&first)).unwrap();
+        let b = cache
+            .get(route, &values, |_| panic!("a cached redactor reads no secret"))
+            .unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        // A new value (a secret that arrived later) gets a new redactor that knows it.
+        let second = Arc::new(SecretString::from("value-two".to_string()));
+        let c = cache
+            .get(route, &[("k", second.clone())], |_| SecretString::clone(&second))
+            .unwrap();
+        assert!(!Arc::ptr_eq(&a, &c));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-echo", HeaderValue::from_static("value-two"));
+        c.headers(&mut headers);
+        assert_eq!(headers["x-echo"], "[REDACTED]");
+        assert!(!format!("{cache:?}{c:?}").contains("value"));
+    }
 
     fn redactor(secrets: &[&str]) -> Arc<Redactor> {
         let patterns: Vec<_> = secrets.iter().map(|s| Zeroizing::new(s.as_bytes().to_vec())).collect();
