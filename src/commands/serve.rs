@@ -29,14 +29,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         return Err(config::ConfigError::Listen(message).into());
     }
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = std::env::var("SECRETPROXY_WORKER_THREADS")
+    // One worker: a current-thread runtime (no work stealing, no cross-thread wake-ups); more:
+    // tokio's multi-thread scheduler (default: one worker per core).
+    let threads = std::env::var("SECRETPROXY_WORKER_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-    {
-        runtime.worker_threads(threads);
-    }
+        .filter(|n| *n > 0);
+    let mut runtime = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(threads) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = runtime.enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(serve(config, Arc::new(SystemStore), path, file_listen))
 }

@@ -123,3 +123,36 @@ fn config_error_names_file_line_column_and_exits_78() {
     assert!(stderr.starts_with(&expected), "{stderr}");
     assert!(stderr.contains("help: did you mean `upstream`?"), "{stderr}");
 }
+
+/// `SECRETPROXY_WORKER_THREADS=1` runs the daemon on a single-threaded runtime: serving, a
+/// SIGHUP reload (which reads secrets on the blocking pool) and a graceful stop all still work.
+#[tokio::test]
+async fn single_worker_runtime_serves_reloads_and_stops() {
+    let upstream = Upstream::echo().await;
+    let route = |name: &str| {
+        format!(
+            "[secrets.stripe]\nenv = \"TEST_STRIPE_KEY\"\n[routes.{name}]\npath = \"/{name}\"\nupstream = \"{}/{name}\"\nauth = {{ bearer = \"stripe\" }}\n",
+            upstream.url()
+        )
+    };
+    let daemon = Daemon::start(
+        &route("before"),
+        &[("TEST_STRIPE_KEY", ENV_SECRET), ("SECRETPROXY_WORKER_THREADS", "1")],
+    );
+    assert_eq!(client().get(daemon.url("/before")).send().await.unwrap().status(), 200);
+    std::fs::write(&daemon.config_path, route("after")).unwrap();
+    daemon.signal("HUP");
+    daemon.wait_for_log("config reloaded", 1, std::time::Duration::from_secs(20));
+    assert_eq!(client().get(daemon.url("/after")).send().await.unwrap().status(), 200);
+    assert_eq!(client().get(daemon.url("/before")).send().await.unwrap().status(), 404);
+    let received = upstream.received();
+    assert_eq!(received.len(), 2);
+    assert!(
+        received
+            .iter()
+            .all(|r| r.header("authorization") == Some(format!("Bearer {ENV_SECRET}").as_str()))
+    );
+    let (status, logs) = daemon.terminate();
+    assert!(status.success(), "{logs}");
+    assert_no_secret(&logs, &[ENV_SECRET], "daemon logs");
+}
