@@ -101,6 +101,7 @@ ensure_tools() {
   if [[ -z $NGINX || -z $WRK ]]; then
     [[ $(id -u) == 0 ]] || die "nginx and wrk are needed: sudo apt-get install -y nginx wrk"
     log "installing nginx and wrk with apt-get"
+    apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y nginx wrk >&2
     NGINX=$(find_tool nginx /usr/sbin/nginx)
     WRK=$(find_tool wrk /usr/bin/wrk)

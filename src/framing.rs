@@ -216,10 +216,10 @@ fn head_end(buf: &[u8], bytes: &[u8]) -> Option<usize> {
 impl<IO: AsyncRead + Unpin> AsyncRead for Sniffed<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &polled {
-            let fresh = buf.filled()[before..].to_vec();
-            self.feed(&fresh);
+            this.feed(&buf.filled()[before..]);
         }
         polled
     }

@@ -65,13 +65,7 @@ impl Generation {
         for (name, source, error) in self.secrets.status() {
             if let Some(error) = error {
                 missing += 1;
-                let users: Vec<&str> = self
-                    .config
-                    .routes
-                    .iter()
-                    .filter(|r| r.secrets.contains(&name))
-                    .map(|r| r.name.as_str())
-                    .collect();
+                let users: Vec<&str> = self.config.routes_using(&name).map(|r| r.name.as_str()).collect();
                 tracing::warn!(
                     secret = %name,
                     source = %source,

@@ -69,14 +69,6 @@ pub fn stopping() {
     ]);
 }
 
-/// `STATUS=` alone, e.g. when a missing secret became available.
-pub fn status(text: &str) {
-    #[cfg(unix)]
-    send(&[sd_notify::NotifyState::Status(text)]);
-    #[cfg(not(unix))]
-    let _ = text;
-}
-
 /// When the service manager asked for watchdog pings (`WatchdogSec=` sets `$WATCHDOG_USEC`),
 /// spawns a task that sends `WATCHDOG=1` at half the interval. The pings come from the async
 /// runtime, so a wedged runtime stops them and systemd restarts the daemon.

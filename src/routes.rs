@@ -58,10 +58,6 @@ impl RouteTable {
             params: matched.params.iter().collect(),
         }
     }
-
-    pub fn routes(&self) -> &[Route] {
-        &self.routes
-    }
 }
 
 /// The `Allow` header value for a route.

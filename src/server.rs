@@ -26,14 +26,8 @@ use crate::framing;
 use crate::proxy::Proxy;
 use crate::proxy::guard::{AmbiguousFraming, LocalAddr};
 
-/// Default time a client may take to send its request headers (`[server] header-timeout`).
-pub const HEADER_READ_TIMEOUT: Duration = crate::config::access::DEFAULT_HEADER_TIMEOUT;
-
 /// The answer to a connection over `max-connections`.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 79\r\nretry-after: 1\r\nconnection: close\r\n\r\n{\"error\":\"too many open connections; try again\",\"code\":\"too_many_connections\"}\n";
-/// Default time in-flight requests get to finish after shutdown starts.
-pub const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
-
 /// Binds the listen address.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await

@@ -80,12 +80,7 @@ impl SecretReport {
             .iter()
             .map(|(name, source)| {
                 let status = store.fetch(source).map(drop);
-                let users = config
-                    .routes
-                    .iter()
-                    .filter(|r| r.secrets.contains(name))
-                    .map(|r| r.name.clone())
-                    .collect();
+                let users = config.routes_using(name).map(|r| r.name.clone()).collect();
                 SecretRow {
                     name: name.clone(),
                     source: source.clone(),

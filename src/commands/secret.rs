@@ -81,11 +81,7 @@ fn read_value(name: &str) -> anyhow::Result<SecretString> {
         std::io::stdin()
             .read_to_string(&mut text)
             .context("cannot read the value from stdin (it must be UTF-8 text)")?;
-        let end = text
-            .strip_suffix('\n')
-            .map(|t| t.strip_suffix('\r').unwrap_or(t))
-            .unwrap_or(&text)
-            .len();
+        let end = crate::secrets::trim_one_newline(&text).len();
         text.truncate(end);
         text
     };

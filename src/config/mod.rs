@@ -115,6 +115,11 @@ impl Config {
         validate(raw, &source)
     }
 
+    /// The routes that inject secret `name`.
+    pub fn routes_using<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Route> {
+        self.routes.iter().filter(move |route| route.secrets.contains(name))
+    }
+
     pub fn route(&self, name: &str) -> Option<&Route> {
         self.routes.iter().find(|route| route.name == name)
     }

@@ -275,7 +275,7 @@ fn path_params(path: &str) -> Result<Vec<String>, String> {
     if !path.starts_with('/') {
         return Err("a route path must start with `/`".to_string());
     }
-    if path.starts_with("/_secretproxy") {
+    if path.starts_with(crate::admin::PREFIX) {
         return Err("paths under `/_secretproxy` are reserved for the proxy itself".to_string());
     }
     let mut params = Vec::new();

@@ -230,12 +230,17 @@ impl UrlTemplate {
 
     /// True when the host is a loopback name or address.
     pub fn is_loopback(&self) -> bool {
-        match self.base.host() {
-            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            None => false,
-        }
+        is_loopback_url(&self.base)
+    }
+}
+
+/// True when `url`'s host is `localhost` or a loopback address.
+pub fn is_loopback_url(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 

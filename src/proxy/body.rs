@@ -98,7 +98,7 @@ impl AccessRecord {
         tracing::info!(
             target: "secretproxy::access",
             method = %self.method,
-            route = self.route.as_deref().unwrap_or("-"),
+            route = self.route.as_deref().unwrap_or(crate::metrics::NO_ROUTE),
             path = %self.path,
             query = self.query.as_deref().unwrap_or(""),
             status = self.status,

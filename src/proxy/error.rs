@@ -46,6 +46,23 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// A 503 for secret `name` of `secrets` that could not be read, naming how to set it.
+    pub fn secret_unavailable(
+        secrets: &crate::secrets::SecretCache,
+        name: &str,
+        error: &crate::secrets::LookupError,
+    ) -> Self {
+        ProxyError::SecretUnavailable {
+            secret: name.to_string(),
+            unreachable: error.is_unreachable(),
+            reason: error.to_string(),
+            hint: secrets
+                .source(name)
+                .map(|source| source.how_to_set(name))
+                .unwrap_or_default(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,

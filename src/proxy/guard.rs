@@ -173,16 +173,7 @@ async fn check_token(generation: &Generation, name: &str, headers: &mut HeaderMa
         .secrets
         .get(name)
         .await
-        .map_err(|error| ProxyError::SecretUnavailable {
-            secret: name.to_string(),
-            unreachable: error.is_unreachable(),
-            reason: error.to_string(),
-            hint: generation
-                .secrets
-                .source(name)
-                .map(|source| source.how_to_set(name))
-                .unwrap_or_default(),
-        })?;
+        .map_err(|error| ProxyError::secret_unavailable(&generation.secrets, name, &error))?;
     let expected = expected.expose_secret().as_bytes();
     let matches = |presented: &[u8]| bool::from(presented.ct_eq(expected));
 

@@ -196,14 +196,10 @@ async fn forward(
             Ok(value) => values.push((name.as_str(), value)),
             Err(error) => {
                 metrics.secret_lookup_failed(name);
-                let source = generation.secrets.source(name).expect("declared");
-                let error = ProxyError::SecretUnavailable {
-                    secret: name.clone(),
-                    unreachable: error.is_unreachable(),
-                    reason: error.to_string(),
-                    hint: source.how_to_set(name),
-                };
-                return fail(error, route_name);
+                return fail(
+                    ProxyError::secret_unavailable(&generation.secrets, name, &error),
+                    route_name,
+                );
             }
         }
     }

@@ -124,14 +124,6 @@ impl SecretCache {
     pub fn source(&self, name: &str) -> Option<&SecretSource> {
         self.slots.get(name).map(|slot| &slot.source)
     }
-
-    /// Every present value, for scrubbing echoes out of error text.
-    pub fn present_values(&self) -> Vec<Arc<SecretString>> {
-        self.slots
-            .values()
-            .filter_map(|slot| slot.state.lock().unwrap_or_else(|e| e.into_inner()).value.clone())
-            .collect()
-    }
 }
 
 #[cfg(test)]

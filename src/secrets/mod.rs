@@ -149,11 +149,14 @@ pub fn read_file(path: &std::path::Path) -> std::io::Result<SecretString> {
     let bytes = zeroize::Zeroizing::new(std::fs::read(path)?);
     let text =
         std::str::from_utf8(&bytes).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))?;
-    let text = text
-        .strip_suffix('\n')
+    Ok(SecretString::from(trim_one_newline(text).to_string()))
+}
+
+/// `text` without one trailing `\n` or `\r\n` (how secret files and piped values are read).
+pub fn trim_one_newline(text: &str) -> &str {
+    text.strip_suffix('\n')
         .map(|t| t.strip_suffix('\r').unwrap_or(t))
-        .unwrap_or(text);
-    Ok(SecretString::from(text.to_string()))
+        .unwrap_or(text)
 }
 
 #[cfg(test)]

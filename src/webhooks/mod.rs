@@ -71,7 +71,7 @@ impl Webhook {
                 .error(raw.path.span(), key("path"), "a webhook path is a fixed absolute path")
                 .with_help("e.g. \"/hooks/github\"; parameters, queries and `..` are not allowed"));
         }
-        if path.starts_with("/_secretproxy") {
+        if path.starts_with(crate::admin::PREFIX) {
             return Err(source.error(raw.path.span(), key("path"), "paths under `/_secretproxy` are reserved"));
         }
         let scheme = match raw.verify.get_ref().as_str() {
@@ -117,7 +117,7 @@ impl Webhook {
         }
         let target = url::Url::parse(raw.target.get_ref())
             .ok()
-            .filter(|url| matches!(url.scheme(), "http" | "https") && is_loopback(url))
+            .filter(|url| matches!(url.scheme(), "http" | "https") && crate::config::template::is_loopback_url(url))
             .ok_or_else(|| {
                 source
                     .error(
@@ -147,15 +147,6 @@ impl Webhook {
             tolerance,
             max_body: size(raw.max_body.as_ref(), &key("max-body"), DEFAULT_MAX_BODY, source)?,
         })
-    }
-}
-
-fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
-        None => false,
     }
 }
 
