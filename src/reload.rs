@@ -157,8 +157,14 @@ impl Reloader {
         let mut config = Config::parse(&text, &self.path.display().to_string())?;
         let current = self.live.current();
         self.note_restart_only_changes(&current.config, &config);
-        // The socket stays where it is; the generation says where that is.
+        // The socket stays where it is; the generation says where that is. The new config must
+        // still be allowed to serve on it (e.g. it may not drop the client token of a socket that
+        // is open to the network).
         config.server.listen = current.config.server.listen;
+        let bound = self.local.get().copied().unwrap_or(config.server.listen);
+        if let Some(message) = config.server.access.listen_refusal(bound) {
+            return Err(ConfigError::Listen(message).into());
+        }
 
         let store = self.store.clone();
         let number = self.live.next_number();

@@ -18,6 +18,7 @@ use percent_encoding::percent_decode_str;
 use crate::config::raw::RawServer;
 use crate::config::{ConfigError, Source, relative_to_config};
 use crate::proxy::body::{BoxError, ProxyBody, empty};
+use crate::secrets::SecretSource;
 
 /// A validated `static-dir` with its options.
 #[derive(Debug, Clone)]
@@ -53,6 +54,26 @@ impl SiteConfig {
             dir: canonical,
             spa_fallback: raw.spa_fallback.as_ref().is_some_and(|s| *s.get_ref()),
         }))
+    }
+}
+
+impl SiteConfig {
+    /// The name of a `file` secret whose file lies inside the served directory, if any. A file
+    /// that does not exist yet is judged by its (canonical) parent directory.
+    pub fn serves_any_of(&self, secrets: &std::collections::BTreeMap<String, SecretSource>) -> Option<String> {
+        let resolved = |path: &Path| {
+            std::fs::canonicalize(path).ok().or_else(|| {
+                let parent = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                Some(std::fs::canonicalize(parent).ok()?.join(path.file_name()?))
+            })
+        };
+        secrets.iter().find_map(|(name, source)| match source {
+            SecretSource::File(path) if resolved(path).is_some_and(|p| p.starts_with(&self.dir)) => Some(name.clone()),
+            _ => None,
+        })
     }
 }
 
@@ -196,6 +217,34 @@ fn status_only(status: StatusCode) -> Response<ProxyBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_files_inside_the_site_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = dir.path().join("dist");
+        std::fs::create_dir(&site).unwrap();
+        std::fs::write(site.join("key.secret"), "sk_inside_the_site").unwrap();
+        let config = |secret: &Path| {
+            format!(
+                "[server]\nstatic-dir = {:?}\n[secrets.key]\nfile = {:?}\n",
+                site.display().to_string(),
+                secret.display().to_string()
+            )
+        };
+        let refused = crate::config::Config::parse(&config(&site.join("key.secret")), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("server.static-dir: the file of secret `key` is inside it"),
+            "{refused}"
+        );
+        assert!(!refused.contains("sk_inside_the_site"), "{refused}");
+        // Not created yet, but it would land in the site.
+        assert!(crate::config::Config::parse(&config(&site.join("later.secret")), "t").is_err());
+        // Through `..` from outside is still inside.
+        assert!(crate::config::Config::parse(&config(&dir.path().join("dist/../dist/key.secret")), "t").is_err());
+        crate::config::Config::parse(&config(&dir.path().join("elsewhere.secret")), "t").unwrap();
+    }
 
     #[test]
     fn unsafe_paths() {

@@ -246,6 +246,18 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
         webhooks.push(hook);
     }
     let static_site = crate::static_site::SiteConfig::from_raw(&raw.server, source)?;
+    if let Some(site) = &static_site
+        && let Some(name) = site.serves_any_of(&secrets)
+    {
+        let span = raw.server.static_dir.as_ref().map_or(0..0, |d| d.span());
+        return Err(source
+            .error(
+                span,
+                "server.static-dir",
+                format!("the file of secret `{name}` is inside it, so it would be served"),
+            )
+            .with_help("keep secret files outside the served directory (e.g. in ~/.config/secretproxy)"));
+    }
     let access = access::access(&raw.server, &secrets, source)?;
     if let Some(message) = access.listen_refusal(listen) {
         let span = raw.server.listen.as_ref().map_or(0..0, |l| l.span());

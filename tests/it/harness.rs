@@ -322,10 +322,20 @@ impl Daemon {
     }
 
     pub fn start_at(dir: tempfile::TempDir, config_path: std::path::PathBuf, envs: &[(&str, &str)]) -> Daemon {
+        Daemon::start_listening(dir, config_path, "127.0.0.1:0", envs)
+    }
+
+    /// Like [`Daemon::start_at`], listening on `listen`.
+    pub fn start_listening(
+        dir: tempfile::TempDir,
+        config_path: std::path::PathBuf,
+        listen: &str,
+        envs: &[(&str, &str)],
+    ) -> Daemon {
         use std::io::BufRead;
         let mut command = binary();
         command
-            .args(["serve", "--log-format", "json", "--listen", "127.0.0.1:0", "--config"])
+            .args(["serve", "--log-format", "json", "--listen", listen, "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "info")
             .stdin(std::process::Stdio::null())

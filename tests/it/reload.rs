@@ -416,3 +416,43 @@ async fn route_add_reaches_a_running_daemon() {
     assert_no_secret(&logs, &[SECRET], "daemon logs");
     assert_no_secret(&String::from_utf8_lossy(&output.stdout), &[SECRET], "route add output");
 }
+
+/// A daemon listening beyond loopback (allowed with `allow-remote` and a client token) refuses a
+/// reload that would drop the token: the old table, token check included, keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_cannot_drop_the_client_token_of_a_remote_socket() {
+    const TOKEN: &str = "client-token-reload-7781";
+    let upstream = Upstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_path = dir.path().join("token");
+    std::fs::write(&token_path, TOKEN).unwrap();
+    let route = format!(
+        "[secrets.key]\nenv = \"TEST_RELOAD_KEY\"\n[routes.a]\npath = \"/a\"\nupstream = \"{}/a\"\nauth = {{ bearer = \"key\" }}\n",
+        upstream.url()
+    );
+    let guarded = format!(
+        "[server]\nallow-remote = true\nclient-token = \"${{token}}\"\n[secrets.token]\nfile = {:?}\n{route}",
+        token_path.display().to_string()
+    );
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, &guarded).unwrap();
+    let daemon = Daemon::start_listening(dir, path.clone(), "0.0.0.0:0", &[("TEST_RELOAD_KEY", SECRET)]);
+    let url = format!("http://127.0.0.1:{}/a", daemon.addr.port());
+    assert_eq!(client().get(&url).send().await.unwrap().status(), 401);
+
+    std::fs::write(&path, &route).unwrap();
+    daemon.signal("HUP");
+    let logs = daemon.wait_for_log("config reload failed", 1, Duration::from_secs(20));
+    assert!(logs.contains("allow-remote"), "{logs}");
+    assert_eq!(client().get(&url).send().await.unwrap().status(), 401);
+    let with_token = client()
+        .get(&url)
+        .header("X-Secretproxy-Token", TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_token.status(), 200);
+    let (status, logs) = daemon.terminate();
+    assert!(status.success(), "{logs}");
+    assert_no_secret(&logs, &[SECRET, TOKEN], "daemon logs");
+}
