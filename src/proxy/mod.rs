@@ -272,7 +272,6 @@ async fn forward(
     if let Ok(Ok(_)) = &sent {
         metrics.upstream_answered(&route.name, sent_at.elapsed());
     }
-    let secret_values: Vec<Arc<SecretString>> = values.into_iter().map(|(_, v)| v).collect();
     let upstream_response = match sent {
         Err(_) => {
             return Outcome {
@@ -292,7 +291,12 @@ async fn forward(
             let error = if err.is_timeout() {
                 ProxyError::Timeout(route.connect_timeout)
             } else {
-                ProxyError::Unreachable(upstream::scrub(&upstream::error_chain(&err), &secret_values))
+                // Error text is scrubbed like a response, whether or not the route scrubs those.
+                let text = upstream::error_chain(&err);
+                let redactor = redactor
+                    .clone()
+                    .or_else(|| generation.redactors.get(route, &values, secret));
+                ProxyError::Unreachable(redactor.map_or(text.clone(), |r| r.text(&text)))
             };
             tracing::warn!(route = %route.name, error = %error, "upstream request failed");
             return Outcome {

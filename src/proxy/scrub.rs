@@ -152,6 +152,11 @@ impl Redactor {
             .replace_all_bytes(bytes, &vec![REDACTED; self.automaton.patterns_len()])
     }
 
+    /// `text` with every injected value (in each encoding) replaced by `[REDACTED]`.
+    pub fn text(&self, text: &str) -> String {
+        String::from_utf8_lossy(&self.replace(text.as_bytes())).into_owned()
+    }
+
     /// Scrubs every header value in place.
     pub fn headers(&self, headers: &mut HeaderMap) {
         for value in headers.values_mut() {
@@ -355,6 +360,17 @@ mod tests {
         let chunks = text.bytes().map(|b| vec![b]).collect();
         let out = scrub_chunks(redactor(&[secret]), chunks).await;
         assert_eq!(String::from_utf8(out).unwrap(), "token=[REDACTED]; again [REDACTED]");
+    }
+
+    #[test]
+    fn text_is_scrubbed_plain_and_encoded() {
+        let config = crate::config::Config::parse(
+            "[secrets.k]\nenv = \"K\"\n[routes.r]\npath = \"/r\"\nupstream = \"https://x.example/\"\nquery = { key = \"${k}\" }\n",
+            "t",
+        )
+        .unwrap();
+        let redactor = Redactor::for_route(&config.routes[0], |_| SecretString::from("a b/c".to_string())).unwrap();
+        assert_eq!(redactor.text("x a b/c y a+b%2Fc"), "x [REDACTED] y [REDACTED]");
     }
 
     #[test]

@@ -192,22 +192,6 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-/// Replaces every occurrence of a secret value in `text` with `[REDACTED]`.
-pub fn scrub(text: &str, secrets: &[impl AsRef<SecretString>]) -> String {
-    let mut text = text.to_string();
-    for secret in secrets {
-        let value = secret.as_ref().expose_secret();
-        if !value.is_empty() {
-            text = text.replace(value, "[REDACTED]");
-            let encoded: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
-            if encoded != value {
-                text = text.replace(&encoded, "[REDACTED]");
-            }
-        }
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,12 +217,5 @@ mod tests {
         };
         let text = render_value(&template, |_| SecretString::from("pass".to_string()));
         assert_eq!(text.as_str(), "Basic bWU6cGFzcw==");
-    }
-
-    #[test]
-    fn scrub_removes_plain_and_encoded() {
-        let secret = std::sync::Arc::new(SecretString::from("a b/c".to_string()));
-        let out = scrub("x a b/c y a+b%2Fc", &[secret]);
-        assert_eq!(out, "x [REDACTED] y [REDACTED]");
     }
 }
