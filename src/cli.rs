@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::telemetry::LogFormat;
+use crate::daemon::telemetry::LogFormat;
 
 /// Keeps API keys out of frontends: routes localhost paths to HTTPS APIs and injects secrets
 /// from the OS keyring, the environment or files.

@@ -26,23 +26,14 @@
 //! [`telemetry`] the logging setup. Secret values only ever live in `SecretString`s and
 //! sensitive header values; no error, log line or `Debug` output carries one.
 
-pub mod admin;
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod framing;
-pub mod generation;
-pub mod metrics;
-pub mod notify;
-pub mod proxy;
-pub mod reload;
-pub mod routes;
+pub mod daemon;
+pub mod features;
+pub mod http;
+pub mod pipeline;
 pub mod secrets;
-pub mod server;
-pub mod shutdown;
-pub mod static_site;
-pub mod telemetry;
-pub mod webhooks;
 
 use std::process::ExitCode;
 

@@ -1,6 +1,6 @@
 //! `secretproxy serve`: load the config, read the secrets, bind (or take the socket systemd
 //! passed), tell systemd it is ready, serve until SIGTERM/SIGINT; the config file is watched and
-//! SIGHUP reloads it (see [`crate::reload`]).
+//! SIGHUP reloads it (see [`crate::daemon::reload`]).
 
 use std::sync::Arc;
 
@@ -8,14 +8,14 @@ use anyhow::Context;
 
 use crate::cli::ServeArgs;
 use crate::config;
-use crate::generation::{Generation, Live};
-use crate::notify;
-use crate::proxy::Proxy;
-use crate::reload::{self, Reloader};
+use crate::daemon::notify;
+use crate::daemon::reload::{self, Reloader};
+use crate::daemon::server;
+use crate::daemon::shutdown;
+use crate::daemon::telemetry;
+use crate::pipeline::Proxy;
+use crate::pipeline::generation::{Generation, Live};
 use crate::secrets::{SecretStore, SystemStore};
-use crate::server;
-use crate::shutdown;
-use crate::telemetry;
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);

@@ -53,14 +53,14 @@ pub struct Config {
     pub secrets: BTreeMap<String, SecretSource>,
     pub routes: Vec<Route>,
     /// Inbound, signed endpoints (`[webhooks.NAME]`).
-    pub webhooks: Vec<crate::webhooks::Webhook>,
+    pub webhooks: Vec<crate::features::webhooks::Webhook>,
 }
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The site served at `/` when no route matches (`static-dir`).
-    pub static_site: Option<crate::static_site::SiteConfig>,
+    pub static_site: Option<crate::features::static_site::SiteConfig>,
     /// How long in-flight requests and streams may run on after SIGTERM/SIGINT.
     pub shutdown_timeout: Duration,
     /// Who may call: origins, hosts, non-browser clients, client token.
@@ -93,11 +93,11 @@ pub struct Route {
     /// Every secret this route injects.
     pub secrets: BTreeSet<String>,
     /// `response.*`: transform and header changes on the way back.
-    pub response: crate::proxy::transform::ResponsePolicy,
+    pub response: crate::features::transform::ResponsePolicy,
     /// `request.*`: checks made before the upstream is contacted.
-    pub request: crate::proxy::validate::RequestRules,
+    pub request: crate::features::validate::RequestRules,
     /// `rate-limit`: buckets and daily quota.
-    pub rate_limit: Option<crate::proxy::ratelimit::RateLimit>,
+    pub rate_limit: Option<crate::features::ratelimit::RateLimit>,
     /// Origins allowed on this route, narrowing `[server] allowed-origins`; `None`: the server's.
     pub allowed_origins: Option<Vec<String>>,
     /// Request body limit in bytes (`413` beyond it); `None`: unlimited.
@@ -235,7 +235,7 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
     let mut webhooks = Vec::new();
     for (name, hook) in &raw.webhooks {
         let hook_span = hook.get_ref().path.span();
-        let hook = crate::webhooks::Webhook::from_raw(name, hook.get_ref(), &secrets, source)?;
+        let hook = crate::features::webhooks::Webhook::from_raw(name, hook.get_ref(), &secrets, source)?;
         if let Err(err) = router.insert(hook.path.clone(), ()) {
             return Err(source.error(
                 hook_span,
@@ -245,7 +245,7 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
         }
         webhooks.push(hook);
     }
-    let static_site = crate::static_site::SiteConfig::from_raw(&raw.server, source)?;
+    let static_site = crate::features::static_site::SiteConfig::from_raw(&raw.server, source)?;
     if let Some(site) = &static_site
         && let Some(name) = site.serves_any_of(&secrets)
     {

@@ -257,9 +257,9 @@ pub(super) fn validate_route(
         connect_timeout: timeout(&raw.connect_timeout, "connect-timeout", DEFAULT_CONNECT_TIMEOUT)?,
         response_timeout: timeout(&raw.response_timeout, "response-timeout", DEFAULT_RESPONSE_TIMEOUT)?,
         secrets: used,
-        response: crate::proxy::transform::ResponsePolicy::from_raw(raw.response.as_ref(), name, source)?,
-        request: crate::proxy::validate::RequestRules::from_raw(raw.request.as_ref(), name, source)?,
-        rate_limit: crate::proxy::ratelimit::RateLimit::from_raw(raw.rate_limit.as_ref(), name, source)?,
+        response: crate::features::transform::ResponsePolicy::from_raw(raw.response.as_ref(), name, source)?,
+        request: crate::features::validate::RequestRules::from_raw(raw.request.as_ref(), name, source)?,
+        rate_limit: crate::features::ratelimit::RateLimit::from_raw(raw.rate_limit.as_ref(), name, source)?,
         allowed_origins: match &raw.allowed_origins {
             None => None,
             Some(list) => Some(access::origins(list, &key("allowed-origins"), source)?),
@@ -275,7 +275,7 @@ fn path_params(path: &str) -> Result<Vec<String>, String> {
     if !path.starts_with('/') {
         return Err("a route path must start with `/`".to_string());
     }
-    if path.starts_with(crate::admin::PREFIX) {
+    if path.starts_with(crate::features::admin::PREFIX) {
         return Err("paths under `/_secretproxy` are reserved for the proxy itself".to_string());
     }
     let mut params = Vec::new();

@@ -18,8 +18,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use secretproxy::config::Config;
-use secretproxy::generation::{Generation, Live};
-use secretproxy::proxy::Proxy;
+use secretproxy::pipeline::Proxy;
+use secretproxy::pipeline::generation::{Generation, Live};
 use secretproxy::secrets::SystemStore;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -225,10 +225,12 @@ impl ProxyBuilder {
                 .await
                 .unwrap();
         let live = Arc::new(Live::new(generation));
-        let listener = secretproxy::server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let listener = secretproxy::daemon::server::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(secretproxy::server::serve(
+        let task = tokio::spawn(secretproxy::daemon::server::serve(
             listener,
             Arc::new(Proxy::new(live)),
             async {
@@ -268,7 +270,7 @@ impl TestProxy {
 
 /// A plain client that follows no redirects and uses no proxy.
 pub fn client() -> reqwest::Client {
-    secretproxy::proxy::upstream::install_crypto_provider();
+    secretproxy::pipeline::upstream::install_crypto_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()

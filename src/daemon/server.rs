@@ -8,7 +8,7 @@
 //! within `header-timeout` is disconnected, and the same timer closes idle keep-alive
 //! connections; past `max-connections` open connections a new one gets a fixed `503` and is
 //! closed. Each connection's bytes pass through [`framing::Sniffed`] so ambiguous request framing
-//! can be refused (see [`crate::framing`]).
+//! can be refused (see [`crate::daemon::framing`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,9 +22,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::framing;
-use crate::proxy::Proxy;
-use crate::proxy::guard::{AmbiguousFraming, LocalAddr};
+use crate::daemon::framing;
+use crate::features::guard::{AmbiguousFraming, LocalAddr};
+use crate::pipeline::Proxy;
 
 /// The answer to a connection over `max-connections`.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 79\r\nretry-after: 1\r\nconnection: close\r\n\r\n{\"error\":\"too many open connections; try again\",\"code\":\"too_many_connections\"}\n";

@@ -20,11 +20,11 @@ use percent_encoding::percent_decode_str;
 use regex::Regex;
 use serde_json::{Value, json};
 
-use super::body::{Counted, ProxyBody};
-use super::error::json_response;
 use crate::config::raw::{RawRequest, RawSchema};
 use crate::config::size::size;
 use crate::config::{ConfigError, Source, relative_to_config};
+use crate::http::body::{Counted, ProxyBody};
+use crate::http::error::json_response;
 
 /// Default for `request.schema-limit`.
 pub const DEFAULT_SCHEMA_LIMIT: u64 = 1024 * 1024;
@@ -334,12 +334,12 @@ impl RequestBody {
         self,
         count: Arc<AtomicU64>,
         limit: Option<u64>,
-        overrun: &crate::proxy::limit::Overrun,
+        overrun: &crate::features::limit::Overrun,
     ) -> Option<reqwest::Body> {
         match self {
             RequestBody::Stream(body) if body.is_end_stream() => None,
             RequestBody::Stream(body) => {
-                let limited = crate::proxy::limit::Limited::new(body, limit, overrun.clone());
+                let limited = crate::features::limit::Limited::new(body, limit, overrun.clone());
                 Some(reqwest::Body::wrap(Counted::new(limited, count)))
             }
             RequestBody::Buffered(bytes) => {

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::proxy::upstream::{ClientError, Clients};
-use crate::routes::RouteTable;
+use crate::daemon::metrics::Metrics;
+use crate::pipeline::routes::RouteTable;
+use crate::pipeline::upstream::{ClientError, Clients};
 use crate::secrets::{SecretCache, SecretStore};
 
 #[derive(Debug)]
@@ -22,13 +22,13 @@ pub struct Generation {
     pub secrets: SecretCache,
     pub clients: Clients,
     /// Rate-limit buckets and daily quotas of the routes that have them.
-    pub limits: crate::proxy::ratelimit::Limiters,
+    pub limits: crate::features::ratelimit::Limiters,
     /// `[webhooks.NAME]` endpoints by path.
-    pub hooks: crate::webhooks::Hooks,
+    pub hooks: crate::features::webhooks::Hooks,
     /// The static site, when `static-dir` is set.
-    pub site: Option<crate::static_site::Site>,
+    pub site: Option<crate::features::static_site::Site>,
     /// Response scrubbers by route, built on first use.
-    pub redactors: crate::proxy::scrub::Redactors,
+    pub redactors: crate::features::scrub::Redactors,
 }
 
 impl Generation {
@@ -37,9 +37,13 @@ impl Generation {
         let clients = Clients::build(&config.routes)?;
         let secrets = SecretCache::load(store, &config.secrets);
         Ok(Generation {
-            limits: crate::proxy::ratelimit::Limiters::build(&config.routes),
-            hooks: crate::webhooks::Hooks::build(&config.webhooks),
-            site: config.server.static_site.clone().map(crate::static_site::Site::new),
+            limits: crate::features::ratelimit::Limiters::build(&config.routes),
+            hooks: crate::features::webhooks::Hooks::build(&config.webhooks),
+            site: config
+                .server
+                .static_site
+                .clone()
+                .map(crate::features::static_site::Site::new),
             redactors: Default::default(),
             number,
             table: RouteTable::new(&config),

@@ -23,10 +23,10 @@ use http_body_util::BodyExt;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-use super::body::{BoxError, ProxyBody};
-use super::error::ProxyError;
 use crate::config::Route;
 use crate::config::template::ValuePart;
+use crate::http::body::{BoxError, ProxyBody};
+use crate::http::error::ProxyError;
 
 /// What a secret is replaced with.
 pub const REDACTED: &[u8] = b"[REDACTED]";

@@ -15,10 +15,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 
-use super::error::ProxyError;
 use crate::config::Route;
 use crate::config::access::Access;
-use crate::generation::Generation;
+use crate::http::error::ProxyError;
+use crate::pipeline::generation::Generation;
 
 /// The local address of the connection a request came in on; inserted by the server.
 #[derive(Debug, Clone, Copy)]

@@ -13,9 +13,9 @@ use std::net::{IpAddr, SocketAddr};
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use serde_json::json;
 
-use crate::generation::Generation;
-use crate::metrics::Metrics;
-use crate::proxy::body::{ProxyBody, empty, full};
+use crate::daemon::metrics::Metrics;
+use crate::http::body::{ProxyBody, empty, full};
+use crate::pipeline::generation::Generation;
 
 /// Every path starting with this belongs to the proxy itself.
 pub const PREFIX: &str = "/_secretproxy";

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 
-use crate::metrics::InFlight;
+use crate::daemon::metrics::InFlight;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -98,7 +98,7 @@ impl AccessRecord {
         tracing::info!(
             target: "secretproxy::access",
             method = %self.method,
-            route = self.route.as_deref().unwrap_or(crate::metrics::NO_ROUTE),
+            route = self.route.as_deref().unwrap_or(crate::daemon::metrics::NO_ROUTE),
             path = %self.path,
             query = self.query.as_deref().unwrap_or(""),
             status = self.status,

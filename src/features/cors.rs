@@ -10,12 +10,12 @@
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
 
-use super::body::{ProxyBody, empty};
-use super::error::ProxyError;
 use super::guard;
 use crate::config::Route;
-use crate::generation::Generation;
-use crate::routes::{Lookup, allow_header};
+use crate::http::body::{ProxyBody, empty};
+use crate::http::error::ProxyError;
+use crate::pipeline::generation::Generation;
+use crate::pipeline::routes::{Lookup, allow_header};
 
 /// How long a browser may cache a preflight answer.
 pub const MAX_AGE_SECS: u32 = 600;

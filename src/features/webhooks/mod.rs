@@ -28,10 +28,10 @@ use crate::config::duration::{Zero, duration};
 use crate::config::raw::RawWebhook;
 use crate::config::size::size;
 use crate::config::{ConfigError, Source};
-use crate::proxy::body::{BoxError, ProxyBody};
-use crate::proxy::error::{ProxyError, json_response};
-use crate::proxy::headers::strip_hop_by_hop;
-use crate::proxy::upstream::{error_chain, install_crypto_provider};
+use crate::http::body::{BoxError, ProxyBody};
+use crate::http::error::{ProxyError, json_response};
+use crate::http::headers::strip_hop_by_hop;
+use crate::pipeline::upstream::{error_chain, install_crypto_provider};
 use crate::secrets::{SecretCache, SecretSource};
 
 /// Default replay tolerance for the timestamped schemes (what Stripe and Slack recommend).
@@ -71,7 +71,7 @@ impl Webhook {
                 .error(raw.path.span(), key("path"), "a webhook path is a fixed absolute path")
                 .with_help("e.g. \"/hooks/github\"; parameters, queries and `..` are not allowed"));
         }
-        if path.starts_with(crate::admin::PREFIX) {
+        if path.starts_with(crate::features::admin::PREFIX) {
             return Err(source.error(raw.path.span(), key("path"), "paths under `/_secretproxy` are reserved"));
         }
         let scheme = match raw.verify.get_ref().as_str() {

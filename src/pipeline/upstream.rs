@@ -163,8 +163,8 @@ pub fn upstream_headers(
     injected: Vec<(http::HeaderName, HeaderValue)>,
 ) -> HeaderMap {
     let mut headers = client.clone();
-    super::headers::strip_hop_by_hop(&mut headers);
-    for name in &super::headers::WITHHELD_FROM_UPSTREAM {
+    crate::http::headers::strip_hop_by_hop(&mut headers);
+    for name in &crate::http::headers::WITHHELD_FROM_UPSTREAM {
         if !route.forward_headers.contains(name) {
             headers.remove(name);
         }

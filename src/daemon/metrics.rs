@@ -1,8 +1,8 @@
 //! The daemon's Prometheus metrics: one [`Metrics`] per process, rendered as text exposition by
-//! the `/_secretproxy/metrics` endpoint (see [`crate::admin`]).
+//! the `/_secretproxy/metrics` endpoint (see [`crate::features::admin`]).
 //!
 //! The registry is an explicit value (prometheus-client), not a process-global recorder, so every
-//! in-process test proxy counts on its own. It lives in [`crate::generation::Live`] and outlives
+//! in-process test proxy counts on its own. It lives in [`crate::pipeline::generation::Live`] and outlives
 //! reloads: counters keep counting across generations.
 //!
 //! Label values are bounded: `route` is a configured route name (or `-` when none matched),

@@ -30,7 +30,7 @@ pub enum ProxyError {
     Timeout(std::time::Duration),
     /// The request target is not a canonical origin-form path.
     #[error("bad request path: {0}")]
-    BadPath(#[from] super::path::PathError),
+    BadPath(#[from] crate::features::path::PathError),
     /// Both `Content-Length` and `Transfer-Encoding`: the connection is closed after the answer.
     #[error("the request has both Content-Length and Transfer-Encoding")]
     AmbiguousFraming,

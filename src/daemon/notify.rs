@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 
-use crate::generation::Generation;
+use crate::pipeline::generation::Generation;
 
 /// The one-line `STATUS=` text: what is served, and which secrets are missing (names only).
 pub fn status_text(routes: usize, listen: &str, missing: &[String]) -> String {

@@ -5,19 +5,9 @@
 //! streamed frame by frame. Every failure becomes a JSON error (see [`error`]); the access line
 //! is written when the response body ends (see [`body`]).
 
-pub mod body;
-pub mod cors;
-pub mod error;
-pub mod guard;
-pub mod headers;
-pub mod jq;
-pub mod limit;
-pub mod path;
-pub mod ratelimit;
-pub mod scrub;
-pub mod transform;
+pub mod generation;
+pub mod routes;
 pub mod upstream;
-pub mod validate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,12 +21,14 @@ use hyper::body::Incoming;
 use secrecy::SecretString;
 use tracing::instrument;
 
-use crate::admin;
-use crate::generation::{Generation, Live};
-use crate::metrics::Metrics;
-use crate::routes::{Lookup, allow_header};
-use body::{AccessRecord, Logged, ProxyBody};
-use error::ProxyError;
+use crate::daemon::metrics::Metrics;
+use crate::features::admin;
+use crate::features::{cors, guard, limit, scrub, validate};
+use crate::http::body::{self, AccessRecord, Logged, ProxyBody};
+use crate::http::error::ProxyError;
+use crate::http::headers;
+use crate::pipeline::generation::{Generation, Live};
+use crate::pipeline::routes::{Lookup, allow_header};
 
 /// The proxy service shared by every connection.
 pub struct Proxy {

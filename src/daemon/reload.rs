@@ -19,8 +19,8 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::config::{Config, ConfigError};
-use crate::generation::{Generation, Live};
-use crate::proxy::upstream::ClientError;
+use crate::pipeline::generation::{Generation, Live};
+use crate::pipeline::upstream::ClientError;
 use crate::secrets::SecretStore;
 
 /// How long the file must stay quiet before it is read: an editor's save is several events.
@@ -107,7 +107,7 @@ impl Reloader {
 
     /// Reloads now and logs the outcome. This is where a reload starts and ends.
     pub async fn apply(&self, trigger: Trigger) -> Result<Outcome, ReloadError> {
-        crate::notify::reloading();
+        crate::daemon::notify::reloading();
         let result = self.reload(trigger).await;
         let metrics = self.live.metrics();
         match &result {
@@ -116,7 +116,7 @@ impl Reloader {
             Err(_) => metrics.reload_failed(),
         }
         let current = self.live.current();
-        crate::notify::ready_serving(
+        crate::daemon::notify::ready_serving(
             &current,
             self.local.get().copied().unwrap_or(current.config.server.listen),
         );

@@ -17,7 +17,7 @@ use percent_encoding::percent_decode_str;
 
 use crate::config::raw::RawServer;
 use crate::config::{ConfigError, Source, relative_to_config};
-use crate::proxy::body::{BoxError, ProxyBody, empty};
+use crate::http::body::{BoxError, ProxyBody, empty};
 use crate::secrets::SecretSource;
 
 /// A validated `static-dir` with its options.

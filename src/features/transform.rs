@@ -15,12 +15,12 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use serde_json::json;
 
-use super::body::{BoxError, ProxyBody, full};
-use super::error::json_response;
 use super::jq::{Transform, TransformFailure};
 use crate::config::raw::RawResponse;
 use crate::config::size::size;
 use crate::config::{ConfigError, Source};
+use crate::http::body::{BoxError, ProxyBody, full};
+use crate::http::error::json_response;
 
 /// Default for `response.transform-limit`.
 pub const DEFAULT_TRANSFORM_LIMIT: u64 = 4 * 1024 * 1024;

@@ -16,11 +16,11 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use serde_json::json;
 
-use super::body::ProxyBody;
-use super::error::json_response;
 use crate::config::duration::{Zero, duration};
 use crate::config::raw::RawRateLimit;
 use crate::config::{ConfigError, Route, Source};
+use crate::http::body::ProxyBody;
+use crate::http::error::json_response;
 
 /// Per-origin buckets are pruned of idle entries once there are this many.
 const PRUNE_AT: usize = 4096;

@@ -225,7 +225,7 @@ impl Replays {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhooks::DEFAULT_TOLERANCE;
+    use crate::features::webhooks::DEFAULT_TOLERANCE;
 
     fn hex_mac(key: &[u8], parts: &[&[u8]]) -> String {
         hex::encode(mac(key, parts).finalize().into_bytes())

@@ -12,9 +12,9 @@ use bytes::Bytes;
 use http::{HeaderMap, header};
 use http_body::{Body, Frame, SizeHint};
 
-use super::body::BoxError;
-use super::error::ProxyError;
 use crate::config::Route;
+use crate::http::body::BoxError;
+use crate::http::error::ProxyError;
 
 /// Refuses a request whose declared length is over the route's limit.
 pub fn check_declared(route: &Route, headers: &HeaderMap) -> Result<(), ProxyError> {

@@ -1,0 +1,15 @@
+//! One module per feature of a route or of the daemon's own endpoints: its runtime layer, built
+//! once per generation and run by the [`crate::pipeline`] in its fixed phase.
+
+pub mod admin;
+pub mod cors;
+pub mod guard;
+pub mod jq;
+pub mod limit;
+pub mod path;
+pub mod ratelimit;
+pub mod scrub;
+pub mod static_site;
+pub mod transform;
+pub mod validate;
+pub mod webhooks;
