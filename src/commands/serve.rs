@@ -81,6 +81,17 @@ async fn serve(
     };
     let local = listener.local_addr()?;
     tracing::info!(address = %local, config = %origin, routes, missing_secrets = missing, "listening");
+    for plan in &live.current().plans {
+        let route = &plan.route;
+        let methods: Vec<&str> = route.methods.iter().map(http::Method::as_str).collect();
+        tracing::info!(
+            "route {}: {} {} -> {}",
+            route.name,
+            methods.join(","),
+            route.path,
+            plan.upstream_host
+        );
+    }
     reloader.set_local(local);
     // Bound, config valid, secrets read: only now is the service ready.
     notify::ready_serving(&live.current(), local);
@@ -90,6 +101,7 @@ async fn serve(
         notify::stopping();
     };
     server::serve(listener, Arc::new(Proxy::new(live)), shutdown, drain).await;
+    crate::pipeline::access::flush();
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }

@@ -217,6 +217,27 @@ impl UrlTemplate {
         url
     }
 
+    /// The request target (path and query) for the upstream, without building a URL: literal
+    /// text and parameter values (as they came in the canonical request path, which the guard
+    /// has already checked for dot segments and encoded separators) laid end to end. `None`
+    /// when the result is not a valid origin-form target.
+    pub fn render_target<'a>(&self, mut value: impl FnMut(&str) -> Option<&'a str>) -> Option<String> {
+        let mut text = String::with_capacity(64);
+        for part in &self.path_parts {
+            match part {
+                UrlPart::Literal(literal) => text.push_str(literal),
+                UrlPart::Param(name) => text.push_str(value(name).unwrap_or("")),
+            }
+        }
+        if !text.starts_with('/') {
+            text.insert(0, '/');
+        }
+        let path_end = text.find('?').unwrap_or(text.len());
+        let path = &text[..path_end];
+        let escapes = path.split('/').any(|segment| matches!(segment, "." | ".."));
+        (!escapes && path.starts_with(&self.base_path)).then_some(text)
+    }
+
     /// True when `url` has the route's scheme, host and port, and its path stays under the
     /// upstream's base path.
     pub fn contains(&self, url: &Url) -> bool {

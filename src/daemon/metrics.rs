@@ -144,40 +144,6 @@ impl Metrics {
         InFlight { metrics: self.clone() }
     }
 
-    /// Counts one finished request and its body bytes.
-    pub fn request_finished(
-        &self,
-        route: Option<&str>,
-        method: &http::Method,
-        status: u16,
-        bytes_in: u64,
-        bytes_out: u64,
-    ) {
-        let route = route.unwrap_or(NO_ROUTE).to_string();
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                method: method_label(method),
-                status,
-            })
-            .inc();
-        let labels = RouteLabels { route };
-        if bytes_in > 0 {
-            self.bytes_in.get_or_create(&labels).inc_by(bytes_in);
-        }
-        // Created even at zero, so every route that answered has a series.
-        self.bytes_out.get_or_create(&labels).inc_by(bytes_out);
-    }
-
-    /// Records how long the upstream took to send its response headers.
-    pub fn upstream_answered(&self, route: &str, elapsed: Duration) {
-        self.upstream_latency
-            .get_or_create(&RouteLabels {
-                route: route.to_string(),
-            })
-            .observe(elapsed.as_secs_f64());
-    }
-
     /// Counts a request refused because the secret `name` was unavailable.
     pub fn secret_lookup_failed(&self, name: &str) {
         self.secret_lookup_failures
@@ -202,6 +168,93 @@ impl Metrics {
         let mut text = String::with_capacity(4096);
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
+    }
+}
+
+/// One route's series, created in the registry on first use (so a route that never answered has
+/// none, as before) and then counted through handles.
+pub struct RouteMetrics {
+    route: String,
+    /// (method, status) -> counter; a handful of entries per route, scanned linearly.
+    requests: std::sync::Mutex<Vec<(&'static str, u16, Counter)>>,
+    bytes_in: std::sync::OnceLock<Counter>,
+    bytes_out: std::sync::OnceLock<Counter>,
+    latency: std::sync::OnceLock<Histogram>,
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RouteMetrics({})", self.route)
+    }
+}
+
+impl RouteMetrics {
+    /// The series handles of one route (or of [`NO_ROUTE`]), for a generation's route plan:
+    /// the request path then counts without building labels or looking series up by name.
+    pub fn new(route: &str) -> RouteMetrics {
+        RouteMetrics {
+            route: route.to_string(),
+            requests: std::sync::Mutex::new(Vec::new()),
+            bytes_in: std::sync::OnceLock::new(),
+            bytes_out: std::sync::OnceLock::new(),
+            latency: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Counts one finished request and its body bytes.
+    pub fn request_finished(
+        &self,
+        metrics: &Metrics,
+        method: &http::Method,
+        status: u16,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) {
+        let method = method_label(method);
+        {
+            let mut requests = self.requests.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match requests.iter().find(|(m, s, _)| *m == method && *s == status) {
+                Some((_, _, counter)) => {
+                    counter.inc();
+                }
+                None => {
+                    let labels = RequestLabels {
+                        route: self.route.clone(),
+                        method,
+                        status,
+                    };
+                    let counter = metrics.requests.get_or_create(&labels).clone();
+                    counter.inc();
+                    requests.push((method, status, counter));
+                }
+            }
+        }
+        let labels = || RouteLabels {
+            route: self.route.clone(),
+        };
+        if bytes_in > 0 {
+            self.bytes_in
+                .get_or_init(|| metrics.bytes_in.get_or_create(&labels()).clone())
+                .inc_by(bytes_in);
+        }
+        // Created even at zero, so every route that answered has a series.
+        self.bytes_out
+            .get_or_init(|| metrics.bytes_out.get_or_create(&labels()).clone())
+            .inc_by(bytes_out);
+    }
+
+    /// Records how long the upstream took to send its response headers.
+    pub fn upstream_answered(&self, metrics: &Metrics, elapsed: Duration) {
+        self.latency
+            .get_or_init(|| {
+                metrics
+                    .upstream_latency
+                    .get_or_create(&RouteLabels {
+                        route: self.route.clone(),
+                    })
+                    .clone()
+            })
+            .observe(elapsed.as_secs_f64());
     }
 }
 
@@ -256,10 +309,11 @@ mod tests {
         {
             let guard = metrics.request_started();
             assert!(guard.metrics().render().contains("secretproxy_requests_in_flight 1\n"));
-            metrics.upstream_answered("gh", Duration::from_millis(3));
-            metrics.request_finished(Some("gh"), &http::Method::GET, 200, 0, 42);
+            let gh = RouteMetrics::new("gh");
+            gh.upstream_answered(&metrics, Duration::from_millis(3));
+            gh.request_finished(&metrics, &http::Method::GET, 200, 0, 42);
         }
-        metrics.request_finished(None, &http::Method::from_bytes(b"BREW").unwrap(), 404, 0, 10);
+        RouteMetrics::new(NO_ROUTE).request_finished(&metrics, &http::Method::from_bytes(b"BREW").unwrap(), 404, 0, 10);
         metrics.reload_succeeded();
         metrics.reload_failed();
         metrics.secret_lookup_failed("openai");

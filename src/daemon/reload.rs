@@ -19,8 +19,8 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::config::{Config, ConfigError};
+use crate::pipeline::client::ClientError;
 use crate::pipeline::generation::{Generation, Live};
-use crate::pipeline::upstream::ClientError;
 use crate::secrets::SecretStore;
 
 /// How long the file must stay quiet before it is read: an editor's save is several events.

@@ -4,7 +4,8 @@
 //! inode, which are compared with stderr's so an inherited variable is not trusted blindly),
 //! human lines carry no ANSI colours and no timestamp (journald stamps every line itself) and
 //! start with a `<N>` syslog priority prefix, so `journalctl -p warning` filters by level.
-//! `--log-format json` is the same everywhere.
+//! `--log-format json` is the same everywhere. Access lines take their own buffered path in the
+//! same shape (see [`crate::pipeline::access`]).
 
 use std::fmt;
 
@@ -25,18 +26,23 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. Safe to call more than once (later calls are ignored).
 pub fn init(format: LogFormat) {
+    let journal = stderr_is_journal();
+    let color = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    crate::pipeline::access::init(match format {
+        LogFormat::Pretty if journal => crate::pipeline::access::Format::Journald,
+        LogFormat::Pretty => crate::pipeline::access::Format::Pretty { color },
+        LogFormat::Json => crate::pipeline::access::Format::Json,
+    });
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Pretty if stderr_is_journal() => builder
+        LogFormat::Pretty if journal => builder
             .with_ansi(false)
             .event_format(Journald(format::format().with_ansi(false).without_time()))
             .try_init(),
-        LogFormat::Pretty => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
+        LogFormat::Pretty => builder.with_ansi(color).try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)

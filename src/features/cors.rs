@@ -12,10 +12,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, hea
 
 use super::guard;
 use crate::config::Route;
+use crate::config::access::Access;
 use crate::http::body::{ProxyBody, empty};
 use crate::http::error::ProxyError;
 use crate::pipeline::generation::Generation;
-use crate::pipeline::routes::{Lookup, allow_header};
+use crate::pipeline::routes::Lookup;
 
 /// How long a browser may cache a preflight answer.
 pub const MAX_AGE_SECS: u32 = 600;
@@ -43,17 +44,23 @@ pub fn is_preflight(parts: &Parts) -> bool {
 }
 
 /// Answers a preflight that passed the guard; returns the response and the route's name.
-pub fn preflight(generation: &Generation, parts: &Parts) -> (Response<ProxyBody>, Option<String>) {
+pub fn preflight(generation: &Generation, parts: &Parts) -> (Response<ProxyBody>, Option<usize>) {
     let requested = parts
         .headers
         .get(header::ACCESS_CONTROL_REQUEST_METHOD)
         .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
         .unwrap_or(Method::GET);
-    let route = match generation.table.lookup(&requested, parts.uri.path()) {
-        Lookup::Found { route, .. } | Lookup::MethodNotAllowed { route } => route,
-        Lookup::NotFound => return (ProxyError::NoRoute.into_response(None), None),
+    let (route, index) = match generation.table.lookup(&requested, parts.uri.path()) {
+        Lookup::Found { route, index, .. } | Lookup::MethodNotAllowed { route, index } => (route, index),
+        Lookup::NotFound => {
+            let error = ProxyError::NoRoute {
+                path: parts.uri.path().to_string(),
+                near: None,
+            };
+            return (error.into_response(None), None);
+        }
     };
-    let name = Some(route.name.clone());
+    let name = Some(index);
     if let Err(error) = guard::admit_route(route, &parts.headers) {
         return (error.into_response(Some(&route.name)), name);
     }
@@ -69,9 +76,10 @@ pub fn preflight(generation: &Generation, parts: &Parts) -> (Response<ProxyBody>
     let headers = response.headers_mut();
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
-    if let Ok(methods) = HeaderValue::from_str(&allow_header(route)) {
-        headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, methods);
-    }
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        generation.plans[index].allow.clone(),
+    );
     let allowed = allowed_request_headers(route, &parts.headers, token);
     if !allowed.is_empty()
         && let Ok(value) = HeaderValue::from_str(&allowed.join(", "))
@@ -131,8 +139,8 @@ pub fn strip_upstream(headers: &mut HeaderMap) {
 /// response that is not a preflight answer.
 pub fn decorate(
     response: &mut Response<ProxyBody>,
-    generation: &Generation,
-    route: Option<&str>,
+    access: &Access,
+    route: Option<&Route>,
     origin: Option<&HeaderValue>,
 ) {
     let headers = response.headers_mut();
@@ -141,8 +149,7 @@ pub fn decorate(
     }
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
     let Some(origin) = origin else { return };
-    let route = route.and_then(|name| generation.config.route(name));
-    if !guard::origin_allowed(&generation.config.server.access, route, origin) {
+    if !guard::origin_allowed(access, route, origin) {
         return;
     }
     let exposed: Vec<&str> = headers

@@ -88,6 +88,7 @@ pub fn same_origin(headers: &HeaderMap, origin: &HeaderValue) -> bool {
 
 fn forbidden(code: &'static str, reason: &str) -> ProxyError {
     ProxyError::Forbidden {
+        hint: None,
         code,
         reason: reason.to_string(),
     }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod cors;
 pub mod guard;
+pub mod inject;
 pub mod jq;
 pub mod limit;
 pub mod path;

@@ -188,7 +188,7 @@ pub fn check_encoding(headers: &HeaderMap) -> Result<(), ProxyError> {
     {
         None | Some("") => Ok(()),
         Some(encoding) if encoding.eq_ignore_ascii_case("identity") => Ok(()),
-        Some(encoding) => Err(ProxyError::Unscrubbable(encoding.to_string())),
+        Some(_) => Err(ProxyError::Unscrubbable),
     }
 }
 

@@ -12,19 +12,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Response, StatusCode, header};
+use http::{HeaderMap, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use percent_encoding::percent_decode_str;
 use regex::Regex;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::config::raw::{RawRequest, RawSchema};
 use crate::config::size::size;
 use crate::config::{ConfigError, Source, relative_to_config};
-use crate::http::body::{Counted, ProxyBody};
-use crate::http::error::json_response;
+use crate::http::body::{Counted, Upload, Watched};
+use crate::http::error::ProxyError;
+use crate::pipeline::client::UpstreamBody;
 
 /// Default for `request.schema-limit`.
 pub const DEFAULT_SCHEMA_LIMIT: u64 = 1024 * 1024;
@@ -70,6 +71,17 @@ pub struct Refusal {
     pub reasons: Vec<String>,
 }
 
+impl From<Refusal> for ProxyError {
+    fn from(refusal: Refusal) -> ProxyError {
+        ProxyError::Invalid {
+            status: refusal.status,
+            code: refusal.code,
+            message: refusal.message,
+            reasons: refusal.reasons,
+        }
+    }
+}
+
 impl Refusal {
     fn bad(message: &str, reasons: Vec<String>) -> Refusal {
         Refusal {
@@ -78,16 +90,6 @@ impl Refusal {
             message: message.to_string(),
             reasons,
         }
-    }
-
-    pub fn into_response(self, route: &str) -> Response<ProxyBody> {
-        let body = json!({
-            "error": self.message,
-            "code": self.code,
-            "route": route,
-            "reasons": self.reasons,
-        });
-        json_response(self.status, &body)
     }
 }
 
@@ -266,14 +268,27 @@ impl RequestRules {
 
     /// For a route with a schema: reads the body (up to the limit) and validates it. JSON bodies
     /// only: another accepted content type passes without a schema check.
-    pub async fn check_body(&self, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Refusal> {
-        let schema = self.schema.as_ref().expect("check_body is only called with a schema");
+    ///
+    /// The route's `max-body` holds here too: a body past it is refused with `413` (and the
+    /// connection closed) before anything reaches the upstream.
+    pub async fn check_body(
+        &self,
+        headers: &HeaderMap,
+        body: Incoming,
+        max_body: Option<u64>,
+    ) -> Result<Bytes, ProxyError> {
+        let schema = self.schema.clone().expect("check_body is only called with a schema");
         let mut buffer = BytesMut::new();
         let mut body = body;
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| Refusal::bad("the request body could not be read", vec![e.to_string()]))?;
+            let frame = frame.map_err(|_| ProxyError::BadBody)?;
             if let Ok(data) = frame.into_data() {
                 buffer.extend_from_slice(&data);
+                if let Some(limit) = max_body
+                    && buffer.len() as u64 > limit
+                {
+                    return Err(ProxyError::BodyTooLarge { limit });
+                }
                 if buffer.len() as u64 > self.schema_limit {
                     return Err(Refusal {
                         status: StatusCode::PAYLOAD_TOO_LARGE,
@@ -283,7 +298,8 @@ impl RequestRules {
                             self.schema_limit
                         ),
                         reasons: Vec::new(),
-                    });
+                    }
+                    .into());
                 }
             }
         }
@@ -296,28 +312,47 @@ impl RequestRules {
         if !is_json {
             return Ok(bytes);
         }
-        let value: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| Refusal::bad("the request body is not valid JSON", vec![e.to_string()]))?;
-        let reasons: Vec<String> = schema
-            .validator
-            .iter_errors(&value)
-            .take(MAX_REASONS)
-            .map(|error| {
-                let path = error.instance_path().to_string();
-                let at = if path.is_empty() { "/".to_string() } else { path };
-                format!("{at}: {}", error.masked())
-            })
-            .collect();
-        if reasons.is_empty() {
-            Ok(bytes)
+        // Parsing and checking a large body is CPU work: keep it off the async workers.
+        let check = move || schema_reasons(&schema, &bytes).map(|()| bytes);
+        let checked = if buffer_is_large(self.schema_limit) {
+            tokio::task::spawn_blocking(check)
+                .await
+                .unwrap_or_else(|_| Err(Refusal::bad("the request body could not be checked", Vec::new())))
         } else {
-            Err(Refusal {
-                status: StatusCode::UNPROCESSABLE_ENTITY,
-                code: "schema_violation",
-                message: "the request body does not match the route's schema".to_string(),
-                reasons,
-            })
-        }
+            check()
+        };
+        checked.map_err(ProxyError::from)
+    }
+}
+
+/// Bodies allowed to be this large are checked on the blocking pool.
+fn buffer_is_large(limit: u64) -> bool {
+    limit > 64 * 1024
+}
+
+/// Parses `bytes` as JSON and checks it against `schema`.
+fn schema_reasons(schema: &Schema, bytes: &[u8]) -> Result<(), Refusal> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| Refusal::bad("the request body is not valid JSON", vec![e.to_string()]))?;
+    let reasons: Vec<String> = schema
+        .validator
+        .iter_errors(&value)
+        .take(MAX_REASONS)
+        .map(|error| {
+            let path = error.instance_path().to_string();
+            let at = if path.is_empty() { "/".to_string() } else { path };
+            format!("{at}: {}", error.masked())
+        })
+        .collect();
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(Refusal {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "schema_violation",
+            message: "the request body does not match the route's schema".to_string(),
+            reasons,
+        })
     }
 }
 
@@ -328,23 +363,24 @@ pub enum RequestBody {
 }
 
 impl RequestBody {
-    /// The body for reqwest (`None` when there is none), counting streamed bytes into `count`
-    /// and cutting a stream off past `limit` (recorded in `overrun`).
+    /// The body for the upstream, counting streamed bytes into `count`, cutting a stream off
+    /// past `limit` (recorded in `overrun`) and reporting its end and read errors to `upload`.
     pub fn into_upstream(
         self,
         count: Arc<AtomicU64>,
         limit: Option<u64>,
         overrun: &crate::features::limit::Overrun,
-    ) -> Option<reqwest::Body> {
+        upload: Arc<Upload>,
+    ) -> UpstreamBody {
         match self {
-            RequestBody::Stream(body) if body.is_end_stream() => None,
             RequestBody::Stream(body) => {
                 let limited = crate::features::limit::Limited::new(body, limit, overrun.clone());
-                Some(reqwest::Body::wrap(Counted::new(limited, count)))
+                BodyExt::map_err(Watched::new(Counted::new(limited, count), upload), Into::into).boxed()
             }
             RequestBody::Buffered(bytes) => {
                 count.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                Some(reqwest::Body::from(bytes))
+                let body = Watched::new(http_body_util::Full::new(bytes), upload);
+                BodyExt::map_err(body, |never| match never {}).boxed()
             }
         }
     }
@@ -352,11 +388,18 @@ impl RequestBody {
 
 impl RequestRules {
     /// Reads and checks the body when the route has a schema; otherwise leaves it streaming.
-    pub async fn prepare_body(&self, headers: &HeaderMap, body: Incoming) -> Result<RequestBody, Refusal> {
+    pub async fn prepare_body(
+        &self,
+        headers: &HeaderMap,
+        body: Incoming,
+        max_body: Option<u64>,
+    ) -> Result<RequestBody, ProxyError> {
         if self.schema.is_none() || body.is_end_stream() {
             return Ok(RequestBody::Stream(body));
         }
-        self.check_body(headers, body).await.map(RequestBody::Buffered)
+        self.check_body(headers, body, max_body)
+            .await
+            .map(RequestBody::Buffered)
     }
 }
 

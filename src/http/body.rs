@@ -1,20 +1,16 @@
-//! Body types of the proxy and the access log that is written when a response body ends.
+//! Body types of the proxy: the boxed response body, and a body that counts its bytes.
 //!
-//! Bodies are never collected: frames pass through as they arrive, and byte counts are taken on
-//! the way. The access line is written when the response body finishes, fails, or is dropped
-//! because the client went away, so its duration and byte count cover the whole stream.
+//! Bodies are never collected on the request path: frames pass through as they arrive, and byte
+//! counts are taken on the way (the access log is in [`crate::pipeline::access`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
-
-use crate::daemon::metrics::InFlight;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -67,90 +63,69 @@ where
     }
 }
 
-/// What the access line says about one request. Holds no secret: the query has injected values
-/// replaced by `[REDACTED]` before it gets here.
-#[derive(Debug)]
-pub struct AccessRecord {
-    pub method: http::Method,
-    pub route: Option<String>,
-    pub path: String,
-    pub query: Option<String>,
-    pub status: u16,
-    pub upstream_status: Option<u16>,
-    pub error: Option<&'static str>,
-    pub started: Instant,
-    pub bytes_in: Arc<AtomicU64>,
-    /// Holds the request in the in-flight gauge until the line is written; counts it then.
-    pub in_flight: InFlight,
+/// What became of a request body on its way upstream: whether it ended, and whether reading it
+/// from the client failed. Shared between the body and the pipeline.
+#[derive(Debug, Default)]
+pub struct Upload {
+    ended: tokio::sync::Notify,
+    done: std::sync::atomic::AtomicBool,
+    failed: std::sync::atomic::AtomicBool,
 }
 
-impl AccessRecord {
-    fn emit(self, bytes_out: u64, outcome: &'static str) {
-        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
-        self.in_flight.metrics().request_finished(
-            self.route.as_deref(),
-            &self.method,
-            self.status,
-            bytes_in,
-            bytes_out,
-        );
-        tracing::info!(
-            target: "secretproxy::access",
-            method = %self.method,
-            route = self.route.as_deref().unwrap_or(crate::daemon::metrics::NO_ROUTE),
-            path = %self.path,
-            query = self.query.as_deref().unwrap_or(""),
-            status = self.status,
-            upstream_status = self.upstream_status,
-            error = self.error,
-            duration_ms = (duration_ms * 1000.0).round() / 1000.0,
-            bytes_in,
-            bytes_out,
-            outcome,
-            "request"
-        );
-    }
-}
-
-/// A response body that writes the access line when it ends.
-pub struct Logged {
-    inner: ProxyBody,
-    record: Option<AccessRecord>,
-    bytes_out: u64,
-}
-
-impl Logged {
-    pub fn new(inner: ProxyBody, record: AccessRecord) -> Self {
-        Logged {
-            inner,
-            record: Some(record),
-            bytes_out: 0,
+impl Upload {
+    /// Resolves once the body has been read to its end (at once for an empty body).
+    pub async fn ended(&self) {
+        let notified = self.ended.notified();
+        if self.done.load(Ordering::Acquire) {
+            return;
         }
+        notified.await;
     }
 
-    fn finish(&mut self, outcome: &'static str) {
-        if let Some(record) = self.record.take() {
-            record.emit(self.bytes_out, outcome);
+    /// True when reading the client's body failed (malformed chunked framing, a reset).
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    fn end(&self) {
+        if !self.done.swap(true, Ordering::AcqRel) {
+            self.ended.notify_waiters();
         }
     }
 }
 
-impl Body for Logged {
+/// A request body that reports its end and its read errors to an [`Upload`].
+pub struct Watched<B> {
+    inner: B,
+    upload: Arc<Upload>,
+}
+
+impl<B: Body> Watched<B> {
+    pub fn new(inner: B, upload: Arc<Upload>) -> Self {
+        if inner.is_end_stream() {
+            upload.end();
+        }
+        Watched { inner, upload }
+    }
+}
+
+impl<B> Body for Watched<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.bytes_out += data.len() as u64;
-                }
+            Poll::Ready(None) => self.upload.end(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.upload.end(),
+            Poll::Ready(Some(Err(_))) => {
+                self.upload.failed.store(true, Ordering::Release);
+                self.upload.end();
             }
-            Poll::Ready(Some(Err(_))) => self.finish("upstream_body_error"),
-            Poll::Ready(None) => self.finish("complete"),
-            Poll::Pending => {}
+            _ => {}
         }
         polled
     }
@@ -161,17 +136,5 @@ impl Body for Logged {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl Drop for Logged {
-    fn drop(&mut self) {
-        // hyper drops an empty body without polling it; that is a complete response.
-        let outcome = if self.inner.is_end_stream() {
-            "complete"
-        } else {
-            "client_gone"
-        };
-        self.finish(outcome);
     }
 }

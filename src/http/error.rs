@@ -1,7 +1,17 @@
-//! Every way a proxied request can fail, mapped to a status code and a JSON body.
+//! The one error type of the request path and its table of codes.
 //!
-//! Bodies are built from names and fixed text only: a secret name and how to set it, a route
-//! name, an error class. Upstream error text is scrubbed of secret values before it is used.
+//! Every refusal and failure a client can see is a [`ProxyError`]. [`ProxyError::spec`] is the
+//! table: it decides, in one place, the status, the stable `code`, which side the failure came
+//! from, and whether the connection is closed after the answer. [`ProxyError::into_response`]
+//! builds the one JSON envelope `{"error", "code", "route"?, "hint"?, ...}` with
+//! `Cache-Control: no-store`.
+//!
+//! Bodies are built from names and fixed text only: a secret's name and how to set it, a route
+//! name, a refused origin or host (client input, echoed to the client that sent it). Upstream
+//! text reaches an error only after the route's redactor has scrubbed it, and never for
+//! encodings (see [`ProxyError::Unscrubbable`]).
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -9,10 +19,35 @@ use serde_json::{Value, json};
 
 use super::body::{ProxyBody, full};
 
+/// Where a failure came from; decides whose log line it is and which metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The request was refused: the client can fix it.
+    Client,
+    /// The upstream (or a transform of its answer) failed.
+    Upstream,
+    /// The daemon itself cannot serve the route right now (a missing secret).
+    Internal,
+}
+
+/// One row of the code table.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub side: Side,
+    /// The rest of the request cannot be trusted or is not worth reading: end the connection.
+    pub close: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("no route matches this path")]
-    NoRoute,
+    #[error("no route matches `{path}`")]
+    NoRoute {
+        path: String,
+        /// The closest route's path, told only to loopback clients.
+        near: Option<String>,
+    },
     #[error("method not allowed on route `{route}`")]
     MethodNotAllowed { route: String, allow: String },
     #[error("secret `{secret}` is not available: {reason}")]
@@ -24,10 +59,13 @@ pub enum ProxyError {
     },
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The request body could not be read (malformed chunked framing, a client that vanished).
+    #[error("the request body is malformed")]
+    BadBody,
     #[error("upstream unreachable: {0}")]
     Unreachable(String),
     #[error("upstream did not answer within {0:?}")]
-    Timeout(std::time::Duration),
+    Timeout(Duration),
     /// The request target is not a canonical origin-form path.
     #[error("bad request path: {0}")]
     BadPath(#[from] crate::features::path::PathError),
@@ -36,13 +74,38 @@ pub enum ProxyError {
     AmbiguousFraming,
     /// Refused by the browser boundary (origin, fetch metadata, host, non-browser policy).
     #[error("{reason}")]
-    Forbidden { code: &'static str, reason: String },
+    Forbidden {
+        code: &'static str,
+        reason: String,
+        /// The config line that would allow it.
+        hint: Option<String>,
+    },
     #[error("a valid client token is required (`Authorization: Bearer ...` or `X-Secretproxy-Token`)")]
     ClientToken,
     #[error("the request body is larger than this route's limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
-    #[error("the upstream answered with `Content-Encoding: {0}`, which cannot be scrubbed of secrets")]
-    Unscrubbable(String),
+    /// The request failed the route's `request` rules (query, content type, schema).
+    #[error("{message}")]
+    Invalid {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+        reasons: Vec<String>,
+    },
+    /// Over the route's rate limit or daily quota.
+    #[error("{}", if *daily { "the route's daily quota is used up" } else { "too many requests for this route" })]
+    RateLimited { retry_after: Duration, daily: bool },
+    /// The upstream's answer is encoded in a way that cannot be scrubbed. Quotes nothing from the
+    /// upstream: a header value could itself carry a secret.
+    #[error("the upstream's answer is encoded in a way that cannot be scrubbed of secrets")]
+    Unscrubbable,
+    /// The upstream's answer had ambiguous framing (both `Content-Length` and
+    /// `Transfer-Encoding`): it could be a truncated or smuggled response.
+    #[error("the upstream's answer has ambiguous framing")]
+    UpstreamFraming,
+    /// The route's transform failed or passed a bound.
+    #[error("{message}")]
+    Transform { code: &'static str, message: String },
 }
 
 impl ProxyError {
@@ -63,61 +126,100 @@ impl ProxyError {
         }
     }
 
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::SecretUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::Unreachable(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BadPath(_) | ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
-            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            ProxyError::ClientToken => StatusCode::UNAUTHORIZED,
-            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::Unscrubbable(_) => StatusCode::BAD_GATEWAY,
+    /// The code table: status, code, side and connection handling of every error.
+    pub fn spec(&self) -> Spec {
+        use Side::{Client, Internal, Upstream};
+        let (status, code, side, close) = match self {
+            ProxyError::NoRoute { .. } => (StatusCode::NOT_FOUND, "no_route", Client, false),
+            ProxyError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", Client, false)
+            }
+            ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", Client, false),
+            ProxyError::BadBody => (StatusCode::BAD_REQUEST, "bad_request_body", Client, true),
+            ProxyError::BadPath(_) => (StatusCode::BAD_REQUEST, "bad_path", Client, false),
+            ProxyError::AmbiguousFraming => (StatusCode::BAD_REQUEST, "ambiguous_framing", Client, true),
+            ProxyError::Forbidden { code, .. } => (StatusCode::FORBIDDEN, *code, Client, false),
+            ProxyError::ClientToken => (StatusCode::UNAUTHORIZED, "client_token", Client, false),
+            ProxyError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", Client, true),
+            ProxyError::Invalid { status, code, .. } => (*status, *code, Client, false),
+            ProxyError::RateLimited { daily: false, .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limited", Client, false)
+            }
+            ProxyError::RateLimited { daily: true, .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "daily_quota_exceeded", Client, false)
+            }
+            ProxyError::SecretUnavailable { unreachable: true, .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "secret_store_unreachable",
+                Internal,
+                false,
+            ),
+            ProxyError::SecretUnavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "secret_missing", Internal, false)
+            }
+            ProxyError::Unreachable(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable", Upstream, false),
+            ProxyError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", Upstream, false),
+            ProxyError::Unscrubbable => (StatusCode::BAD_GATEWAY, "upstream_unscrubbable", Upstream, false),
+            ProxyError::UpstreamFraming => (StatusCode::BAD_GATEWAY, "upstream_framing", Upstream, false),
+            ProxyError::Transform { code, .. } => (StatusCode::BAD_GATEWAY, *code, Upstream, false),
+        };
+        Spec {
+            status,
+            code,
+            side,
+            close,
         }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.spec().status
     }
 
     /// A stable machine-readable name for the error.
     pub fn code(&self) -> &'static str {
-        match self {
-            ProxyError::NoRoute => "no_route",
-            ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
-            ProxyError::SecretUnavailable { unreachable: true, .. } => "secret_store_unreachable",
-            ProxyError::SecretUnavailable { .. } => "secret_missing",
-            ProxyError::BadRequest(_) => "bad_request",
-            ProxyError::Unreachable(_) => "upstream_unreachable",
-            ProxyError::Timeout(_) => "upstream_timeout",
-            ProxyError::BadPath(_) => "bad_path",
-            ProxyError::AmbiguousFraming => "ambiguous_framing",
-            ProxyError::Forbidden { code, .. } => code,
-            ProxyError::ClientToken => "client_token",
-            ProxyError::BodyTooLarge { .. } => "body_too_large",
-            ProxyError::Unscrubbable(_) => "upstream_unscrubbable",
-        }
+        self.spec().code
     }
 
+    /// The JSON answer; `route` names the route that refused, when one did.
     pub fn into_response(self, route: Option<&str>) -> Response<ProxyBody> {
-        let mut body = json!({ "error": self.to_string(), "code": self.code() });
+        let spec = self.spec();
+        let mut body = json!({ "error": self.to_string(), "code": spec.code });
         if let Some(route) = route {
             body["route"] = Value::from(route);
         }
-        if let ProxyError::SecretUnavailable { secret, hint, .. } = &self {
-            body["secret"] = Value::from(secret.as_str());
-            body["hint"] = Value::from(hint.as_str());
+        let mut retry_after = None;
+        match &self {
+            ProxyError::SecretUnavailable { secret, hint, .. } => {
+                body["secret"] = Value::from(secret.as_str());
+                body["hint"] = Value::from(hint.as_str());
+            }
+            ProxyError::Forbidden { hint: Some(hint), .. } => body["hint"] = Value::from(hint.as_str()),
+            ProxyError::NoRoute { path, near } => {
+                body["path"] = Value::from(path.as_str());
+                if let Some(near) = near {
+                    body["hint"] = Value::from(format!("did you mean the route `{near}`?"));
+                }
+            }
+            ProxyError::Invalid { reasons, .. } => body["reasons"] = Value::from(reasons.clone()),
+            ProxyError::RateLimited { retry_after: after, .. } => {
+                let seconds = (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1);
+                body["retry_after"] = Value::from(seconds);
+                retry_after = Some(seconds);
+            }
+            _ => {}
         }
-        let mut response = json_response(self.status(), &body);
+        let mut response = json_response(spec.status, &body);
+        let headers = response.headers_mut();
         if let ProxyError::MethodNotAllowed { allow, .. } = &self
             && let Ok(value) = HeaderValue::from_str(allow)
         {
-            response.headers_mut().insert(header::ALLOW, value);
+            headers.insert(header::ALLOW, value);
         }
-        // The rest of the request cannot be trusted or is not worth reading: end the connection.
-        if matches!(self, ProxyError::AmbiguousFraming | ProxyError::BodyTooLarge { .. }) {
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if spec.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
@@ -133,4 +235,28 @@ pub fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_closes_by_the_table_only() {
+        let closing = ProxyError::BodyTooLarge { limit: 1 }.into_response(Some("r"));
+        assert_eq!(closing.headers()[header::CONNECTION], "close");
+        let open = ProxyError::ClientToken.into_response(None);
+        assert!(open.headers().get(header::CONNECTION).is_none());
+    }
+
+    #[test]
+    fn rate_limit_rounds_retry_after_up() {
+        let response = ProxyError::RateLimited {
+            retry_after: Duration::from_millis(1200),
+            daily: false,
+        }
+        .into_response(Some("r"));
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+    }
 }

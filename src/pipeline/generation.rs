@@ -1,5 +1,5 @@
-//! One generation of live state: the validated config, its route table, its secrets and its
-//! HTTP clients. Built completely (blocking: secrets are read) before it is swapped in, so a
+//! One generation of live state: the validated config, its route table, its secrets and one
+//! plan per route (upstream pools, metric handles, scrubber slot). Built completely (blocking: secrets are read) before it is swapped in, so a
 //! request always runs against one consistent generation from start to end.
 
 use std::sync::Arc;
@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
-use crate::daemon::metrics::Metrics;
+use crate::daemon::metrics::{Metrics, RouteMetrics};
+use crate::pipeline::client::{ClientError, Upstreams};
+use crate::pipeline::plan::RoutePlan;
 use crate::pipeline::routes::RouteTable;
-use crate::pipeline::upstream::{ClientError, Clients};
 use crate::secrets::{SecretCache, SecretStore};
 
 #[derive(Debug)]
@@ -20,23 +21,42 @@ pub struct Generation {
     pub config: Arc<Config>,
     pub table: RouteTable,
     pub secrets: SecretCache,
-    pub clients: Clients,
+    /// One plan per route, in the config's order (the route table's values index it).
+    pub plans: Vec<RoutePlan>,
+    /// Metric handles for requests that matched no route.
+    pub unrouted: Arc<RouteMetrics>,
+    /// Metric handles of each webhook, in the config's order.
+    pub hook_metrics: Vec<(Arc<str>, Arc<RouteMetrics>)>,
     /// Rate-limit buckets and daily quotas of the routes that have them.
     pub limits: crate::features::ratelimit::Limiters,
     /// `[webhooks.NAME]` endpoints by path.
     pub hooks: crate::features::webhooks::Hooks,
     /// The static site, when `static-dir` is set.
     pub site: Option<crate::features::static_site::Site>,
-    /// Response scrubbers by route, built on first use.
-    pub redactors: crate::features::scrub::Redactors,
 }
 
 impl Generation {
     /// Builds a generation. Blocks while secrets are read; run it off the async threads.
     pub fn build(config: Config, store: Arc<dyn SecretStore>, number: u64) -> Result<Generation, ClientError> {
-        let clients = Clients::build(&config.routes)?;
+        let mut upstreams = Upstreams::default();
+        let plans = config
+            .routes
+            .iter()
+            .map(|route| RoutePlan::build(route, &mut upstreams))
+            .collect::<Result<Vec<_>, _>>()?;
+        let hook_metrics = config
+            .webhooks
+            .iter()
+            .map(|hook| {
+                let label = format!("webhook:{}", hook.name);
+                (Arc::from(label.as_str()), Arc::new(RouteMetrics::new(&label)))
+            })
+            .collect();
         let secrets = SecretCache::load(store, &config.secrets);
         Ok(Generation {
+            plans,
+            unrouted: Arc::new(RouteMetrics::new(crate::daemon::metrics::NO_ROUTE)),
+            hook_metrics,
             limits: crate::features::ratelimit::Limiters::build(&config.routes),
             hooks: crate::features::webhooks::Hooks::build(&config.webhooks),
             site: config
@@ -44,12 +64,10 @@ impl Generation {
                 .static_site
                 .clone()
                 .map(crate::features::static_site::Site::new),
-            redactors: Default::default(),
             number,
             table: RouteTable::new(&config),
             config: Arc::new(config),
             secrets,
-            clients,
         })
     }
 

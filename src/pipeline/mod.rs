@@ -1,44 +1,60 @@
-//! The request pipeline: match -> secrets -> rewrite + inject -> send -> respond.
+//! The request path: one fixed order of phases for every request.
+//!
+//! ```text
+//! dispatch: guard -> admin | preflight | webhook | route | static site
+//! route:    match -> route guard -> validate -> limit -> secrets -> inject -> send
+//!           -> scrub -> transform (+ response headers) -> CORS -> access log
+//! ```
 //!
 //! Each request takes the current [`Generation`] once and keeps it to the end, so a reload never
-//! changes a request midway. Nothing here buffers a body: request and response bodies are
-//! streamed frame by frame. Every failure becomes a JSON error (see [`error`]); the access line
-//! is written when the response body ends (see [`body`]).
+//! changes a request midway. A matched request works from its route's [`plan::RoutePlan`], built
+//! when the generation was built: nothing here looks anything up by route name or takes a
+//! generation-wide lock. Every refusal and failure is a [`ProxyError`], answered through its one
+//! code table. Nothing here buffers a body except the schema check (bounded by its limits):
+//! request and response bodies stream frame by frame, and the access line is written when the
+//! response body ends ([`access`]).
 
+pub mod access;
+pub mod client;
 pub mod generation;
+pub mod plan;
 pub mod routes;
-pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
-use http::{HeaderMap, Request, Response, header};
-use http_body::Body as _;
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use secrecy::SecretString;
 use tracing::instrument;
 
-use crate::daemon::metrics::Metrics;
-use crate::features::admin;
-use crate::features::{cors, guard, limit, scrub, validate};
-use crate::http::body::{self, AccessRecord, Logged, ProxyBody};
-use crate::http::error::ProxyError;
-use crate::http::headers;
-use crate::pipeline::generation::{Generation, Live};
-use crate::pipeline::routes::{Lookup, allow_header};
+use crate::daemon::metrics::RouteMetrics;
+use crate::features::{admin, cors, guard, inject, limit, scrub, validate};
+use crate::http::body::{BoxError, ProxyBody, Upload};
+use crate::http::error::{ProxyError, Side};
+use access::{AccessRecord, Logged};
+use generation::{Generation, Live};
+use plan::RoutePlan;
+use routes::Lookup;
 
 /// The proxy service shared by every connection.
 pub struct Proxy {
     live: Arc<Live>,
 }
 
-/// What a request's handling produced, before the access line is attached.
-struct Outcome {
-    response: Response<ProxyBody>,
-    route: Option<String>,
+/// What a request's handling learned, for the CORS phase and the access line.
+#[derive(Default)]
+struct Context {
+    /// The matched route's plan index.
+    route: Option<usize>,
+    /// A webhook's label and metrics, when a webhook answered.
+    hook: Option<(Arc<str>, Arc<RouteMetrics>)>,
+    /// The query as sent upstream, injected values redacted.
     query: Option<String>,
     upstream_status: Option<u16>,
     error: Option<&'static str>,
@@ -59,262 +75,335 @@ impl Proxy {
         let started = Instant::now();
         let in_flight = self.live.metrics().request_started();
         let generation = self.live.current();
-        let method = request.method().clone();
-        let path = request.uri().path().to_string();
-        let origin = request.headers().get(header::ORIGIN).cloned();
         let bytes_in = Arc::new(AtomicU64::new(0));
-        let mut outcome = forward(&generation, self.live.metrics(), request, peer, bytes_in.clone()).await;
-        cors::decorate(
-            &mut outcome.response,
+        let (mut parts, body) = request.into_parts();
+        let method = parts.method.clone();
+        let origin = parts.headers.get(header::ORIGIN).cloned();
+        let mut context = Context::default();
+        let mut response = match dispatch(
             &generation,
-            outcome.route.as_deref(),
+            self.live.metrics(),
+            &mut parts,
+            body,
+            peer,
+            &bytes_in,
+            &mut context,
+        )
+        .await
+        {
+            Ok(response) => response,
+            Err(error) => {
+                let route = context.route.map(|index| &*generation.plans[index].name);
+                refused(&error, route, &parts, peer);
+                context.error = Some(error.code());
+                error.into_response(route)
+            }
+        };
+        let plan = context.route.map(|index| &generation.plans[index]);
+        cors::decorate(
+            &mut response,
+            &generation.config.server.access,
+            plan.map(|plan| &plan.route),
             origin.as_ref(),
         );
+        let (route, metrics) = match (plan, context.hook) {
+            (Some(plan), _) => (Some(plan.name.clone()), plan.metrics.clone()),
+            (None, Some((label, metrics))) => (Some(label), metrics),
+            (None, None) => (None, generation.unrouted.clone()),
+        };
         let record = AccessRecord {
             method,
-            route: outcome.route,
-            path,
-            query: outcome.query,
-            status: outcome.response.status().as_u16(),
-            upstream_status: outcome.upstream_status,
-            error: outcome.error,
+            uri: parts.uri,
+            route,
+            query: context.query,
+            upstream: plan
+                .filter(|_| context.upstream_status.is_some())
+                .map(|plan| plan.upstream_host.clone()),
+            status: response.status().as_u16(),
+            upstream_status: context.upstream_status,
+            error: context.error,
             started,
             bytes_in,
+            metrics,
             in_flight,
         };
-        outcome.response.map(|body| Logged::new(body, record))
+        response.map(|body| Logged::new(body, record))
     }
 }
 
-async fn forward(
-    generation: &Generation,
-    metrics: &Metrics,
-    request: Request<Incoming>,
-    peer: SocketAddr,
-    bytes_in: Arc<AtomicU64>,
-) -> Outcome {
-    let fail = |error: ProxyError, route: Option<&str>| Outcome {
-        error: Some(error.code()),
-        response: error.into_response(route),
-        route: route.map(str::to_string),
-        query: None,
-        upstream_status: None,
-    };
-
-    let refused = |response: Response<ProxyBody>, route: Option<&str>, code: Option<&'static str>| Outcome {
-        response,
-        route: route.map(str::to_string),
-        query: None,
-        upstream_status: None,
-        error: code,
-    };
-
-    // The guard runs first for every path, the proxy's own included (DNS rebinding, origins).
-    let (mut parts, body) = request.into_parts();
-    if let Err(error) = guard::admit(generation, &mut parts).await {
-        return fail(error, None);
+/// Logs why a request was refused, with the fix when there is one.
+fn refused(error: &ProxyError, route: Option<&str>, parts: &Parts, peer: SocketAddr) {
+    match error {
+        ProxyError::Forbidden { code, reason, hint } => tracing::warn!(
+            %peer,
+            path = parts.uri.path(),
+            route = route.unwrap_or("-"),
+            code = *code,
+            hint = hint.as_deref().unwrap_or(""),
+            "refused: {reason}"
+        ),
+        ProxyError::NoRoute { near: Some(near), .. } => {
+            tracing::info!(path = parts.uri.path(), closest = %near, "no route matches; did you mean `{near}`?");
+        }
+        error if error.spec().side == Side::Upstream => {
+            tracing::warn!(
+                route = route.unwrap_or("-"),
+                code = error.code(),
+                "upstream failed: {error}"
+            );
+        }
+        _ => {}
     }
+}
+
+/// Dispatch: the guard for every path, then the proxy's own endpoints, preflights, webhooks, the
+/// routes, and the static site for what no route matches.
+async fn dispatch(
+    generation: &Generation,
+    metrics: &crate::daemon::metrics::Metrics,
+    parts: &mut Parts,
+    body: Incoming,
+    peer: SocketAddr,
+    bytes_in: &Arc<AtomicU64>,
+    context: &mut Context,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    guard::admit(generation, parts).await?;
     if admin::is_reserved(parts.uri.path()) {
         let (response, error) = admin::answer(&parts.method, parts.uri.path(), peer, generation, metrics);
-        return refused(response, None, error);
+        context.error = error;
+        return Ok(response);
     }
-    if cors::is_preflight(&parts) {
-        let (response, route) = cors::preflight(generation, &parts);
-        return Outcome {
-            route,
-            ..refused(response, None, None)
-        };
+    if cors::is_preflight(parts) {
+        let (response, route) = cors::preflight(generation, parts);
+        context.route = route;
+        return Ok(response);
     }
     if let Some(hook) = generation.hooks.find(parts.uri.path()) {
-        let handled = generation.hooks.handle(hook, &generation.secrets, parts, body).await;
-        return Outcome {
-            upstream_status: handled.target_status,
-            ..refused(handled.response, Some(&format!("webhook:{}", hook.name)), handled.error)
-        };
+        context.hook = generation
+            .config
+            .webhooks
+            .iter()
+            .position(|configured| configured.name == hook.name)
+            .map(|index| generation.hook_metrics[index].clone());
+        let handled = generation
+            .hooks
+            .handle(hook, &generation.secrets, parts.clone(), body)
+            .await;
+        context.upstream_status = handled.target_status;
+        context.error = handled.error;
+        return Ok(handled.response);
     }
-    let (route, params) = match generation.table.lookup(&parts.method, parts.uri.path()) {
-        Lookup::Found { route, params } => (route, params),
-        Lookup::MethodNotAllowed { route } => {
-            let error = ProxyError::MethodNotAllowed {
-                route: route.name.clone(),
-                allow: allow_header(route),
-            };
-            return fail(error, Some(&route.name));
+    // Parameters borrow the path; the URI is reference-counted, so the copy is cheap.
+    let uri = parts.uri.clone();
+    let (index, params) = match generation.table.lookup(&parts.method, uri.path()) {
+        Lookup::Found { index, params, .. } => (index, params),
+        Lookup::MethodNotAllowed { index, .. } => {
+            context.route = Some(index);
+            let plan = &generation.plans[index];
+            return Err(ProxyError::MethodNotAllowed {
+                route: plan.route.name.clone(),
+                allow: plan.allow.to_str().unwrap_or_default().to_string(),
+            });
         }
         Lookup::NotFound => {
             if let Some(site) = &generation.site
-                && let Some(served) = site.serve(&parts).await
+                && let Some(served) = site.serve(parts).await
             {
-                return refused(served.response, None, served.error);
+                context.error = served.error;
+                return Ok(served.response);
             }
-            return fail(ProxyError::NoRoute, None);
+            let path = parts.uri.path();
+            let near = peer
+                .ip()
+                .is_loopback()
+                .then(|| generation.table.closest(path).map(str::to_string))
+                .flatten();
+            return Err(ProxyError::NoRoute {
+                path: path.to_string(),
+                near,
+            });
         }
     };
-    let route_name = Some(route.name.as_str());
-    if let Err(error) =
-        guard::admit_route(route, &parts.headers).and_then(|()| limit::check_declared(route, &parts.headers))
-    {
-        return fail(error, route_name);
-    }
+    context.route = Some(index);
+    let plan = &generation.plans[index];
+    let params: Vec<(&str, &str)> = params.iter().collect();
+    forward(generation, metrics, plan, parts, &params, body, bytes_in, context).await
+}
 
-    // Validation, then the rate limit: a refused request never costs an upstream call.
+/// The route phases, from the route guard to the transform.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    generation: &Generation,
+    metrics: &crate::daemon::metrics::Metrics,
+    plan: &RoutePlan,
+    parts: &mut Parts,
+    params: &[(&str, &str)],
+    body: Incoming,
+    bytes_in: &Arc<AtomicU64>,
+    context: &mut Context,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let route = &plan.route;
+
+    // Route guard and declared size: refused before anything else is read.
+    guard::admit_route(route, &parts.headers)?;
+    limit::check_declared(route, &parts.headers)?;
+
+    // Validate, then limit: a refused request never costs an upstream call or a bucket token.
     let body = if route.request.is_active() {
-        if let Err(refusal) = route
-            .request
-            .check_head(parts.uri.query(), &parts.headers, !body.is_end_stream())
-        {
-            let code = refusal.code;
-            return refused(refusal.into_response(&route.name), route_name, Some(code));
-        }
-        match route.request.prepare_body(&parts.headers, body).await {
-            Ok(body) => body,
-            Err(refusal) => {
-                let code = refusal.code;
-                return refused(refusal.into_response(&route.name), route_name, Some(code));
-            }
-        }
+        route.request.check_head(
+            parts.uri.query(),
+            &parts.headers,
+            !http_body::Body::is_end_stream(&body),
+        )?;
+        route.request.prepare_body(&parts.headers, body, route.max_body).await?
     } else {
         validate::RequestBody::Stream(body)
     };
-    if let Err(limited) = generation.limits.check(&route.name, &parts.headers) {
-        let code = limited.code();
-        return refused(limited.into_response(&route.name), route_name, Some(code));
-    }
+    generation
+        .limits
+        .check(&route.name, &parts.headers)
+        .map_err(|limited| ProxyError::RateLimited {
+            retry_after: limited.retry_after,
+            daily: limited.daily,
+        })?;
 
-    // Every secret the route injects, or a 503 naming the first one that is missing.
-    let mut values: Vec<(&str, Arc<SecretString>)> = Vec::with_capacity(route.secrets.len());
+    // Secrets: every one the route injects, or a 503 naming the first one missing.
+    let mut values: Vec<Arc<SecretString>> = Vec::with_capacity(route.secrets.len());
     for name in &route.secrets {
         match generation.secrets.get(name).await {
-            Ok(value) => values.push((name.as_str(), value)),
+            Ok(value) => values.push(value),
             Err(error) => {
                 metrics.secret_lookup_failed(name);
-                return fail(
-                    ProxyError::secret_unavailable(&generation.secrets, name, &error),
-                    route_name,
-                );
+                return Err(ProxyError::secret_unavailable(&generation.secrets, name, &error));
             }
         }
     }
     let secret = |name: &str| -> SecretString {
-        let value = &values
+        let index = route
+            .secrets
             .iter()
-            .find(|(n, _)| *n == name)
-            .expect("route.secrets lists every used secret")
-            .1;
-        SecretString::clone(value)
+            .position(|n| n == name)
+            .expect("route.secrets lists every used secret");
+        SecretString::clone(&values[index])
     };
 
-    let mut url = match route
+    // Inject: the request target and headers as the upstream gets them.
+    let target = route
         .upstream
-        .render(|name| params.iter().find(|(p, _)| *p == name).map(|(_, v)| *v))
-    {
-        url if route.upstream.contains(&url) => url,
-        _ => {
-            return fail(
-                ProxyError::BadRequest("the path does not map to a URL under the route's upstream".into()),
-                route_name,
-            );
-        }
+        .render_target(|name| params.iter().find(|(p, _)| *p == name).map(|(_, v)| *v))
+        .ok_or_else(|| ProxyError::BadRequest("the path does not map to a URL under the route's upstream".into()))?;
+    let (target_path, template_query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target.as_str(), None),
     };
-    let injected_query: Vec<(String, zeroize::Zeroizing<String>)> = route
-        .query
-        .iter()
-        .map(|(name, template)| (name.clone(), upstream::render_value(template, secret)))
-        .collect();
-    let (query, logged_query) = upstream::build_query(url.query(), parts.uri.query(), &injected_query);
-    url.set_query((!query.is_empty()).then_some(query.as_str()));
-    drop(query);
+    let path_and_query = if route.query.is_empty() && template_query.is_none() {
+        match parts.uri.query() {
+            Some(query) => PathAndQuery::try_from(format!("{target_path}?{query}")),
+            None => PathAndQuery::try_from(target_path),
+        }
+    } else {
+        let injected: Vec<(String, zeroize::Zeroizing<String>)> = route
+            .query
+            .iter()
+            .map(|(name, template)| (name.clone(), inject::render_value(template, secret)))
+            .collect();
+        let (query, logged) = inject::build_query(template_query, parts.uri.query(), &injected);
+        context.query = Some(logged);
+        let text = zeroize::Zeroizing::new(if query.is_empty() {
+            target_path.to_string()
+        } else {
+            format!("{target_path}?{}", query.as_str())
+        });
+        PathAndQuery::try_from(text.as_str())
+    }
+    .map_err(|_| ProxyError::BadRequest("the path does not map to a URL under the route's upstream".into()))?;
 
     let mut injected_headers = Vec::with_capacity(route.headers.len());
     for (name, template) in &route.headers {
-        let text = upstream::render_value(template, secret);
-        match upstream::sensitive_header(&text) {
+        let text = inject::render_value(template, secret);
+        match inject::sensitive_header(&text) {
             Some(value) => injected_headers.push((name.clone(), value)),
             None => {
-                return fail(
-                    ProxyError::SecretUnavailable {
-                        secret: template.secrets().collect::<Vec<_>>().join(","),
-                        unreachable: false,
-                        reason: format!("its value cannot be used in the `{name}` header (control characters)"),
-                        hint: "store the value without line breaks".into(),
-                    },
-                    route_name,
-                );
+                return Err(ProxyError::SecretUnavailable {
+                    secret: template.secrets().collect::<Vec<_>>().join(","),
+                    unreachable: false,
+                    reason: format!("its value cannot be used in the `{name}` header (control characters)"),
+                    hint: "store the value without line breaks".into(),
+                });
             }
         }
     }
-    let mut headers = upstream::upstream_headers(&parts.headers, route, injected_headers);
-    let redactor = route
-        .scrub_response
-        .then(|| generation.redactors.get(route, &values, secret))
-        .flatten();
+    let mut headers = inject::upstream_headers(std::mem::take(&mut parts.headers), route, injected_headers);
+    let redactor = route.scrub_response.then(|| plan.redactor(&values)).flatten();
     if redactor.is_some() || route.response.transform.is_some() {
         // Scrubbing and transforms read the body: ask for it unencoded.
-        headers.insert(header::ACCEPT_ENCODING, http::HeaderValue::from_static("identity"));
+        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     }
 
-    let mut outbound = reqwest::Request::new(parts.method.clone(), url);
-    *outbound.headers_mut() = headers;
+    // Send: the response timeout counts from the end of the request body, so an upload that
+    // keeps going is never cut.
+    let upload = Arc::new(Upload::default());
     let overrun = limit::Overrun::default();
-    *outbound.body_mut() = body.into_upstream(bytes_in, route.max_body, &overrun);
-
-    let client = generation.clients.get(&route.name);
+    let mut outbound = Request::new(body.into_upstream(bytes_in.clone(), route.max_body, &overrun, upload.clone()));
+    *outbound.method_mut() = parts.method.clone();
+    *outbound.headers_mut() = headers;
+    tracing::debug!(
+        route = %route.name,
+        method = %parts.method,
+        upstream = %plan.upstream_host,
+        path = path_and_query.path(),
+        headers = ?HeaderNames(outbound.headers()),
+        "sending upstream (injected values not shown)"
+    );
     let sent_at = Instant::now();
-    let sent = tokio::time::timeout(route.response_timeout, client.execute(outbound)).await;
-    if let Ok(Ok(_)) = &sent {
-        metrics.upstream_answered(&route.name, sent_at.elapsed());
-    }
+    let timeout = route.response_timeout;
+    let exchange = plan.upstream.send(path_and_query, outbound);
+    let deadline = async {
+        upload.ended().await;
+        tokio::time::sleep(timeout).await;
+    };
+    let sent = tokio::select! {
+        sent = exchange => Some(sent),
+        () = deadline => None,
+    };
     let upstream_response = match sent {
-        Err(_) => {
-            return Outcome {
-                query: Some(logged_query),
-                ..fail(ProxyError::Timeout(route.response_timeout), route_name)
-            };
+        None => return Err(ProxyError::Timeout(timeout)),
+        Some(Ok(response)) => {
+            plan.metrics.upstream_answered(metrics, sent_at.elapsed());
+            response
         }
-        Ok(Err(_)) if overrun.happened() => {
-            let limit = route.max_body.unwrap_or_default();
-            return Outcome {
-                query: Some(logged_query),
-                ..fail(ProxyError::BodyTooLarge { limit }, route_name)
-            };
+        Some(Err(_)) if overrun.happened() => {
+            return Err(ProxyError::BodyTooLarge {
+                limit: route.max_body.unwrap_or_default(),
+            });
         }
-        Ok(Err(err)) => {
-            let err = err.without_url();
-            let error = if err.is_timeout() {
-                ProxyError::Timeout(route.connect_timeout)
-            } else {
-                // Error text is scrubbed like a response, whether or not the route scrubs those.
-                let text = upstream::error_chain(&err);
-                let redactor = redactor
-                    .clone()
-                    .or_else(|| generation.redactors.get(route, &values, secret));
-                ProxyError::Unreachable(redactor.map_or(text.clone(), |r| r.text(&text)))
+        Some(Err(_)) if upload.failed() => return Err(ProxyError::BadBody),
+        Some(Err(client::SendError::ConnectTimeout(after))) => return Err(ProxyError::Timeout(after)),
+        Some(Err(err)) => {
+            // Error text is scrubbed like a response, whether or not the route scrubs those.
+            let text = err.chain();
+            let text = match redactor.clone().or_else(|| plan.redactor(&values)) {
+                Some(redactor) => redactor.text(&text),
+                None => text,
             };
-            tracing::warn!(route = %route.name, error = %error, "upstream request failed");
-            return Outcome {
-                query: Some(logged_query),
-                ..fail(error, route_name)
-            };
+            return Err(ProxyError::Unreachable(text));
         }
-        Ok(Ok(response)) => response,
     };
 
     let upstream_status = upstream_response.status().as_u16();
-    let mut response: Response<reqwest::Body> = upstream_response.into();
-    filter_response_headers(response.headers_mut(), route.keep_set_cookie);
-    let mut response = response.map(|body| {
-        body.map_err(|e| Box::new(e.without_url()) as body::BoxError)
-            .boxed_unsync()
-    });
+    context.upstream_status = Some(upstream_status);
+    let (mut head, body) = upstream_response.into_parts();
+    check_framing(&head.headers)?;
+    // The upstream's reason phrase and anything else it attached stay behind: the client gets
+    // the canonical reason for the status.
+    head.extensions = http::Extensions::new();
+    head.version = http::Version::HTTP_11;
+    filter_response_headers(&mut head.headers, route.keep_set_cookie);
+    let mut response = Response::from_parts(head, body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync());
+
     // Scrub first, so a transform never sees (or reshapes) an echoed secret.
     if let Some(redactor) = redactor {
-        if let Err(error) = scrub::check_encoding(response.headers()) {
-            return Outcome {
-                query: Some(logged_query),
-                upstream_status: Some(upstream_status),
-                ..fail(error, route_name)
-            };
-        }
+        scrub::check_encoding(response.headers())?;
         redactor.headers(response.headers_mut());
         // Redaction changes the length; a HEAD answer has no body to change.
         if parts.method != http::Method::HEAD {
@@ -322,24 +411,66 @@ async fn forward(
         }
         response = response.map(|body| redactor.body(body));
     }
-    let (response, error) = if route.response.is_active() {
-        route.response.apply(&parts.method, &route.name, response).await
-    } else {
-        (response, None)
-    };
-    Outcome {
-        response,
-        route: Some(route.name.clone()),
-        query: Some(logged_query),
-        upstream_status: Some(upstream_status),
-        error,
+    if route.response.is_active() {
+        let (response, error) = route.response.apply(&parts.method, &route.name, response).await;
+        context.error = error;
+        return Ok(response);
+    }
+    Ok(response)
+}
+
+/// An upstream answer with both `Content-Length` and `Transfer-Encoding`, or a transfer coding
+/// other than `chunked`, may be truncated or smuggled: refused.
+fn check_framing(headers: &http::HeaderMap) -> Result<(), ProxyError> {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+    if codings.peek().is_none() {
+        return Ok(());
+    }
+    let only_chunked = codings.all(|value| {
+        value.to_str().is_ok_and(|text| {
+            text.split(',')
+                .all(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
+        })
+    });
+    if !only_chunked || headers.contains_key(header::CONTENT_LENGTH) {
+        return Err(ProxyError::UpstreamFraming);
+    }
+    Ok(())
+}
+
+/// Header names only, for debug logs: values may hold injected secrets.
+struct HeaderNames<'a>(&'a http::HeaderMap);
+
+impl std::fmt::Debug for HeaderNames<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.keys().map(http::HeaderName::as_str))
+            .finish()
     }
 }
 
-fn filter_response_headers(headers: &mut HeaderMap, keep_set_cookie: bool) {
-    headers::strip_hop_by_hop(headers);
+fn filter_response_headers(headers: &mut http::HeaderMap, keep_set_cookie: bool) {
+    crate::http::headers::strip_hop_by_hop(headers);
     cors::strip_upstream(headers);
     if !keep_set_cookie {
         headers.remove(header::SET_COOKIE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ambiguous_upstream_framing_is_refused() {
+        let mut headers = http::HeaderMap::new();
+        assert!(check_framing(&headers).is_ok());
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert!(check_framing(&headers).is_ok());
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert!(check_framing(&headers).is_err());
+        headers.remove(header::CONTENT_LENGTH);
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip, chunked"));
+        assert!(check_framing(&headers).is_err());
     }
 }

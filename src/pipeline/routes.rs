@@ -12,12 +12,15 @@ use crate::config::{Config, Route};
 pub enum Lookup<'a> {
     Found {
         route: &'a Route,
-        /// Raw parameter values, in the path's order.
-        params: Vec<(&'a str, &'a str)>,
+        /// The route's index in the config (and in the generation's plans).
+        index: usize,
+        /// Raw parameter values.
+        params: matchit::Params<'a, 'a>,
     },
     /// The path matched, not the method; carries the methods the route takes.
     MethodNotAllowed {
         route: &'a Route,
+        index: usize,
     },
     NotFound,
 }
@@ -47,16 +50,35 @@ impl RouteTable {
         let Ok(matched) = self.router.at(path) else {
             return Lookup::NotFound;
         };
-        let route = &self.routes[*matched.value];
+        let index = *matched.value;
+        let route = &self.routes[index];
         let allowed =
             route.methods.contains(method) || (*method == Method::HEAD && route.methods.contains(&Method::GET));
         if !allowed {
-            return Lookup::MethodNotAllowed { route };
+            return Lookup::MethodNotAllowed { route, index };
         }
         Lookup::Found {
             route,
-            params: matched.params.iter().collect(),
+            index,
+            params: matched.params,
         }
+    }
+
+    /// The path of a route a missed `path` was probably meant for: the same path with a
+    /// trailing segment more or less, or in another letter case (paths match case-sensitively).
+    pub fn closest(&self, path: &str) -> Option<&str> {
+        let trimmed = path.trim_end_matches('/');
+        let candidates = [
+            format!("{trimmed}/"),
+            format!("{trimmed}/x"),
+            trimmed.to_string(),
+            path.to_ascii_lowercase(),
+        ];
+        candidates
+            .iter()
+            .filter(|candidate| candidate.as_str() != path && !candidate.is_empty())
+            .find_map(|candidate| self.router.at(candidate).ok())
+            .map(|matched| self.routes[*matched.value].path.as_str())
     }
 }
 
@@ -87,17 +109,28 @@ mod tests {
     fn matches_params_and_methods() {
         let table = table();
         match table.lookup(&Method::GET, "/api/gh/user/repos") {
-            Lookup::Found { route, params } => {
-                assert_eq!(route.name, "gh");
-                assert_eq!(params, vec![("rest", "user/repos")]);
+            Lookup::Found { route, index, params } => {
+                assert_eq!((route.name.as_str(), index), ("gh", 0));
+                assert_eq!(params.iter().collect::<Vec<_>>(), vec![("rest", "user/repos")]);
             }
             other => panic!("{other:?}"),
         }
         assert!(matches!(table.lookup(&Method::HEAD, "/api/gh/x"), Lookup::Found { .. }));
         match table.lookup(&Method::GET, "/items/7") {
-            Lookup::MethodNotAllowed { route } => assert_eq!(allow_header(route), "PUT, DELETE"),
+            Lookup::MethodNotAllowed { route, index } => {
+                assert_eq!((allow_header(route).as_str(), index), ("PUT, DELETE", 1));
+            }
             other => panic!("{other:?}"),
         }
         assert!(matches!(table.lookup(&Method::GET, "/nope"), Lookup::NotFound));
+    }
+
+    #[test]
+    fn a_near_miss_names_the_route() {
+        let table = table();
+        assert_eq!(table.closest("/api/gh"), Some("/api/gh/{*rest}"));
+        assert_eq!(table.closest("/API/GH/user"), Some("/api/gh/{*rest}"));
+        assert_eq!(table.closest("/items/7/"), Some("/items/{id}"));
+        assert_eq!(table.closest("/elsewhere"), None);
     }
 }

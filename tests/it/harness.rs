@@ -270,7 +270,7 @@ impl TestProxy {
 
 /// A plain client that follows no redirects and uses no proxy.
 pub fn client() -> reqwest::Client {
-    secretproxy::pipeline::upstream::install_crypto_provider();
+    secretproxy::pipeline::client::install_crypto_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()

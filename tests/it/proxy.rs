@@ -355,7 +355,7 @@ async fn request_body_streams_to_the_upstream_intact() {
 
 #[tokio::test]
 async fn https_upstream_is_verified_and_ca_file_trusts_a_private_ca() {
-    secretproxy::pipeline::upstream::install_crypto_provider();
+    secretproxy::pipeline::client::install_crypto_provider();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca_path = dir.path().join("ca.pem");

@@ -28,10 +28,11 @@ use crate::config::duration::{Zero, duration};
 use crate::config::raw::RawWebhook;
 use crate::config::size::size;
 use crate::config::{ConfigError, Source};
+use crate::features::inject::error_chain;
 use crate::http::body::{BoxError, ProxyBody};
 use crate::http::error::{ProxyError, json_response};
 use crate::http::headers::strip_hop_by_hop;
-use crate::pipeline::upstream::{error_chain, install_crypto_provider};
+use crate::pipeline::client::install_crypto_provider;
 use crate::secrets::{SecretCache, SecretSource};
 
 /// Default replay tolerance for the timestamped schemes (what Stripe and Slack recommend).

@@ -1,14 +1,8 @@
-//! The outbound side: one HTTPS client per distinct TLS/timeout setting, the upstream URL and
-//! query built from the route, and the request that carries the injected secrets.
+//! Injection: a route's header and query templates rendered with its secrets, and the client's
+//! headers as they go upstream (hop-by-hop, withheld and stripped headers removed, injected ones
+//! set last so a client can never override them).
 //!
-//! Clients never follow redirects and never use an environment proxy: a secret goes only to the
-//! origin its route names. rustls with the ring provider verifies upstream certificates against
-//! the OS trust store, plus a route's `ca-file`.
-
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Once;
-use std::time::Duration;
+//! Rendered text that holds a secret lives in `Zeroizing` buffers and sensitive header values.
 
 use base64::Engine;
 use http::{HeaderMap, HeaderValue};
@@ -18,77 +12,6 @@ use zeroize::Zeroizing;
 
 use crate::config::Route;
 use crate::config::template::{ValuePart, ValueTemplate};
-
-/// Installs ring as rustls's process-wide crypto provider; must run before any client is built.
-pub fn install_crypto_provider() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // An already installed provider (e.g. by an embedding program) is kept.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
-/// The HTTP clients of one config generation, by route name.
-#[derive(Debug, Default)]
-pub struct Clients {
-    by_route: HashMap<String, reqwest::Client>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("route `{route}`: {message}")]
-pub struct ClientError {
-    pub route: String,
-    pub message: String,
-}
-
-impl Clients {
-    pub fn build(routes: &[Route]) -> Result<Clients, ClientError> {
-        install_crypto_provider();
-        let mut shared: HashMap<(Option<PathBuf>, Duration), reqwest::Client> = HashMap::new();
-        let mut by_route = HashMap::new();
-        for route in routes {
-            let key = (route.ca_file.clone(), route.connect_timeout);
-            let client = match shared.get(&key) {
-                Some(client) => client.clone(),
-                None => {
-                    let client = build_client(route).map_err(|message| ClientError {
-                        route: route.name.clone(),
-                        message,
-                    })?;
-                    shared.insert(key, client.clone());
-                    client
-                }
-            };
-            by_route.insert(route.name.clone(), client);
-        }
-        Ok(Clients { by_route })
-    }
-
-    pub fn get(&self, route: &str) -> &reqwest::Client {
-        &self.by_route[route]
-    }
-}
-
-fn build_client(route: &Route) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .connect_timeout(route.connect_timeout)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .tcp_nodelay(true);
-    if let Some(path) = &route.ca_file {
-        let pem = std::fs::read(path).map_err(|e| format!("cannot read ca-file `{}`: {e}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|_| format!("ca-file `{}` holds no PEM certificate", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!("ca-file `{}` holds no PEM certificate", path.display()));
-        }
-        builder = builder.tls_certs_merge(certs);
-    }
-    builder
-        .build()
-        .map_err(|e| format!("cannot build the HTTPS client: {}", error_chain(&e.without_url())))
-}
 
 /// A rendered value template: the secret-bearing text is zeroized when dropped.
 pub fn render_value(template: &ValueTemplate, secret: impl Fn(&str) -> SecretString) -> Zeroizing<String> {
@@ -158,11 +81,10 @@ pub fn build_query(
 
 /// Client headers as they go upstream: hop-by-hop and withheld ones removed, injected ones set.
 pub fn upstream_headers(
-    client: &HeaderMap,
+    mut headers: HeaderMap,
     route: &Route,
     injected: Vec<(http::HeaderName, HeaderValue)>,
 ) -> HeaderMap {
-    let mut headers = client.clone();
     crate::http::headers::strip_hop_by_hop(&mut headers);
     for name in &crate::http::headers::WITHHELD_FROM_UPSTREAM {
         if !route.forward_headers.contains(name) {

@@ -1,0 +1,412 @@
+//! The upstream client: one connection pool per upstream origin, on hyper's own connection API.
+//!
+//! Each route's plan holds the [`Upstream`] of its origin (scheme, host, port and TLS settings),
+//! built once per generation. An `Upstream` keeps idle HTTP/1.1 connections for keep-alive and,
+//! when the upstream offers `h2` by ALPN, one multiplexed HTTP/2 connection. A connection goes
+//! back to the pool when its response body has been read to the end; one that the upstream
+//! closed while idle is noticed before use, and a request that could not be written to it is
+//! sent again on a fresh connection (hyper hands such a request back unsent).
+//!
+//! Redirects are never followed and no environment proxy is used: a secret goes only to the
+//! origin its route names. TLS is rustls with the ring provider, verifying against the OS trust
+//! store (rustls-platform-verifier) plus a route's `ca-file`; sessions are resumed through the
+//! client config shared by every route with the same trust settings.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Once};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+
+use crate::config::Route;
+use crate::http::body::BoxError;
+
+/// The request body type sent upstream.
+pub type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// How long an idle connection may wait in the pool.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle HTTP/1.1 connections kept per upstream; more are closed when they come back.
+const MAX_IDLE: usize = 64;
+
+/// Installs ring as rustls's process-wide crypto provider; must run before any client is built.
+pub fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // An already installed provider (e.g. by an embedding program) is kept.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("route `{route}`: {message}")]
+pub struct ClientError {
+    pub route: String,
+    pub message: String,
+}
+
+/// Why an upstream exchange failed before a response head arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("cannot connect within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error("HTTP handshake failed: {0}")]
+    Handshake(hyper::Error),
+    /// The exchange failed; when the request body failed first, that is the cause.
+    #[error("{0}")]
+    Exchange(hyper::Error),
+}
+
+impl SendError {
+    /// The error and its causes on one line.
+    pub fn chain(&self) -> String {
+        crate::features::inject::error_chain(self)
+    }
+}
+
+/// The upstreams of one generation, shared by the routes that name the same origin with the
+/// same trust settings, and the TLS configs shared by routes with the same trust settings.
+#[derive(Default)]
+pub struct Upstreams {
+    by_key: HashMap<(String, Option<PathBuf>, Duration), Arc<Upstream>>,
+    tls: HashMap<Option<PathBuf>, Arc<rustls::ClientConfig>>,
+}
+
+impl Upstreams {
+    /// The upstream for `route`, built on first use within this generation.
+    pub fn for_route(&mut self, route: &Route) -> Result<Arc<Upstream>, ClientError> {
+        let error = |message: String| ClientError {
+            route: route.name.clone(),
+            message,
+        };
+        let base = &route.upstream.base;
+        let https = base.scheme() == "https";
+        let host = base.host_str().unwrap_or_default().to_string();
+        let port = base.port_or_known_default().unwrap_or(if https { 443 } else { 80 });
+        let key = (
+            format!("{}://{host}:{port}", base.scheme()),
+            route.ca_file.clone(),
+            route.connect_timeout,
+        );
+        if let Some(upstream) = self.by_key.get(&key) {
+            return Ok(upstream.clone());
+        }
+        let tls = if https {
+            let config = match self.tls.get(&route.ca_file) {
+                Some(config) => config.clone(),
+                None => {
+                    let config = Arc::new(tls_config(route.ca_file.as_deref()).map_err(error)?);
+                    self.tls.insert(route.ca_file.clone(), config.clone());
+                    config
+                }
+            };
+            let bare = host.trim_start_matches('[').trim_end_matches(']').to_string();
+            let name = ServerName::try_from(bare).map_err(|_| error(format!("`{host}` is not a TLS server name")))?;
+            Some((config, name))
+        } else {
+            None
+        };
+        let default_port = port == if https { 443 } else { 80 };
+        let authority_text = if default_port {
+            host.clone()
+        } else {
+            format!("{host}:{port}")
+        };
+        let authority = Authority::try_from(authority_text.as_str())
+            .map_err(|_| error(format!("`{authority_text}` is not a valid authority")))?;
+        let upstream = Arc::new(Upstream {
+            scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
+            host_header: HeaderValue::from_str(authority.as_str()).map_err(|_| error("bad host".into()))?,
+            authority,
+            connect_host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            port,
+            tls,
+            connect_timeout: route.connect_timeout,
+            pool: Mutex::new(Pool::default()),
+        });
+        self.by_key.insert(key, upstream.clone());
+        Ok(upstream)
+    }
+}
+
+fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    install_crypto_provider();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let extra: Vec<CertificateDer<'static>> = match ca_file {
+        None => Vec::new(),
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| format!("cannot read ca-file `{}`: {e}", path.display()))?;
+            let certs: Vec<CertificateDer<'static>> = rustls::pki_types::pem::PemObject::pem_slice_iter(&pem)
+                .filter_map(Result::ok)
+                .collect();
+            if certs.is_empty() {
+                return Err(format!("ca-file `{}` holds no PEM certificate", path.display()));
+            }
+            certs
+        }
+    };
+    let verifier = if extra.is_empty() {
+        rustls_platform_verifier::Verifier::new(provider.clone())
+    } else {
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
+    }
+    .map_err(|e| format!("cannot load the trust store: {e}"))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot build the TLS config: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// One upstream origin and its pooled connections.
+pub struct Upstream {
+    scheme: Scheme,
+    authority: Authority,
+    host_header: HeaderValue,
+    connect_host: String,
+    port: u16,
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    connect_timeout: Duration,
+    pool: Mutex<Pool>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Upstream({}://{})", self.scheme, self.authority)
+    }
+}
+
+#[derive(Default)]
+struct Pool {
+    idle: Vec<(http1::SendRequest<UpstreamBody>, Instant)>,
+    h2: Option<http2::SendRequest<UpstreamBody>>,
+}
+
+enum Sender {
+    H1(http1::SendRequest<UpstreamBody>),
+    H2(http2::SendRequest<UpstreamBody>),
+}
+
+impl Upstream {
+    /// The upstream's host, for logs.
+    pub fn host(&self) -> &str {
+        self.authority.as_str()
+    }
+
+    /// Sends `request` (its URI holds the path and query only) and returns the response head
+    /// with a body that returns the connection to the pool when read to the end.
+    pub async fn send(
+        self: &Arc<Self>,
+        path_and_query: PathAndQuery,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        // A pooled connection may have been closed by the upstream while idle; a request that
+        // was not written to it goes once more on a fresh connection.
+        let mut fresh_only = false;
+        loop {
+            let (sender, pooled) = match if fresh_only { None } else { self.take_pooled() } {
+                Some(sender) => (sender, true),
+                None => (self.connect().await?, false),
+            };
+            match sender {
+                Sender::H2(mut sender) => {
+                    if let Err(err) = sender.ready().await {
+                        if pooled {
+                            fresh_only = true;
+                            continue;
+                        }
+                        return Err(SendError::Exchange(err));
+                    }
+                    *request.uri_mut() = self.absolute(path_and_query);
+                    request.headers_mut().remove(http::header::HOST);
+                    let response = sender.send_request(request).await.map_err(SendError::Exchange)?;
+                    return Ok(response.map(|body| PooledBody {
+                        inner: body,
+                        back: None,
+                    }));
+                }
+                Sender::H1(mut sender) => {
+                    // A connection just handed back may still be finishing its last response.
+                    if let Err(err) = sender.ready().await {
+                        if pooled {
+                            fresh_only = true;
+                            continue;
+                        }
+                        return Err(SendError::Exchange(err));
+                    }
+                    *request.uri_mut() = Uri::from(path_and_query.clone());
+                    if !request.headers().contains_key(http::header::HOST) {
+                        request
+                            .headers_mut()
+                            .insert(http::header::HOST, self.host_header.clone());
+                    }
+                    match sender.try_send_request(request).await {
+                        Ok(response) => {
+                            let back = Some((self.clone(), sender));
+                            return Ok(response.map(|body| PooledBody { inner: body, back }));
+                        }
+                        Err(mut failed) => match failed.take_message() {
+                            Some(unsent) if pooled => {
+                                request = unsent;
+                                fresh_only = true;
+                            }
+                            _ => return Err(SendError::Exchange(failed.into_error())),
+                        },
+                    }
+                }
+            }
+        }
+    }
+
+    fn absolute(&self, path_and_query: PathAndQuery) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).expect("scheme, authority and path make a URI")
+    }
+
+    /// A pooled connection that is ready now, if any.
+    fn take_pooled(&self) -> Option<Sender> {
+        let mut pool = self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(h2) = &pool.h2 {
+            if !h2.is_closed() {
+                return Some(Sender::H2(h2.clone()));
+            }
+            pool.h2 = None;
+        }
+        // Most recently used first: the one least likely to have been closed by the upstream.
+        while let Some((sender, since)) = pool.idle.pop() {
+            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(Sender::H1(sender));
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, sender: http1::SendRequest<UpstreamBody>) {
+        let mut pool = self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if pool.idle.len() < MAX_IDLE {
+            pool.idle.push((sender, Instant::now()));
+        }
+    }
+
+    async fn connect(&self) -> Result<Sender, SendError> {
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect((self.connect_host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| SendError::ConnectTimeout(self.connect_timeout))?
+        .map_err(SendError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => self.handshake_h1(tcp).await,
+            Some((config, name)) => {
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                let tls = tokio::time::timeout(self.connect_timeout, connector.connect(name.clone(), tcp))
+                    .await
+                    .map_err(|_| SendError::ConnectTimeout(self.connect_timeout))?
+                    .map_err(SendError::Tls)?;
+                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .handshake(TokioIo::new(tls))
+                        .await
+                        .map_err(SendError::Handshake)?;
+                    tokio::spawn(async move {
+                        if let Err(err) = connection.await {
+                            tracing::debug!(error = %err, "upstream HTTP/2 connection ended");
+                        }
+                    });
+                    let mut pool = self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    pool.h2 = Some(sender.clone());
+                    Ok(Sender::H2(sender))
+                } else {
+                    self.handshake_h1(tls).await
+                }
+            }
+        }
+    }
+
+    async fn handshake_h1<T>(&self, io: T) -> Result<Sender, SendError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(SendError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "upstream connection ended");
+            }
+        });
+        Ok(Sender::H1(sender))
+    }
+}
+
+/// A response body that hands its HTTP/1.1 connection back to the pool once read to the end.
+pub struct PooledBody {
+    inner: Incoming,
+    back: Option<(Arc<Upstream>, http1::SendRequest<UpstreamBody>)>,
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some((upstream, sender)) = self.back.take() {
+            upstream.give_back(sender);
+        }
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A body never polled but already complete (HEAD, 204, 304, empty) frees its connection.
+        if self.inner.is_end_stream() {
+            self.release();
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! The per-route plan: everything a route's requests need that depends only on the config,
+//! built once when a generation is built (start and every reload).
+//!
+//! A request that matched carries `&RoutePlan`; nothing on its path looks anything up by route
+//! name or takes a generation-wide lock. The plan holds the validated route, its upstream (with
+//! the connection pool), the precomputed `Allow` header, its metric handles and the slot for its
+//! response scrubber, which is built from the secret values the first request reads and rebuilt
+//! only when a value changes (a new `Arc` in the secret cache).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use http::HeaderValue;
+use secrecy::SecretString;
+
+use crate::config::Route;
+use crate::daemon::metrics::RouteMetrics;
+use crate::features::scrub::Redactor;
+use crate::pipeline::client::{ClientError, Upstream, Upstreams};
+
+/// One route, ready to serve.
+pub struct RoutePlan {
+    pub route: Route,
+    /// The route's name, shared with access records without copying.
+    pub name: Arc<str>,
+    pub upstream: Arc<Upstream>,
+    /// The upstream's host, for the access line.
+    pub upstream_host: Arc<str>,
+    /// The `Allow` header for `405` answers and preflights.
+    pub allow: HeaderValue,
+    pub metrics: Arc<RouteMetrics>,
+    redactor: ArcSwapOption<CachedRedactor>,
+}
+
+/// The identities of the secret values a redactor was built from, and the redactor.
+struct CachedRedactor {
+    identity: Vec<usize>,
+    redactor: Option<Arc<Redactor>>,
+}
+
+impl std::fmt::Debug for RoutePlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoutePlan")
+            .field("route", &self.route.name)
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RoutePlan {
+    pub fn build(route: &Route, upstreams: &mut Upstreams) -> Result<RoutePlan, ClientError> {
+        let upstream = upstreams.for_route(route)?;
+        let allow = HeaderValue::from_str(&crate::pipeline::routes::allow_header(route))
+            .unwrap_or_else(|_| HeaderValue::from_static("GET"));
+        Ok(RoutePlan {
+            name: Arc::from(route.name.as_str()),
+            upstream_host: Arc::from(upstream.host()),
+            upstream,
+            allow,
+            metrics: Arc::new(RouteMetrics::new(&route.name)),
+            redactor: ArcSwapOption::empty(),
+            route: route.clone(),
+        })
+    }
+
+    /// The route's scrubber for these secret values (`None` when it injects none); built on the
+    /// first request and again only when a value changed.
+    pub fn redactor(&self, values: &[Arc<SecretString>]) -> Option<Arc<Redactor>> {
+        let same = |cached: &CachedRedactor| {
+            cached.identity.len() == values.len()
+                && cached
+                    .identity
+                    .iter()
+                    .zip(values)
+                    .all(|(known, value)| *known == Arc::as_ptr(value) as usize)
+        };
+        if let Some(cached) = &*self.redactor.load()
+            && same(cached)
+        {
+            return cached.redactor.clone();
+        }
+        let names: Vec<&String> = self.route.secrets.iter().collect();
+        let redactor = Redactor::for_route(&self.route, |name| {
+            let index = names
+                .iter()
+                .position(|n| *n == name)
+                .expect("route.secrets lists every used secret");
+            SecretString::clone(&values[index])
+        })
+        .map(Arc::new);
+        self.redactor.store(Some(Arc::new(CachedRedactor {
+            identity: values.iter().map(|value| Arc::as_ptr(value) as usize).collect(),
+            redactor: redactor.clone(),
+        })));
+        redactor
+    }
+}
