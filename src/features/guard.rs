@@ -59,10 +59,7 @@ pub fn admit_route(route: &Route, headers: &HeaderMap) -> Result<(), ProxyError>
         && !allowed.iter().any(|a| a.as_bytes() == origin.as_bytes())
         && !same_origin(headers, origin)
     {
-        return Err(forbidden(
-            "origin_not_allowed",
-            "this page's origin may not call this route",
-        ));
+        return Err(origin_refused(origin, allowed, &format!("[routes.{}]", route.name)));
     }
     Ok(())
 }
@@ -94,11 +91,65 @@ fn forbidden(code: &'static str, reason: &str) -> ProxyError {
     }
 }
 
+/// A refusal that names the refused value and the config line that would allow it.
+fn forbidden_with(code: &'static str, reason: String, hint: String) -> ProxyError {
+    ProxyError::Forbidden {
+        code,
+        reason,
+        hint: Some(hint),
+    }
+}
+
+/// A client-sent value as it may be quoted back: printable and bounded.
+fn quoted(value: &[u8]) -> String {
+    let text: String = String::from_utf8_lossy(value)
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(120)
+        .collect();
+    text
+}
+
+/// The same origin with `localhost` and `127.0.0.1` swapped, if it names one of them: browsers
+/// treat the two as different origins, a common reason for a refused page.
+fn loopback_twin(origin: &str) -> Option<String> {
+    if origin.contains("://localhost") {
+        Some(origin.replacen("://localhost", "://127.0.0.1", 1))
+    } else if origin.contains("://127.0.0.1") {
+        Some(origin.replacen("://127.0.0.1", "://localhost", 1))
+    } else {
+        None
+    }
+}
+
+/// The refusal of a page whose origin is not in `list`, with the line that would allow it.
+fn origin_refused(origin: &HeaderValue, list: &[String], table: &str) -> ProxyError {
+    let origin = quoted(origin.as_bytes());
+    let mut hint = format!("to allow this page, add it under {table}: allowed-origins = [\"{origin}\"]");
+    if let Some(twin) = loopback_twin(&origin)
+        && list.contains(&twin)
+    {
+        hint.push_str(&format!(
+            " (`{twin}` is listed, but browsers treat localhost and 127.0.0.1 as different origins)"
+        ));
+    }
+    forbidden_with(
+        "origin_not_allowed",
+        format!("the page's origin `{origin}` is not in {table} allowed-origins"),
+        hint,
+    )
+}
+
 fn check_host(access: &Access, headers: &HeaderMap, local: Option<SocketAddr>) -> Result<(), ProxyError> {
     let refused = || {
-        forbidden(
+        let host = headers.get(header::HOST).map(|h| quoted(h.as_bytes())).unwrap_or_default();
+        let name = split_host(&host).map_or(host.as_str(), |(name, _)| name);
+        forbidden_with(
             "host_not_allowed",
-            "the Host header names a host this proxy does not serve",
+            format!("the Host header `{host}` names a host this proxy does not serve"),
+            format!(
+                "if this proxy should answer to that name (behind a reverse proxy or on a LAN), add under [server]: allowed-hosts = [\"{name}\"]"
+            ),
         )
     };
     let mut hosts = headers.get_all(header::HOST).iter();
@@ -146,10 +197,7 @@ fn check_caller(access: &Access, headers: &HeaderMap) -> Result<(), ProxyError> 
             return if origin_allowed(access, None, origin) || same_origin(headers, origin) {
                 Ok(())
             } else {
-                Err(forbidden(
-                    "origin_not_allowed",
-                    "this page's origin is not in `[server] allowed-origins`",
-                ))
+                Err(origin_refused(origin, &access.allowed_origins, "[server]"))
             };
         }
         (Some(_), Some(_)) => return Err(forbidden("origin_not_allowed", "more than one Origin header")),
@@ -162,9 +210,10 @@ fn check_caller(access: &Access, headers: &HeaderMap) -> Result<(), ProxyError> 
         )),
         Some(_) => Ok(()),
         None if access.allow_non_browser => Ok(()),
-        None => Err(forbidden(
+        None => Err(forbidden_with(
             "non_browser",
-            "requests without browser metadata are turned off (`[server] allow-non-browser = false`)",
+            "requests without browser metadata are turned off (`[server] allow-non-browser = false`)".into(),
+            "to let scripts and SDKs call, set under [server]: allow-non-browser = true (with a client-token to limit who may)".into(),
         )),
     }
 }

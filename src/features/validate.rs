@@ -313,8 +313,9 @@ impl RequestRules {
             return Ok(bytes);
         }
         // Parsing and checking a large body is CPU work: keep it off the async workers.
+        let large = is_large(bytes.len());
         let check = move || schema_reasons(&schema, &bytes).map(|()| bytes);
-        let checked = if buffer_is_large(self.schema_limit) {
+        let checked = if large {
             tokio::task::spawn_blocking(check)
                 .await
                 .unwrap_or_else(|_| Err(Refusal::bad("the request body could not be checked", Vec::new())))
@@ -325,9 +326,9 @@ impl RequestRules {
     }
 }
 
-/// Bodies allowed to be this large are checked on the blocking pool.
-fn buffer_is_large(limit: u64) -> bool {
-    limit > 64 * 1024
+/// Bodies this large are checked on the blocking pool.
+fn is_large(length: usize) -> bool {
+    length > 64 * 1024
 }
 
 /// Parses `bytes` as JSON and checks it against `schema`.

@@ -16,5 +16,7 @@ mod harness;
 mod keyring;
 mod proxy;
 mod redteam;
+mod redteam_limits;
+mod refusals;
 mod reload;
 mod service;
