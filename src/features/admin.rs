@@ -5,16 +5,19 @@
 //! route matching, so it is never forwarded, whatever routes exist (config validation also
 //! refuses routes under the prefix). Only loopback peers are answered — judged by the TCP peer
 //! address of the connection, never by a header a client can write — because health and metrics
-//! describe the daemon (route and secret names) to whoever asks. Nothing here reads a secret
+//! describe the daemon (route and secret names) to whoever asks. A request that carries a
+//! reverse proxy's forwarding header (`Forwarded`, `X-Forwarded-For`, `Via`, ...) is refused too:
+//! behind Caddy or nginx every peer is loopback, and the endpoints must stay private. Nothing here reads a secret
 //! value: health reports only names of missing secrets.
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::{HeaderValue, Method, Response, StatusCode, header};
+use http::{HeaderValue, Method, Response, header};
 use serde_json::json;
 
 use crate::daemon::metrics::Metrics;
 use crate::http::body::{ProxyBody, empty, full};
+use crate::http::error::ProxyError;
 use crate::pipeline::generation::Generation;
 
 /// Every path starting with this belongs to the proxy itself.
@@ -38,40 +41,32 @@ pub fn is_loopback_peer(peer: SocketAddr) -> bool {
     }
 }
 
-/// Answers a request under [`PREFIX`]. Returns the response and, for the access log, an error
-/// code when it was refused.
+/// Headers a reverse proxy adds: a request carrying one came through a front proxy, so its
+/// loopback peer address says nothing about the real client.
+const FORWARDING: [&str; 5] = ["forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip", "via"];
+
+/// Answers a request under [`PREFIX`], or says why not.
 pub fn answer(
     method: &Method,
     path: &str,
+    headers: &http::HeaderMap,
     peer: SocketAddr,
     generation: &Generation,
     metrics: &Metrics,
-) -> (Response<ProxyBody>, Option<&'static str>) {
-    if !is_loopback_peer(peer) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "the /_secretproxy endpoints answer loopback clients only",
-        );
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let forwarded = FORWARDING.iter().any(|name| headers.contains_key(*name));
+    if !is_loopback_peer(peer) || forwarded {
+        return Err(ProxyError::AdminNotLocal { forwarded });
     }
     let endpoint = path.strip_prefix(PREFIX).unwrap_or_default();
     if !matches!(endpoint, "/health" | "/metrics") {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            "no_endpoint",
-            "unknown endpoint; the proxy serves /_secretproxy/health and /_secretproxy/metrics",
-        );
+        return Err(ProxyError::NoEndpoint);
     }
     if method != Method::GET && method != Method::HEAD {
-        let (mut response, code) = refuse(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "the /_secretproxy endpoints take GET and HEAD",
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return (response, code);
+        return Err(ProxyError::MethodNotAllowed {
+            route: PREFIX.to_string(),
+            allow: "GET, HEAD".to_string(),
+        });
     }
     let (content_type, text) = if endpoint == "/health" {
         ("application/json", health(generation, metrics).to_string())
@@ -82,7 +77,7 @@ pub fn answer(
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    (response, None)
+    Ok(response)
 }
 
 /// The health document: always `200`; `status` is `degraded` while a secret is missing.
@@ -95,16 +90,6 @@ pub fn health(generation: &Generation, metrics: &Metrics) -> serde_json::Value {
         "uptime_seconds": metrics.uptime().as_secs(),
         "config_generation": generation.number,
     })
-}
-
-fn refuse(status: StatusCode, code: &'static str, message: &str) -> (Response<ProxyBody>, Option<&'static str>) {
-    let body = json!({ "error": message, "code": code }).to_string();
-    let mut response = Response::new(full(body));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    (response, Some(code))
 }
 
 #[cfg(test)]

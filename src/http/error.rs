@@ -103,6 +103,11 @@ pub enum ProxyError {
     /// `Transfer-Encoding`): it could be a truncated or smuggled response.
     #[error("the upstream's answer has ambiguous framing")]
     UpstreamFraming,
+    /// The proxy's own endpoints answer loopback clients only, never through a front proxy.
+    #[error("{}", if *forwarded { "the /_secretproxy endpoints do not answer requests forwarded by a reverse proxy" } else { "the /_secretproxy endpoints answer loopback clients only" })]
+    AdminNotLocal { forwarded: bool },
+    #[error("unknown endpoint; the proxy serves /_secretproxy/health and /_secretproxy/metrics")]
+    NoEndpoint,
     /// The route's transform failed or passed a bound.
     #[error("{message}")]
     Transform { code: &'static str, message: String },
@@ -162,6 +167,8 @@ impl ProxyError {
             ProxyError::Unscrubbable => (StatusCode::BAD_GATEWAY, "upstream_unscrubbable", Upstream, false),
             ProxyError::UpstreamFraming => (StatusCode::BAD_GATEWAY, "upstream_framing", Upstream, false),
             ProxyError::Transform { code, .. } => (StatusCode::BAD_GATEWAY, *code, Upstream, false),
+            ProxyError::AdminNotLocal { .. } => (StatusCode::FORBIDDEN, "forbidden", Client, false),
+            ProxyError::NoEndpoint => (StatusCode::NOT_FOUND, "no_endpoint", Client, false),
         };
         Spec {
             status,

@@ -169,9 +169,7 @@ async fn dispatch(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     guard::admit(generation, parts).await?;
     if admin::is_reserved(parts.uri.path()) {
-        let (response, error) = admin::answer(&parts.method, parts.uri.path(), peer, generation, metrics);
-        context.error = error;
-        return Ok(response);
+        return admin::answer(&parts.method, parts.uri.path(), &parts.headers, peer, generation, metrics);
     }
     if cors::is_preflight(parts) {
         let (response, route) = cors::preflight(generation, parts);

@@ -197,6 +197,41 @@ async fn reserved_paths_are_never_forwarded() {
     proxy.shutdown().await;
 }
 
+/// Behind a front proxy (Caddy, nginx) every peer is loopback: a request carrying a forwarding
+/// header is refused on the reserved paths, while ordinary routes still answer it.
+#[tokio::test]
+async fn reserved_paths_refuse_requests_forwarded_by_a_reverse_proxy() {
+    let upstream = Upstream::echo().await;
+    let proxy = TestProxy::builder()
+        .secret("key", SECRET)
+        .toml(&format!(
+            "[routes.all]\npath = \"/api/{{*rest}}\"\nupstream = \"{}/{{rest}}\"\nauth = {{ bearer = \"key\" }}\n",
+            upstream.url()
+        ))
+        .start()
+        .await;
+    let http = client();
+    for (name, value) in [
+        ("x-forwarded-for", "203.0.113.9"),
+        ("forwarded", "for=203.0.113.9;proto=https"),
+        ("x-real-ip", "203.0.113.9"),
+        ("via", "1.1 caddy"),
+        ("x-forwarded-host", "site.example"),
+    ] {
+        for path in ["/_secretproxy/health", "/_secretproxy/metrics"] {
+            let response = http.get(proxy.url(path)).header(name, value).send().await.unwrap();
+            assert_eq!(response.status(), 403, "{name} {path}");
+            let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+            assert_eq!(body["code"], "forbidden");
+            assert!(body["error"].as_str().unwrap().contains("reverse proxy"), "{body}");
+        }
+        let routed = http.get(proxy.url("/api/x")).header(name, value).send().await.unwrap();
+        assert_eq!(routed.status(), 200, "{name}: ordinary routes still answer");
+    }
+    assert_eq!(http.get(proxy.url("/_secretproxy/health")).send().await.unwrap().status(), 200);
+    proxy.shutdown().await;
+}
+
 /// A network namespace joined to this one by a veth pair: `host` on our side, `inner` inside.
 /// Deleting the namespace removes both ends of the link.
 struct Netns {
