@@ -29,20 +29,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         return Err(config::ConfigError::Listen(message).into());
     }
 
-    // One worker: a current-thread runtime (no work stealing, no cross-thread wake-ups); more:
-    // tokio's multi-thread scheduler (default: one worker per core).
+    // One worker: a current-thread runtime (no work stealing, no cross-thread wake-ups), also
+    // when the process may only use one CPU (taskset, a cgroup quota); more: tokio's
+    // multi-thread scheduler with one worker per usable core.
     let threads = std::env::var("SECRETPROXY_WORKER_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0);
-    let mut runtime = match threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(threads) => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(threads);
-            builder
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let mut runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
     };
     let runtime = runtime.enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(serve(config, Arc::new(SystemStore), path, file_listen))

@@ -125,6 +125,9 @@ fn allowed_request_headers(route: &Route, request: &HeaderMap, token: bool) -> V
 
 /// Drops the upstream's CORS headers: only the proxy decides who may read a response.
 pub fn strip_upstream(headers: &mut HeaderMap) {
+    if !headers.keys().any(|name| name.as_str().starts_with("access-control-")) {
+        return;
+    }
     let upstream: Vec<HeaderName> = headers
         .keys()
         .filter(|name| name.as_str().starts_with("access-control-"))

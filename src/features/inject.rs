@@ -4,6 +4,8 @@
 //!
 //! Rendered text that holds a secret lives in `Zeroizing` buffers and sensitive header values.
 
+use std::sync::Arc;
+
 use base64::Engine;
 use http::{HeaderMap, HeaderValue};
 use percent_encoding::percent_decode_str;
@@ -13,9 +15,19 @@ use zeroize::Zeroizing;
 use crate::config::Route;
 use crate::config::template::{ValuePart, ValueTemplate};
 
-/// A rendered value template: the secret-bearing text is zeroized when dropped.
-pub fn render_value(template: &ValueTemplate, secret: impl Fn(&str) -> SecretString) -> Zeroizing<String> {
-    let mut text = Zeroizing::new(String::new());
+/// A rendered value template: the secret-bearing text is zeroized when dropped. The buffer is
+/// sized up front so it never reallocates (which would leave an unzeroized copy behind).
+pub fn render_value(template: &ValueTemplate, secret: impl Fn(&str) -> Arc<SecretString>) -> Zeroizing<String> {
+    let size: usize = template
+        .parts
+        .iter()
+        .map(|part| match part {
+            ValuePart::Literal(literal) => literal.len(),
+            ValuePart::Secret(name) => secret(name).expose_secret().len(),
+            ValuePart::Basic { username, secret: name } => (username.len() + secret(name).expose_secret().len()) * 4 / 3 + 8,
+        })
+        .sum();
+    let mut text = Zeroizing::new(String::with_capacity(size));
     for part in &template.parts {
         match part {
             ValuePart::Literal(literal) => text.push_str(literal),
@@ -137,7 +149,7 @@ mod tests {
                 },
             ],
         };
-        let text = render_value(&template, |_| SecretString::from("pass".to_string()));
+        let text = render_value(&template, |_| Arc::new(SecretString::from("pass".to_string())));
         assert_eq!(text.as_str(), "Basic bWU6cGFzcw==");
     }
 }

@@ -70,7 +70,7 @@ impl Proxy {
     }
 
     /// Answers one client request from `peer`. Never fails: errors become JSON responses.
-    #[instrument(skip_all, name = "request")]
+    #[instrument(skip_all, name = "request", level = "debug")]
     pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Logged> {
         let started = Instant::now();
         let in_flight = self.live.metrics().request_started();
@@ -276,13 +276,13 @@ async fn forward(
             }
         }
     }
-    let secret = |name: &str| -> SecretString {
+    let secret = |name: &str| -> Arc<SecretString> {
         let index = route
             .secrets
             .iter()
             .position(|n| n == name)
             .expect("route.secrets lists every used secret");
-        SecretString::clone(&values[index])
+        values[index].clone()
     };
 
     // Inject: the request target and headers as the upstream gets them.
