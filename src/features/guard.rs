@@ -142,7 +142,10 @@ fn origin_refused(origin: &HeaderValue, list: &[String], table: &str) -> ProxyEr
 
 fn check_host(access: &Access, headers: &HeaderMap, local: Option<SocketAddr>) -> Result<(), ProxyError> {
     let refused = || {
-        let host = headers.get(header::HOST).map(|h| quoted(h.as_bytes())).unwrap_or_default();
+        let host = headers
+            .get(header::HOST)
+            .map(|h| quoted(h.as_bytes()))
+            .unwrap_or_default();
         let name = split_host(&host).map_or(host.as_str(), |(name, _)| name);
         forbidden_with(
             "host_not_allowed",

@@ -24,7 +24,9 @@ pub fn render_value(template: &ValueTemplate, secret: impl Fn(&str) -> Arc<Secre
         .map(|part| match part {
             ValuePart::Literal(literal) => literal.len(),
             ValuePart::Secret(name) => secret(name).expose_secret().len(),
-            ValuePart::Basic { username, secret: name } => (username.len() + secret(name).expose_secret().len()) * 4 / 3 + 8,
+            ValuePart::Basic { username, secret: name } => {
+                (username.len() + secret(name).expose_secret().len()) * 4 / 3 + 8
+            }
         })
         .sum();
     let mut text = Zeroizing::new(String::with_capacity(size));

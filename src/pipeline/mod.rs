@@ -169,7 +169,14 @@ async fn dispatch(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     guard::admit(generation, parts).await?;
     if admin::is_reserved(parts.uri.path()) {
-        return admin::answer(&parts.method, parts.uri.path(), &parts.headers, peer, generation, metrics);
+        return admin::answer(
+            &parts.method,
+            parts.uri.path(),
+            &parts.headers,
+            peer,
+            generation,
+            metrics,
+        );
     }
     if cors::is_preflight(parts) {
         let (response, route) = cors::preflight(generation, parts);
@@ -345,14 +352,20 @@ async fn forward(
     let mut outbound = Request::new(body.into_upstream(bytes_in.clone(), route.max_body, &overrun, upload.clone()));
     *outbound.method_mut() = parts.method.clone();
     *outbound.headers_mut() = headers;
-    tracing::debug!(
-        route = %route.name,
-        method = %parts.method,
-        upstream = %plan.upstream_host,
-        path = path_and_query.path(),
-        headers = ?HeaderNames(outbound.headers()),
-        "sending upstream (injected values not shown)"
-    );
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let query = context.query.as_deref().or(path_and_query.query());
+        tracing::debug!(
+            route = %route.name,
+            "sending upstream: {} {}://{}{}{}{} headers: {}",
+            parts.method,
+            route.upstream.base.scheme(),
+            plan.upstream_host,
+            path_and_query.path(),
+            if query.is_some() { "?" } else { "" },
+            query.unwrap_or(""),
+            Outbound { headers: outbound.headers(), route }
+        );
+    }
     let sent_at = Instant::now();
     let timeout = route.response_timeout;
     let exchange = plan.upstream.send(path_and_query, outbound);
@@ -436,14 +449,30 @@ fn check_framing(headers: &http::HeaderMap) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Header names only, for debug logs: values may hold injected secrets.
-struct HeaderNames<'a>(&'a http::HeaderMap);
+/// The outbound headers for the debug log: injected values shown as their template (`Bearer
+/// ${openai}`), credentials and other sensitive values as `****`, the rest as sent.
+struct Outbound<'a> {
+    headers: &'a http::HeaderMap,
+    route: &'a crate::config::Route,
+}
 
-impl std::fmt::Debug for HeaderNames<'_> {
+impl std::fmt::Display for Outbound<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.0.keys().map(http::HeaderName::as_str))
-            .finish()
+        for (index, (name, value)) in self.headers.iter().enumerate() {
+            if index > 0 {
+                f.write_str("; ")?;
+            }
+            if let Some((_, template)) = self.route.headers.iter().find(|(n, _)| n == name) {
+                write!(f, "{name}: {} (injected)", template.describe())?;
+            } else if value.is_sensitive()
+                || matches!(name.as_str(), "authorization" | "cookie" | "proxy-authorization")
+            {
+                write!(f, "{name}: ****")?;
+            } else {
+                write!(f, "{name}: {}", String::from_utf8_lossy(value.as_bytes()))?;
+            }
+        }
+        Ok(())
     }
 }
 

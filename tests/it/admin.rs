@@ -228,7 +228,14 @@ async fn reserved_paths_refuse_requests_forwarded_by_a_reverse_proxy() {
         let routed = http.get(proxy.url("/api/x")).header(name, value).send().await.unwrap();
         assert_eq!(routed.status(), 200, "{name}: ordinary routes still answer");
     }
-    assert_eq!(http.get(proxy.url("/_secretproxy/health")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(proxy.url("/_secretproxy/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     proxy.shutdown().await;
 }
 

@@ -57,10 +57,7 @@ async fn max_body_holds_for_chunked_bodies_on_every_path() {
     let upstream = Upstream::echo().await;
     for (case, extra) in [
         ("streaming", "max-body = \"1KiB\""),
-        (
-            "schema",
-            "max-body = \"1KiB\"\nrequest.schema = { type = \"object\" }",
-        ),
+        ("schema", "max-body = \"1KiB\"\nrequest.schema = { type = \"object\" }"),
     ] {
         let proxy = proxy_for(&upstream.url(), extra).await;
         // Valid JSON of 8 KiB, sent chunked (no Content-Length) in 512-byte pieces.

@@ -35,7 +35,10 @@ async fn refusals_name_the_value_and_the_fix() {
     assert_eq!(response.status(), 403);
     let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
     assert_eq!(body["code"], "origin_not_allowed");
-    assert!(body["error"].as_str().unwrap().contains("`http://127.0.0.1:5173`"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("`http://127.0.0.1:5173`"),
+        "{body}"
+    );
     let hint = body["hint"].as_str().unwrap();
     assert!(hint.contains("allowed-origins = [\"http://127.0.0.1:5173\"]"), "{hint}");
     assert!(hint.contains("localhost and 127.0.0.1"), "{hint}");
@@ -145,7 +148,45 @@ async fn the_default_log_is_one_readable_line_per_request() {
         .lines()
         .find(|l| l.contains("GET /nowhere"))
         .unwrap_or_else(|| panic!("no access line for the 404:\n{logs}"));
-    assert!(refused.contains(" WARN ") && refused.contains("404 error=no_route"), "{refused}");
+    assert!(
+        refused.contains(" WARN ") && refused.contains("404 error=no_route"),
+        "{refused}"
+    );
     assert!(line.len() < 160, "access line too long: {line}");
     assert_no_secret(&logs, &[SECRET], "daemon logs");
+}
+
+/// `RUST_LOG=secretproxy=debug` shows each outbound request as `route test` would: method, URL
+/// and headers, injected values as their template and never as values.
+#[tokio::test]
+async fn debug_logging_shows_the_outbound_request_masked() {
+    let upstream = Upstream::start(|_| async { text(200, "ok") }).await;
+    let config = format!(
+        "[secrets.k]\nenv = \"REFUSAL_SECRET\"\n\
+         [routes.weather]\npath = \"/api/weather\"\nupstream = \"{}/data\"\nquery = {{ appid = \"${{k}}\" }}\n\
+         headers = {{ X-Api-Key = \"key ${{k}}\" }}\n",
+        upstream.url()
+    );
+    let daemon = Daemon::start(
+        &config,
+        &[("REFUSAL_SECRET", SECRET), ("RUST_LOG", "secretproxy=debug")],
+    );
+    let response = client()
+        .get(daemon.url("/api/weather?city=Oslo"))
+        .header("x-trace", "abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let logs = daemon.wait_for_log("sending upstream", 1, Duration::from_secs(10));
+    let line = logs.lines().find(|l| l.contains("sending upstream")).unwrap();
+    let host = upstream.url().trim_start_matches("http://").to_string();
+    assert!(
+        line.contains(&format!("GET http://{host}/data?city=Oslo&appid=[REDACTED]")),
+        "{line}"
+    );
+    assert!(line.contains("x-api-key: key ${k} (injected)"), "{line}");
+    assert!(line.contains("x-trace: abc"), "{line}");
+    let (_, logs) = daemon.terminate();
+    assert_no_secret(&logs, &[SECRET], "debug logs");
 }
