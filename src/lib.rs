@@ -1,30 +1,28 @@
 //! secretproxy: a local daemon that keeps API keys out of frontends.
 //!
-//! A request flows through the crate like this:
+//! The crate is laid out by what depends on what (arrows point one way):
 //!
-//! 1. [`server`] accepts a connection (hyper, HTTP/1.1, with header size/time and connection
-//!    limits), follows its raw request framing ([`framing`]) and hands each request to [`proxy`].
-//! 2. [`proxy`] takes the current [`generation::Generation`] — the validated [`config`], its
-//!    [`routes::RouteTable`], its [`secrets::SecretCache`] and HTTPS clients —, runs the request
-//!    guard (path, `Host`, `Origin`, `Sec-Fetch-Site`, client token; [`proxy::guard`]), answers
-//!    CORS preflights itself ([`proxy::cors`]), and matches the path and method.
-//! 3. The route's secrets come from the cache (OS keyring, environment or file, see
-//!    [`secrets`]); the upstream URL, query and headers are built with the secrets injected.
-//! 4. The request streams to the upstream (reqwest + rustls) within the route's body limit; the
-//!    response streams back with hop-by-hop, cookie and upstream CORS headers removed and echoed
-//!    secrets redacted ([`proxy::scrub`]); an access line is logged when it ends.
+//! - [`daemon`]: the process — accept loop and framing sniffer ([`daemon::server`],
+//!   [`daemon::framing`]), live reload ([`daemon::reload`]), systemd ([`daemon::notify`]),
+//!   shutdown, logging setup and metrics.
+//! - [`pipeline`]: the request path. [`pipeline::Proxy::handle`] runs every request through one
+//!   fixed order of phases — dispatch (guard, admin, preflight, webhook, route, static site) →
+//!   route guard → validate → limit → secrets → inject → send → scrub → transform → response
+//!   headers → CORS → access log — against the current [`pipeline::generation::Generation`], whose
+//!   [`pipeline::plan::RoutePlan`]s (one per route: upstream pool, metric handles, scrubber
+//!   slot) are built when the config is loaded. [`pipeline::client`] is the upstream client
+//!   (hyper, pooled per origin, rustls), [`pipeline::access`] the buffered access log.
+//! - [`features`]: one module per feature, each a layer the pipeline calls in its phase: guard,
+//!   path, cors, validate, ratelimit, limit (body size), inject, scrub, transform (+ jq), admin,
+//!   webhooks, static site.
+//! - [`http`]: leaf plumbing — body types, the one error type [`http::error::ProxyError`] with
+//!   its code table, header lists.
+//! - [`config`] (raw serde types → validated `Config`, `toml_edit` edits) and [`secrets`]
+//!   (keyring, env, file, systemd credentials; a cache of `SecretString`s).
+//! - [`cli`] holds the command-line types, [`commands`] one module per subcommand.
 //!
-//! Paths under `/_secretproxy` never reach step 2: [`admin`] answers them (health, [`metrics`])
-//! to loopback clients only. A `[webhooks.NAME]` path is answered by [`webhooks`] (signature
-//! verified, then forwarded to a loopback target), and a `GET`/`HEAD` that no route matches by
-//! [`static_site`] when `static-dir` is set. Under systemd, [`notify`] reports readiness, reloads
-//! and shutdown. A running daemon swaps in a new generation when its config file changes or on
-//! SIGHUP ([`reload`]); SIGTERM/SIGINT drain in-flight requests before exit ([`shutdown`],
-//! [`server`]).
-//!
-//! [`cli`] holds the command-line types, [`commands`] one module per subcommand, and
-//! [`telemetry`] the logging setup. Secret values only ever live in `SecretString`s and
-//! sensitive header values; no error, log line or `Debug` output carries one.
+//! Secret values only ever live in `SecretString`s and sensitive header values; no error, log
+//! line or `Debug` output carries one.
 
 pub mod cli;
 pub mod commands;
