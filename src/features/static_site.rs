@@ -170,15 +170,26 @@ impl Site {
             Err(_) => return ResolveResult::NotFound,
         };
         match result {
-            ResolveResult::Found(file) if !self.contains(&file.path) => ResolveResult::NotFound,
+            ResolveResult::Found(file) => {
+                if self.contains(&file.path).await {
+                    ResolveResult::Found(file)
+                } else {
+                    ResolveResult::NotFound
+                }
+            }
             ResolveResult::PermissionDenied => ResolveResult::NotFound,
             other => other,
         }
     }
 
-    /// True when `relative` (inside the directory) really lies inside it after symlinks.
-    fn contains(&self, relative: &Path) -> bool {
-        std::fs::canonicalize(self.config.dir.join(relative)).is_ok_and(|real| real.starts_with(&self.config.dir))
+    /// True when `relative` (inside the directory) really lies inside it after symlinks. The
+    /// file system walk runs on the blocking pool, never on an async worker.
+    async fn contains(&self, relative: &Path) -> bool {
+        let full = self.config.dir.join(relative);
+        let dir = self.config.dir.clone();
+        tokio::task::spawn_blocking(move || std::fs::canonicalize(full).is_ok_and(|real| real.starts_with(&dir)))
+            .await
+            .unwrap_or(false)
     }
 }
 
