@@ -4,6 +4,7 @@
 #   bench/run.sh              throughput + latency (wrk), interleaved rounds, Markdown tables
 #   bench/run.sh --quick      short smoke run of the same (every target once, a few seconds each)
 #   bench/run.sh --allocs     also count heap allocations per request (valgrind dhat; slow-ish)
+#   bench/run.sh --allocs-only  only that count, no wrk runs
 #   bench/run.sh --upload     peak RSS of each proxy while a 1 GiB body streams through it
 #   bench/run.sh --no-logged  skip the targets with access logging on
 #   bench/run.sh --no-tls     skip the targets with a TLS upstream
@@ -55,6 +56,7 @@ for arg in "$@"; do
     --quick) QUICK=1 ;;
     --upload) MODE=upload ;;
     --allocs) ALLOCS=1 ;;
+    --allocs-only) ALLOCS=1 MODE=allocs_only ;;
     --nginx-only) NGINX_ONLY=1 ;;
     --no-logged) BENCH_LOGGED=0 ;;
     --no-tls) BENCH_TLS=0 ;;
@@ -133,6 +135,9 @@ missing_packages() { # -> Debian packages for the tools this run needs and does 
     IFS=: read -r tool pkg path <<<"$n"
     [[ -n $(find_tool "$tool" "$path") ]] || echo "$pkg"
   done
+  # secretproxy loads the OS trust store at start (and does not start without one); a minimal
+  # Debian has none until ca-certificates is installed
+  [[ $NGINX_ONLY == 1 || ! -f /etc/debian_version || -s /etc/ssl/certs/ca-certificates.crt ]] || echo ca-certificates
 }
 ensure_tools() {
   local -a pkgs
@@ -161,9 +166,11 @@ ensure_tools() {
   for t in taskset awk getconf; do command -v "$t" >/dev/null || die "$t is needed"; done
 }
 
+SP_GIVEN=1
 ensure_secretproxy() {
   [[ $NGINX_ONLY == 1 ]] && return
   if [[ -z ${SECRETPROXY_BIN:-} ]]; then
+    SP_GIVEN=0
     log "building secretproxy (cargo build --release)"
     (cd "$REPO" && cargo build --release --quiet --bin secretproxy) >&2
     local target=${CARGO_TARGET_DIR:-$REPO/target}
@@ -239,7 +246,7 @@ stop() { # name: SIGTERM, wait up to 60 s for the exit, then SIGKILL
 children() { # pid -> its child processes (nginx workers), from /proc (no procps needed)
   local f s
   for f in /proc/[0-9]*/stat; do
-    s=$(<"$f") 2>/dev/null || continue
+    read -r s 2>/dev/null <"$f" || continue   # the process may be gone by now
     s=${s##*) }
     set -- $s
     [[ $2 == "$PARENT" ]] && { f=${f#/proc/}; echo "${f%/stat}"; }
@@ -559,11 +566,15 @@ machine_info() {
   echo "- nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'); wrk: $("$WRK" -v 2>&1 | head -n1 | awk '{print $2}')$( ((TLS == 1)) && echo "; $(openssl version | awk '{print $1, $2}')")"
   if [[ $NGINX_ONLY == 0 ]]; then
     sp_ver=$("$SECRETPROXY_BIN" --version 2>/dev/null | head -n1) || sp_ver="(no --version)"
-    head="none yet"
+    head="(not a git checkout)"
     if command -v git >/dev/null && head=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null); then
       git -C "$REPO" diff --quiet HEAD -- src Cargo.toml 2>/dev/null || head+=" + local changes"
     fi
-    echo "- secretproxy: $sp_ver ($SECRETPROXY_BIN), repo HEAD $head, $(rustc --version 2>/dev/null || echo 'rustc ?')"
+    if [[ $SP_GIVEN == 1 ]]; then
+      echo "- secretproxy: $sp_ver ($SECRETPROXY_BIN, given by SECRETPROXY_BIN; this script's repo is at $head)"
+    else
+      echo "- secretproxy: $sp_ver ($SECRETPROXY_BIN), built from repo HEAD $head, $(rustc --version 2>/dev/null || echo 'rustc ?')"
+    fi
   fi
   echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 }
@@ -583,10 +594,21 @@ suffix() { # upstream(http|tls) log(off|on) -> the target name's suffix: "", -tl
   echo "$s"
 }
 
-add_target() { # name label base
+label_of() { # target name -> the label in the tables
+  case $1 in
+    direct) echo "direct to upstream (no proxy)" ;;
+    direct-tls) echo "direct to TLS upstream (no proxy)" ;;
+    nginx*-log) echo "nginx, access_log on$([[ -n $NGINX_LOG_BUFFER ]] && echo " (buffer=$NGINX_LOG_BUFFER)" || true)" ;;
+    nginx*) echo "nginx, access_log off" ;;
+    secretproxy*-log) echo "secretproxy, access log on" ;;
+    secretproxy*) echo "secretproxy, RUST_LOG=warn" ;;
+  esac
+}
+
+add_target() { # name
   TARGETS+=("$1")
-  LABEL[$1]=$2
-  BASE[$1]=$3
+  LABEL[$1]=$(label_of "$1")
+  BASE[$1]=direct$([[ $1 == *-tls* ]] && echo -tls || true)
   URL[$1]="http://127.0.0.1:${PORT[$1]}/api/bench/item"
 }
 
@@ -594,9 +616,9 @@ throughput() {
   ((TLS == 1)) && make_tls
   start_upstream_nginx
   URL[direct]="http://127.0.0.1:${PORT[upstream]}/bench/item"
-  LABEL[direct]="direct to upstream (no proxy)"
+  LABEL[direct]=$(label_of direct)
   URL[direct-tls]="https://127.0.0.1:${PORT[upstream-tls]}/bench/item"
-  LABEL[direct-tls]="direct to TLS upstream (no proxy)"
+  LABEL[direct-tls]=$(label_of direct-tls)
 
   local -a ups=(http) modes=(off) all=(direct)
   ((TLS == 1)) && { ups+=(tls); all+=(direct-tls); }
@@ -606,10 +628,10 @@ throughput() {
     for up in "${ups[@]}"; do
       sfx=$(suffix "$up" "$mode")
       start_nginx_proxy "nginx$sfx" "$mode" "$up"
-      add_target "nginx$sfx" "nginx, access_log $mode$([[ $mode == on && -n $NGINX_LOG_BUFFER ]] && echo " (buffer=$NGINX_LOG_BUFFER)")" "direct${sfx%-log}"
+      add_target "nginx$sfx"
       if [[ $NGINX_ONLY == 0 ]]; then
         start_secretproxy "secretproxy$sfx" "$([[ $mode == off ]] && echo warn)" "$up"
-        add_target "secretproxy$sfx" "secretproxy, $([[ $mode == off ]] && echo 'RUST_LOG=warn' || echo 'access log on')" "direct${sfx%-log}"
+        add_target "secretproxy$sfx"
         PAIR[secretproxy$sfx]=nginx$sfx
       fi
     done
@@ -877,11 +899,25 @@ allocs_report() { # result-file: target blocks_a bytes_a blocks_b bytes_b
   echo "|---|---|---:|---:|"
   local t ba ya bb yb label
   while read -r t ba ya bb yb; do
-    label=${LABEL[$t]:-$t}
-    awk -v l="$label" -v u="$([[ $t == *tls* ]] && echo TLS || echo HTTP)" -v n="$ALLOC_REQUESTS" \
-      -v ba="$ba" -v ya="$ya" -v bb="$bb" -v yb="$yb" \
-      'BEGIN {printf "| %s | %s | %.1f | %.0f |\n", l, u, (bb - ba) / n, (yb - ya) / n}'
+    label=$(label_of "$t")
+    printf '| %s | %s | %s | %s |\n' "$label" "$([[ $t == *tls* ]] && echo TLS || echo HTTP)" \
+      "$(awk -v a="$ba" -v b="$bb" -v n="$ALLOC_REQUESTS" 'BEGIN {printf "%.1f", (b - a) / n}')" \
+      "$(fmt_int "$(awk -v a="$ya" -v b="$yb" -v n="$ALLOC_REQUESTS" 'BEGIN {print (b - a) / n}')")"
   done <"$1"
+}
+
+allocs_only() {
+  ((TLS == 1)) && make_tls
+  start_upstream_nginx
+  local res=$OUT/allocs.tsv
+  allocs "$res"
+  report() {
+    echo "### secretproxy vs nginx: heap allocations per request"
+    allocs_report "$res"
+    echo
+    machine_info
+  }
+  emit report
 }
 
 # --- upload mode -----------------------------------------------------------------------------
