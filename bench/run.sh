@@ -27,7 +27,7 @@
 #   BENCH_TLS            1 = also run both proxies against the TLS upstream [1]
 #   BENCH_UPSTREAM_H2    1 = the TLS upstream also offers h2 by ALPN (secretproxy then speaks h2 to
 #                        it; nginx's proxy_pass speaks HTTP/1.1 only) [0]
-#   BENCH_NGINX_LOG_BUFFER  e.g. 32k: nginx's access_log gets buffer=<size> flush=0.5s, like
+#   BENCH_NGINX_LOG_BUFFER  e.g. 32k: nginx's access_log gets buffer=<size> flush=500ms, like
 #                        secretproxy's buffered writer [empty: one write per line, nginx's default]
 #   BENCH_PROXY_CPUS     cpu list for the proxies [0]      BENCH_LOAD_CPUS    cpu list for wrk/curl [1]
 #   BENCH_UPSTREAM_CPUS  cpu list for the upstream [same as BENCH_LOAD_CPUS]
@@ -413,7 +413,7 @@ start_upstream_sink() {
 start_nginx_proxy() { # name access-log(off|on) upstream(http|tls) [master_process on|off]
   local access="access_log off;" up=${PORT[upstream]} scheme=http tls=""
   if [[ $2 == on ]]; then
-    access="access_log $LOGS/$1-access.log combined$([[ -n $NGINX_LOG_BUFFER ]] && echo " buffer=$NGINX_LOG_BUFFER flush=0.5s" || true);"
+    access="access_log $LOGS/$1-access.log combined$([[ -n $NGINX_LOG_BUFFER ]] && echo " buffer=$NGINX_LOG_BUFFER flush=500ms" || true);"
   fi
   if [[ $3 == tls ]]; then
     up=${PORT[upstream-tls]} scheme=https
