@@ -244,12 +244,13 @@ stop() { # name: SIGTERM, wait up to 60 s for the exit, then SIGKILL
 }
 
 children() { # pid -> its child processes (nginx workers), from /proc (no procps needed)
-  local f s
+  local f s parent=$1
+  local -a fields
   for f in /proc/[0-9]*/stat; do
     read -r s 2>/dev/null <"$f" || continue   # the process may be gone by now
-    s=${s##*) }
-    set -- $s
-    [[ $2 == "$PARENT" ]] && { f=${f#/proc/}; echo "${f%/stat}"; }
+    s=${s##*) }                              # drop "pid (comm) "; index 1 is now the ppid
+    read -r -a fields <<<"$s"
+    [[ ${fields[1]} == "$parent" ]] && { f=${f#/proc/}; echo "${f%/stat}"; }
   done
   return 0
 }
@@ -259,7 +260,7 @@ declare -A MAIN_PID KIND
 pids() {
   local p=${MAIN_PID[$1]}
   echo "$p"
-  [[ ${KIND[$1]} == nginx ]] && { PARENT=$p children; }
+  [[ ${KIND[$1]} == nginx ]] && children "$p"
   return 0
 }
 
@@ -310,6 +311,12 @@ mem_kib() { # field pid... -> VmRSS/VmHWM summed, KiB
     total=$((total + ${v:-0}))
   done
   echo "$total"
+}
+
+target_mem() { # field target -> VmRSS/VmHWM of the target's processes, KiB
+  local -a ps
+  mapfile -t ps < <(pids "$2")
+  mem_kib "$1" "${ps[@]}"
 }
 
 # --- TLS -------------------------------------------------------------------------------------
@@ -648,7 +655,7 @@ throughput() {
   fi
   for t in "${TARGETS[@]}"; do check_route "$t" "${URL[$t]}"; done
 
-  for t in "${TARGETS[@]}"; do IDLE_RSS[$t]=$(mem_kib VmRSS $(pids "$t")); done
+  for t in "${TARGETS[@]}"; do IDLE_RSS[$t]=$(target_mem VmRSS "$t"); done
 
   log "targets: ${all[*]}"
   log "warmup: ${WARMUP}s per target"
@@ -685,8 +692,8 @@ throughput() {
     [[ -n $LAT_CPUS ]] && repin "$PROXY_CPUS" "$UPSTREAM_CPUS" "${TARGETS[@]}"
   done
   for t in "${TARGETS[@]}"; do
-    RSS_AFTER[$t]=$(mem_kib VmRSS $(pids "$t"))
-    HWM_AFTER[$t]=$(mem_kib VmHWM $(pids "$t"))
+    RSS_AFTER[$t]=$(target_mem VmRSS "$t")
+    HWM_AFTER[$t]=$(target_mem VmHWM "$t")
   done
 
   # results.tsv columns: 1 target 2 round 3 requests 4 rps 5 p50us 6 p99us 7 errors 8 ticks 9 wall
@@ -830,7 +837,7 @@ throughput() {
           -v a="${RPS[$t]}" -v b="${RPS[${PAIR[$t]}]}" -v c="${CPU[$t]}" -v d="${CPU[${PAIR[$t]}]}" \
           -v rmin="$rmin" -v cmax="$cmax" 'BEGIN {
           r = a / b; c = c / d
-          printf "- %s: req/s %.2f× (%s), CPU per request %.2f× (%s)\n", name,
+          printf "- %s: req/s %.3f× (%s), CPU per request %.3f× (%s)\n", name,
             r, (r + 1e-9 >= rmin ? "met" : "missed"), c, (c <= cmax + 1e-9 ? "met" : "missed") }'
       done
     fi
