@@ -5,6 +5,7 @@
 #   bench/run.sh --quick      short smoke run of the same (every target once, a few seconds each)
 #   bench/run.sh --allocs     also count heap allocations per request (valgrind dhat; slow-ish)
 #   bench/run.sh --allocs-only  only that count, no wrk runs
+#   bench/run.sh --perf       also profile each proxy (perf, flat self time) during one more run
 #   bench/run.sh --upload     peak RSS of each proxy while a 1 GiB body streams through it
 #   bench/run.sh --no-logged  skip the targets with access logging on
 #   bench/run.sh --no-tls     skip the targets with a TLS upstream
@@ -36,6 +37,7 @@
 #   BENCH_PORT_BASE      first port; uses base..base+6 and base+707..base+711 [18080]
 #   BENCH_ALLOC_REQUESTS requests counted per --allocs target [2000; quick 500]
 #   BENCH_ALLOC_WARMUP   requests before those, in both runs [200; quick 100]
+#   BENCH_PERF_FREQ      --perf sampling rate, Hz [2999]  BENCH_PERF_SYMBOLS symbols listed per target [12]
 #   BENCH_UPLOAD_SIZE    bytes for --upload [1073741824]   BENCH_UPLOAD_ROUNDS [1]
 #   BENCH_QUIET_PCT      other processes may use this % of one core during a run [15]; before each
 #                        run wait up to BENCH_QUIET_WAIT s [120] for that, redo a disturbed run
@@ -51,11 +53,13 @@ MODE=throughput
 NGINX_ONLY=0
 QUICK=0
 ALLOCS=0
+PERF=0
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
     --upload) MODE=upload ;;
     --allocs) ALLOCS=1 ;;
+    --perf) PERF=1 ;;
     --allocs-only) ALLOCS=1 MODE=allocs_only ;;
     --nginx-only) NGINX_ONLY=1 ;;
     --no-logged) BENCH_LOGGED=0 ;;
@@ -87,6 +91,8 @@ LAT_CPUS=${BENCH_LAT_CPUS-$LOAD_CPUS}
 PORT_BASE=${BENCH_PORT_BASE:-18080}
 ALLOC_REQUESTS=${BENCH_ALLOC_REQUESTS:-2000}
 ALLOC_WARMUP=${BENCH_ALLOC_WARMUP:-200}
+PERF_FREQ=${BENCH_PERF_FREQ:-2999}
+PERF_SYMBOLS=${BENCH_PERF_SYMBOLS:-12}
 UPLOAD_SIZE=${BENCH_UPLOAD_SIZE:-1073741824}
 UPLOAD_ROUNDS=${BENCH_UPLOAD_ROUNDS:-1}
 QUIET_PCT=${BENCH_QUIET_PCT:-15}
@@ -129,6 +135,7 @@ missing_packages() { # -> Debian packages for the tools this run needs and does 
   local -a need=(nginx:nginx:/usr/sbin/nginx wrk:wrk:/usr/bin/wrk curl:curl:/usr/bin/curl)
   ((TLS == 1)) && need+=(openssl:openssl:/usr/bin/openssl)
   ((ALLOCS == 1)) && need+=(valgrind:valgrind:/usr/bin/valgrind)
+  ((PERF == 1)) && need+=(perf:linux-perf:/usr/bin/perf)
   [[ $MODE == upload ]] && need+=(python3:python3:/usr/bin/python3)
   local n tool pkg path
   for n in "${need[@]}"; do
@@ -714,6 +721,7 @@ throughput() {
   [[ $NGINX_ONLY == 0 ]] && leaks=$(grep -l -F -- "$TOKEN" "$LOGS"/secretproxy*.log 2>/dev/null || true)
 
   local alloc_res=""
+  ((PERF == 1)) && profile
   if ((ALLOCS == 1)); then alloc_res=$OUT/allocs.tsv; allocs "$alloc_res"; fi
 
   # per target: median rps, CPU µs per request
@@ -806,6 +814,7 @@ throughput() {
     echo "CPU per request = utime+stime of the proxy (nginx: master + worker) over the run / requests"
     echo "completed. CPU busy = that CPU time / wall time (100 % = the proxy's core was the limit)."
     echo "RSS: VmRSS / VmHWM from /proc (nginx: master + worker summed)."
+    ((PERF == 1)) && profile_report
     [[ -n $alloc_res ]] && allocs_report "$alloc_res"
     if [[ $errors != 0 ]]; then echo; echo "**Warning: $errors non-2xx responses or socket errors during the runs.**"; fi
     if [[ -n $leaks ]]; then echo; echo "**Warning: the injected token appears in: $(basename -a $leaks | tr '\n' ' ')**"; fi
@@ -845,6 +854,56 @@ throughput() {
     machine_info
   }
   emit report
+}
+
+# --- CPU profile (--perf) -------------------------------------------------------------------
+# One more wrk run per proxy target with `perf record` attached to the proxy's processes (no call
+# graphs: release builds have no frame pointers). The report keeps the split by binary (kernel,
+# the proxy, libc, libssl...) and the hottest symbols by self time; the full `perf report` output
+# stays in out/ (BENCH_KEEP=1), next to perf-*.data for `perf report -i`.
+profile() {
+  local t perf_pid pids_csv
+  local -a ps
+  for t in "${TARGETS[@]}"; do
+    mapfile -t ps < <(pids "$t")
+    pids_csv=$(IFS=,; echo "${ps[*]}")
+    log "perf: $t, ${DURATION}s at $PERF_FREQ Hz"
+    wait_quiet
+    taskset -c "$LOAD_CPUS" perf record -q -F "$PERF_FREQ" -p "$pids_csv" -o "$OUT/perf-$t.data" \
+      -- sleep "$DURATION" >"$LOGS/perf-$t.log" 2>&1 &
+    perf_pid=$!
+    PIDS+=("$perf_pid")
+    run_wrk "$t" "${URL[$t]}" "$CONNS" "$DURATION" "$OUT/perf-wrk-$t.txt" >/dev/null
+    wait "$perf_pid" || { cat "$LOGS/perf-$t.log" >&2; die "perf record failed for $t"; }
+    forget_pid "$perf_pid"
+    perf report -i "$OUT/perf-$t.data" --stdio --no-children --sort dso -q 2>/dev/null \
+      | awk 'NF >= 2 && $1 ~ /%$/' >"$OUT/perf-$t-dso.txt"
+    perf report -i "$OUT/perf-$t.data" --stdio --no-children --sort dso,sym -q 2>/dev/null \
+      | awk 'NF >= 4 && $1 ~ /%$/' >"$OUT/perf-$t-sym.txt"
+  done
+}
+
+profile_report() {
+  echo
+  echo "CPU profiles (perf record -F $PERF_FREQ on the proxy's processes during one more ${DURATION}s wrk -c$CONNS run;"
+  echo "self time as a share of all the proxy's samples, no call graphs; the hottest user-space symbols;"
+  echo "full reports in out/perf-*.txt with BENCH_KEEP=1):"
+  local t
+  for t in "${TARGETS[@]}"; do
+    echo
+    echo "**${LABEL[$t]}, $([[ $t == *tls* ]] && echo TLS || echo HTTP) upstream** — by binary: $(
+      awk '{sub(/^\[/, "", $2); sub(/\]$/, "", $2); printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1} NR == 6 {exit}' "$OUT/perf-$t-dso.txt")"
+    echo
+    echo "| self | binary | symbol |"
+    echo "|---:|---|---|"
+    # lines: "12.34%  dso  [.] symbol words..."; user space only (the kernel's TCP path is the
+    # same for both proxies); symbols shortened (Rust hashes, long generics)
+    awk -v n="$PERF_SYMBOLS" '$2 ~ /kernel/ {next} ++shown > n {exit} {
+      sym = ""; for (i = 4; i <= NF; i++) sym = sym (i > 4 ? " " : "") $i
+      sub(/::h[0-9a-f]+$/, "", sym)
+      if (length(sym) > 110) sym = substr(sym, 1, 107) "..."
+      printf "| %s | %s | `%s` |\n", $1, $2, sym }' "$OUT/perf-$t-sym.txt"
+  done
 }
 
 # --- allocations (--allocs) ------------------------------------------------------------------
@@ -1036,5 +1095,5 @@ emit() { # run a report function; print it and copy it to BENCH_OUT
 ensure_tools
 ensure_secretproxy
 setup_work
-log "work dir $WORK; mode $MODE$([[ $QUICK == 1 ]] && echo ' (quick)')$( ((ALLOCS == 1)) && echo ', allocations')"
+log "work dir $WORK; mode $MODE$([[ $QUICK == 1 ]] && echo ' (quick)')$( ((ALLOCS == 1)) && echo ', allocations' || true)$( ((PERF == 1)) && echo ', perf' || true)"
 "$MODE"
