@@ -108,7 +108,7 @@ pub fn upstream_headers(
     // The proxy does not implement 100-continue towards the upstream; the body is streamed.
     headers.remove(http::header::EXPECT);
     for (name, value) in injected {
-        headers.remove(&name);
+        // `insert` replaces every value the client sent under the name.
         headers.insert(name, value);
     }
     headers

@@ -21,10 +21,19 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// Client headers withheld from the upstream unless the route lists them in `forward-headers`.
 pub static WITHHELD_FROM_UPSTREAM: [HeaderName; 3] = [header::AUTHORIZATION, header::COOKIE, header::HOST];
 
-/// Removes hop-by-hop headers, including every header named in `Connection`. Allocates only
-/// when the message names headers in `Connection` or carries `Proxy-*` headers.
+/// Removes hop-by-hop headers, including every header named in `Connection`. One pass over the
+/// names finds which are present (cheap comparisons); only those are removed, and nothing is
+/// allocated unless `Connection` names headers or `Proxy-*` headers are present.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    let mut found = [false; HOP_BY_HOP.len()];
+    let mut proxy = false;
+    for name in headers.keys() {
+        match HOP_BY_HOP.iter().position(|hop| hop == name) {
+            Some(index) => found[index] = true,
+            None => proxy |= name.as_str().starts_with("proxy-"),
+        }
+    }
+    if found[0] {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -36,10 +45,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (name, present) in HOP_BY_HOP.iter().zip(found) {
+        if present {
+            headers.remove(name);
+        }
     }
-    if headers.keys().any(|name| name.as_str().starts_with("proxy-")) {
+    if proxy {
         let proxy_headers: Vec<HeaderName> = headers
             .keys()
             .filter(|name| name.as_str().starts_with("proxy-"))

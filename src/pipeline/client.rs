@@ -224,7 +224,8 @@ impl Upstream {
         loop {
             let (sender, pooled) = match if fresh_only { None } else { self.take_pooled() } {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                // Connecting (TCP, TLS, handshake) is a large future and rare on a warm pool.
+                None => (Box::pin(self.connect()).await?, false),
             };
             match sender {
                 Sender::H2(mut sender) => {

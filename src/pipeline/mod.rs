@@ -190,10 +190,9 @@ async fn dispatch(
             .iter()
             .position(|configured| configured.name == hook.name)
             .map(|index| generation.hook_metrics[index].clone());
-        let handled = generation
-            .hooks
-            .handle(hook, &generation.secrets, parts.clone(), body)
-            .await;
+        // Cold paths are boxed: a future is moved by value, and an inline one would make every
+        // request's future as large as its largest branch.
+        let handled = Box::pin(generation.hooks.handle(hook, &generation.secrets, parts.clone(), body)).await;
         context.upstream_status = handled.target_status;
         context.error = handled.error;
         return Ok(handled.response);
@@ -212,7 +211,7 @@ async fn dispatch(
         }
         Lookup::NotFound => {
             if let Some(site) = &generation.site
-                && let Some(served) = site.serve(parts).await
+                && let Some(served) = Box::pin(site.serve(parts)).await
             {
                 context.error = served.error;
                 return Ok(served.response);
@@ -260,7 +259,7 @@ async fn forward(
             &parts.headers,
             !http_body::Body::is_end_stream(&body),
         )?;
-        route.request.prepare_body(&parts.headers, body, route.max_body).await?
+        Box::pin(route.request.prepare_body(&parts.headers, body, route.max_body)).await?
     } else {
         validate::RequestBody::Stream(body)
     };
@@ -423,7 +422,7 @@ async fn forward(
         response = response.map(|body| redactor.body(body));
     }
     if route.response.is_active() {
-        let (response, error) = route.response.apply(&parts.method, &route.name, response).await;
+        let (response, error) = Box::pin(route.response.apply(&parts.method, &route.name, response)).await;
         context.error = error;
         return Ok(response);
     }
