@@ -16,5 +16,7 @@ mod harness;
 mod keyring;
 mod proxy;
 mod redteam;
+mod redteam_path;
 mod reload;
+mod reload_state;
 mod service;
