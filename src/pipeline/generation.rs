@@ -34,10 +34,21 @@ pub struct Generation {
 impl Generation {
     /// Builds a generation. Blocks while secrets are read; run it off the async threads.
     pub fn build(config: Config, store: Arc<dyn SecretStore>, number: u64) -> Result<Generation, ClientError> {
+        Generation::build_after(config, store, number, None)
+    }
+
+    /// Like [`Generation::build`], carrying over from `previous` the state the new config did not
+    /// change: the rate-limit buckets and quotas of routes whose limit is equal.
+    pub fn build_after(
+        config: Config,
+        store: Arc<dyn SecretStore>,
+        number: u64,
+        previous: Option<&Generation>,
+    ) -> Result<Generation, ClientError> {
         let clients = Clients::build(&config.routes)?;
         let secrets = SecretCache::load(store, &config.secrets);
         Ok(Generation {
-            limits: crate::features::ratelimit::Limiters::build(&config.routes),
+            limits: crate::features::ratelimit::Limiters::build(&config.routes, previous.map(|p| &p.limits)),
             hooks: crate::features::webhooks::Hooks::build(&config.webhooks),
             site: config
                 .server
