@@ -377,7 +377,10 @@ mod watch {
     /// On its directory: an entry appeared under a name (created, or renamed into place).
     const DIR: WatchMask = WatchMask::CREATE.union(WatchMask::MOVED_TO).union(WatchMask::ONLYDIR);
 
-    pub(super) fn start(config: &Path, events: mpsc::UnboundedSender<()>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    pub(super) fn start(
+        config: &Path,
+        events: mpsc::UnboundedSender<()>,
+    ) -> std::io::Result<tokio::task::JoinHandle<()>> {
         let files = super::watched_paths(config)?;
         let names: HashSet<OsString> = files.iter().filter_map(|p| p.file_name().map(Into::into)).collect();
         let inotify = Inotify::init()?;
@@ -431,14 +434,25 @@ mod watch {
     use notify::{EventKind, RecursiveMode, Watcher};
     use tokio::sync::mpsc;
 
-    pub(super) fn start(config: &Path, events: mpsc::UnboundedSender<()>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    pub(super) fn start(
+        config: &Path,
+        events: mpsc::UnboundedSender<()>,
+    ) -> std::io::Result<tokio::task::JoinHandle<()>> {
         let files = super::watched_paths(config)?;
-        let names: Vec<_> = files.iter().filter_map(|p| p.file_name().map(ToOwned::to_owned)).collect();
+        let names: Vec<_> = files
+            .iter()
+            .filter_map(|p| p.file_name().map(ToOwned::to_owned))
+            .collect();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
             let writes = matches!(
                 event.kind,
-                EventKind::Create(_) | EventKind::Modify(notify::event::ModifyKind::Data(_) | notify::event::ModifyKind::Name(_) | notify::event::ModifyKind::Any)
+                EventKind::Create(_)
+                    | EventKind::Modify(
+                        notify::event::ModifyKind::Data(_)
+                            | notify::event::ModifyKind::Name(_)
+                            | notify::event::ModifyKind::Any
+                    )
                     | EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write))
             );
             if writes

@@ -397,7 +397,11 @@ mod tests {
     fn debug_names_no_value() {
         let store = Arc::new(MemoryStore::default());
         let source = SecretSource::Env("X".into());
-        store.values.lock().unwrap().insert(source.to_string(), "hunter2-value".into());
+        store
+            .values
+            .lock()
+            .unwrap()
+            .insert(source.to_string(), "hunter2-value".into());
         let cache = one(store, &source);
         assert!(!format!("{cache:?}").contains("hunter2"));
     }

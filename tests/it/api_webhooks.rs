@@ -235,7 +235,10 @@ target = "{t}/resend"
 "#,
         t = target.url()
     );
-    let envs = [("PREFIXED_SECRET", prefixed.clone()), ("BARE_SECRET", SVIX_KEY_B64.to_string())];
+    let envs = [
+        ("PREFIXED_SECRET", prefixed.clone()),
+        ("BARE_SECRET", SVIX_KEY_B64.to_string()),
+    ];
     let daemon = tokio::task::spawn_blocking(move || {
         let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
         Daemon::start(&config, &envs)
@@ -283,17 +286,44 @@ target = "{t}/resend"
         let ts = now();
         mac.update(format!("msg_raw.{ts}.{payload}").as_bytes());
         use base64::Engine;
-        (ts, format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())))
+        (
+            ts,
+            format!(
+                "v1,{}",
+                base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+            ),
+        )
     };
     let ts = now();
     let good = python_sign(SVIX_KEY_B64, "msg_x", ts, payload);
     let stale_ts = now() - 3600;
     let stale = python_sign(SVIX_KEY_B64, "msg_s", stale_ts, payload);
     let cases: Vec<(&str, String, u64, String, &str, &str)> = vec![
-        ("msg_x", good.clone(), ts, r#"{"type":"user.deleted"}"#.to_string(), "svix", "does not match"),
+        (
+            "msg_x",
+            good.clone(),
+            ts,
+            r#"{"type":"user.deleted"}"#.to_string(),
+            "svix",
+            "does not match",
+        ),
         ("msg_y", good.clone(), ts, payload.to_string(), "svix", "does not match"),
-        ("msg_raw", raw_key_signature.1, raw_key_signature.0, payload.to_string(), "webhook", "does not match"),
-        ("msg_s", stale, stale_ts, payload.to_string(), "svix", "outside the allowed tolerance"),
+        (
+            "msg_raw",
+            raw_key_signature.1,
+            raw_key_signature.0,
+            payload.to_string(),
+            "webhook",
+            "does not match",
+        ),
+        (
+            "msg_s",
+            stale,
+            stale_ts,
+            payload.to_string(),
+            "svix",
+            "outside the allowed tolerance",
+        ),
     ];
     for (id, signature, ts, body, prefix, reason) in cases {
         let response = client()

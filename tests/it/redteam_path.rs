@@ -72,8 +72,10 @@ async fn setup(burst: usize) -> (Upstream, TestProxy) {
 /// One raw request; returns the status, the JSON body's `code` and the whole response text.
 async fn send(addr: SocketAddr, method: &str, target: &str, origin: &str) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request =
-        format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n", addr.port());
+    let request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n",
+        addr.port()
+    );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -114,14 +116,21 @@ async fn every_spelling_of_the_narrow_path_meets_the_narrow_rules() {
         // The narrow route's validation.
         let (status, _, text) = send(proxy.addr, "GET", path, ALLOWED).await;
         assert_eq!(status, 400, "{path}: {text}");
-        assert!(upstream.received().is_empty(), "{path}: a refused request reached the upstream");
+        assert!(
+            upstream.received().is_empty(),
+            "{path}: a refused request reached the upstream"
+        );
 
         // Allowed: the narrow upstream, with the normal form of the path and the query as sent.
         let (status, _, text) = send(proxy.addr, "GET", &format!("{path}?ticket=1"), ALLOWED).await;
         assert_eq!(status, 200, "{path}: {text}");
         let seen = upstream.only();
         assert_eq!(seen.target, format!("/narrow/{rest}?ticket=1"), "{path}");
-        assert_eq!(seen.header("authorization"), Some(format!("Bearer {NARROW_SECRET}").as_str()), "{path}");
+        assert_eq!(
+            seen.header("authorization"),
+            Some(format!("Bearer {NARROW_SECRET}").as_str()),
+            "{path}"
+        );
         upstream.requests.lock().unwrap().clear();
     }
     // The burst is used up by exactly the allowed requests above, whatever their spelling: the
@@ -130,7 +139,10 @@ async fn every_spelling_of_the_narrow_path_meets_the_narrow_rules() {
         let (status, code, text) = send(proxy.addr, "GET", &format!("{path}?ticket=1"), ALLOWED).await;
         assert_eq!((status, code.as_str()), (429, "rate_limited"), "{path}: {text}");
     }
-    assert!(upstream.received().is_empty(), "a rate-limited request reached the upstream");
+    assert!(
+        upstream.received().is_empty(),
+        "a rate-limited request reached the upstream"
+    );
     proxy.shutdown().await;
 }
 
@@ -144,7 +156,11 @@ async fn case_differences_are_the_wide_route_and_reach_it_normalised() {
         let seen = upstream.only();
         assert_eq!(seen.method, "POST", "{path}");
         assert_eq!(seen.target, format!("/wide/{rest}"), "{path}");
-        assert_eq!(seen.header("authorization"), Some(format!("Bearer {WIDE_SECRET}").as_str()), "{path}");
+        assert_eq!(
+            seen.header("authorization"),
+            Some(format!("Bearer {WIDE_SECRET}").as_str()),
+            "{path}"
+        );
         upstream.requests.lock().unwrap().clear();
     }
     proxy.shutdown().await;

@@ -467,7 +467,9 @@ const RELOADED: &str = "config reloaded";
 fn wakeups(pid: u32) -> u64 {
     let mut total = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
-        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
         for line in status.lines() {
             if let Some(n) = line
                 .strip_prefix("voluntary_ctxt_switches:")
@@ -487,7 +489,11 @@ fn busy_neighbours(dir: &std::path::Path, config: &std::path::Path) {
     let log = dir.join("proxy.log");
     for round in 0..5 {
         for line in 0..200 {
-            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap();
             writeln!(file, "{{\"round\":{round},\"line\":{line}}}").unwrap();
             drop(file);
             let _ = std::fs::read(config).unwrap();
@@ -504,7 +510,12 @@ fn busy_neighbours(dir: &std::path::Path, config: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watcher_wakes_for_the_config_only() {
     let upstream = Upstream::echo().await;
-    let route = |name: &str| format!("[routes.{name}]\npath = \"/{name}\"\nupstream = \"{}/{name}\"\n", upstream.url());
+    let route = |name: &str| {
+        format!(
+            "[routes.{name}]\npath = \"/{name}\"\nupstream = \"{}/{name}\"\n",
+            upstream.url()
+        )
+    };
     let first = route("a");
     let daemon = Daemon::start(&first, &[RELOAD_DEBUG]);
     let path = daemon.config_path.clone();
@@ -542,14 +553,23 @@ async fn the_watcher_wakes_for_the_config_only() {
 
     let (status, logs) = daemon.terminate();
     assert!(status.success(), "{logs}");
-    assert_eq!(logs.matches(UNCHANGED).count(), 1, "the neighbours woke the watcher:\n{logs}");
+    assert_eq!(
+        logs.matches(UNCHANGED).count(),
+        1,
+        "the neighbours woke the watcher:\n{logs}"
+    );
     assert_eq!(logs.matches(RELOADED).count(), 2, "{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_only_settings_are_named_and_the_rest_is_applied() {
     let upstream = Upstream::echo().await;
-    let route = |name: &str| format!("[routes.{name}]\npath = \"/{name}\"\nupstream = \"{}/{name}\"\n", upstream.url());
+    let route = |name: &str| {
+        format!(
+            "[routes.{name}]\npath = \"/{name}\"\nupstream = \"{}/{name}\"\n",
+            upstream.url()
+        )
+    };
     let daemon = Daemon::start(&route("a"), &[]);
     let edited = format!(
         "[server]\nmax-connections = 7\nheader-timeout = \"3s\"\nmax-header-size = \"20KiB\"\nshutdown-timeout = \"2s\"\n{}{}",

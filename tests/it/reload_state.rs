@@ -6,7 +6,9 @@
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Daemon, Upstream, assert_no_secret, binary, client, require_session_bus, secret_tool_store, unique};
+use crate::harness::{
+    Daemon, Upstream, assert_no_secret, binary, client, require_session_bus, secret_tool_store, unique,
+};
 
 const SECRET: &str = "sk_state_Secret_5120";
 
@@ -172,7 +174,11 @@ async fn secret_set_and_delete_reach_a_running_daemon_within_seconds() {
     let (status, body) = get(&url).await;
     assert_eq!(status, 503, "{body}");
     texts.push_str(&body);
-    assert_eq!(upstream.received().len(), after_delete, "a request without the secret reached the upstream");
+    assert_eq!(
+        upstream.received().len(),
+        after_delete,
+        "a request without the secret reached the upstream"
+    );
 
     // Set again: served again.
     secret_command(&["set", "gh"], &daemon.config_path, &values[2]);

@@ -314,7 +314,11 @@ mod tests {
         let b64 = base64::engine::general_purpose::STANDARD.encode(key);
         let raw = mac(key, &[b"msg_2.1000.body"]).finalize().into_bytes();
         let sig = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(raw));
-        let svix = headers(&[("svix-id", "msg_2"), ("svix-timestamp", "1000"), ("svix-signature", &sig)]);
+        let svix = headers(&[
+            ("svix-id", "msg_2"),
+            ("svix-timestamp", "1000"),
+            ("svix-signature", &sig),
+        ]);
         let unpadded = b64.trim_end_matches('=').to_string();
         for secret in [format!("whsec_{b64}"), b64.clone(), unpadded] {
             assert!(
