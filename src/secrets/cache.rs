@@ -34,7 +34,8 @@ pub const REFRESH_AFTER: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Copy)]
 pub struct Waits {
     /// When a value is known: a short wait, so a deletion is seen at once but a slow store costs
-    /// little (and only the first request after the lookup started waits at all).
+    /// little. The bound counts from the start of the lookup, so behind a hung store only the
+    /// requests of that first moment wait at all.
     pub with_value: Duration,
     /// When the secret is missing: long enough for a keyring that is being unlocked.
     pub without_value: Duration,
