@@ -146,6 +146,31 @@ async fn every_spelling_of_the_narrow_path_meets_the_narrow_rules() {
     proxy.shutdown().await;
 }
 
+/// Every subset of the letters of `admin` percent-encoded, in lower- and upper-case hex: all 64
+/// spellings meet the narrow route's origin list and reach no upstream.
+#[tokio::test]
+async fn every_encoding_of_every_letter_is_the_narrow_route() {
+    let (upstream, proxy) = setup(1).await;
+    for mask in 0u32..32 {
+        for upper in [false, true] {
+            let segment: String = "admin"
+                .bytes()
+                .enumerate()
+                .map(|(i, b)| match (mask >> i & 1 == 1, upper) {
+                    (false, _) => char::from(b).to_string(),
+                    (true, false) => format!("%{b:02x}"),
+                    (true, true) => format!("%{b:02X}"),
+                })
+                .collect();
+            let path = format!("/api/x/{segment}/y?ticket=1");
+            let (status, code, text) = send(proxy.addr, "GET", &path, OTHER).await;
+            assert_eq!((status, code.as_str()), (403, "origin_not_allowed"), "{path}: {text}");
+        }
+    }
+    assert!(upstream.received().is_empty(), "an encoded spelling reached an upstream");
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn case_differences_are_the_wide_route_and_reach_it_normalised() {
     let (upstream, proxy) = setup(1).await;
