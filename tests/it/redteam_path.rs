@@ -167,7 +167,10 @@ async fn every_encoding_of_every_letter_is_the_narrow_route() {
             assert_eq!((status, code.as_str()), (403, "origin_not_allowed"), "{path}: {text}");
         }
     }
-    assert!(upstream.received().is_empty(), "an encoded spelling reached an upstream");
+    assert!(
+        upstream.received().is_empty(),
+        "an encoded spelling reached an upstream"
+    );
     proxy.shutdown().await;
 }
 
