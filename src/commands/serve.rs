@@ -20,7 +20,9 @@ use crate::secrets::{SecretStore, SystemStore};
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
     let path = config::locate(args.config.config.as_deref())?;
-    let mut config = config::load(&path)?;
+    // The text is kept so the config watcher knows what is serving from the start.
+    let text = reload::read_text(&path)?;
+    let mut config = config::Config::parse(&text, &path.display().to_string())?;
     let file_listen = args.listen.is_none().then_some(config.server.listen);
     if let Some(listen) = args.listen {
         config.server.listen = listen;
@@ -45,11 +47,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         builder
     };
     let runtime = runtime.enable_all().build().context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, Arc::new(SystemStore), path, file_listen))
+    runtime.block_on(serve(config, text, Arc::new(SystemStore), path, file_listen))
 }
 
 async fn serve(
     config: config::Config,
+    text: String,
     store: Arc<dyn SecretStore>,
     path: std::path::PathBuf,
     file_listen: Option<std::net::SocketAddr>,
@@ -63,7 +66,7 @@ async fn serve(
     let routes = generation.config.routes.len();
     let live = Arc::new(Live::new(generation));
     let shutdown = shutdown::signal();
-    let reloader = Arc::new(Reloader::new(path, store, live.clone(), file_listen));
+    let reloader = Arc::new(Reloader::new(path, store, live.clone(), file_listen).with_serving_text(text));
     let _watch = reload::spawn(reloader.clone());
 
     let listener = match notify::activated_listener().context("cannot use the socket passed by systemd")? {

@@ -1,23 +1,28 @@
 //! Live reload: the config file is watched and SIGHUP reloads it.
 //!
 //! [`Reloader::apply`] is the one place a reload happens, whatever triggered it: read the file,
-//! parse and validate it, read its secrets and build its HTTPS clients (blocking, off the async
-//! threads), and only then swap the new [`Generation`] in. A request holds the generation it
-//! started with until it ends, so in-flight requests and streams finish on the old table. Any
-//! failure is logged with `file:line:column` and leaves the current generation serving.
+//! parse and validate it, read its secrets and build its HTTPS clients (all blocking, all on
+//! tokio's blocking pool), and only then swap the new [`Generation`] in. A request holds the
+//! generation it started with until it ends, so in-flight requests and streams finish on the old
+//! table. Any failure is logged with `file:line:column` and leaves the current generation serving.
+//! Reload is a diff: state the edit did not touch carries over (rate-limit buckets, see
+//! [`Generation::build_after`]), and settings read only at start are named in a warning.
 //!
-//! The watcher observes the file's *directory*, not the file: editors that save by writing a
-//! temp file and renaming it over the original replace the inode a file watch would be on.
-//! Events are debounced, and a file whose text is the one already serving is not reloaded.
+//! The watcher is quiet: on Linux it asks inotify for exactly the events that can change the
+//! config's content — writes to the file itself, and a file of its name created or renamed into
+//! its directory (editors that save by renaming a temp file over the original, `route add`) —
+//! so reads of the file and writes to other files (a log next to it) never wake the daemon.
+//! A symlinked config is watched at the link and at its target. Events are debounced, and a file
+//! whose text is the one serving (from the start on) is not rebuilt.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{Mutex, mpsc};
 
+use crate::config::access::ServerLimits;
 use crate::config::{Config, ConfigError};
 use crate::pipeline::client::ClientError;
 use crate::pipeline::generation::{Generation, Live};
@@ -72,9 +77,11 @@ pub struct Reloader {
     /// `[server] listen` as the file said when the socket was bound; `None` when `--listen`
     /// overrides the file.
     file_listen: Option<SocketAddr>,
-    /// The text of the generation serving now, once a reload has read it. Held across a whole
-    /// reload so reloads never interleave.
+    /// The text of the generation serving now, when known (from the start on, when the caller
+    /// passes it). Held across a whole reload so reloads never interleave.
     serving: Mutex<Option<String>>,
+    /// The settings the running server read at start and keeps until a restart.
+    started: RestartOnly,
     /// The bound address, for the `STATUS=` line sent to systemd after each reload.
     local: std::sync::OnceLock<SocketAddr>,
 }
@@ -86,14 +93,23 @@ impl Reloader {
         live: Arc<Live>,
         file_listen: Option<SocketAddr>,
     ) -> Reloader {
+        let started = RestartOnly::of(&live.current().config);
         Reloader {
             path,
             store,
             live,
             file_listen,
             serving: Mutex::new(None),
+            started,
             local: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records the text the serving generation was built from, so a file event that leaves it
+    /// unchanged (the first one included) rebuilds nothing.
+    pub fn with_serving_text(mut self, text: String) -> Reloader {
+        self.serving = Mutex::new(Some(text));
+        self
     }
 
     /// Records the address the listener is bound to (known only after binding).
@@ -145,18 +161,23 @@ impl Reloader {
 
     async fn reload(&self, trigger: Trigger) -> Result<Outcome, ReloadError> {
         let mut serving = self.serving.lock().await;
-        let text = tokio::fs::read_to_string(&self.path)
-            .await
-            .map_err(|source| ConfigError::Read {
-                path: self.path.clone(),
-                source,
-            })?;
-        if trigger == Trigger::File && serving.as_deref() == Some(text.as_str()) {
+        // Reading and parsing happen on the blocking pool; an unchanged file is not parsed.
+        let path = self.path.clone();
+        let same_as = (trigger == Trigger::File).then(|| serving.clone()).flatten();
+        let read = tokio::task::spawn_blocking(move || -> Result<Option<(String, Config)>, ConfigError> {
+            let text = read_text(&path)?;
+            if same_as.as_deref() == Some(text.as_str()) {
+                return Ok(None);
+            }
+            let config = Config::parse(&text, &path.display().to_string())?;
+            Ok(Some((text, config)))
+        })
+        .await??;
+        let Some((text, mut config)) = read else {
             return Ok(Outcome::Unchanged);
-        }
-        let mut config = Config::parse(&text, &self.path.display().to_string())?;
+        };
         let current = self.live.current();
-        self.note_restart_only_changes(&current.config, &config);
+        self.note_restart_only_changes(&config);
         // The socket stays where it is; the generation says where that is. The new config must
         // still be allowed to serve on it (e.g. it may not drop the client token of a socket that
         // is open to the network).
@@ -168,31 +189,93 @@ impl Reloader {
 
         let store = self.store.clone();
         let number = self.live.next_number();
-        let generation = tokio::task::spawn_blocking(move || Generation::build(config, store, number)).await??;
+        let generation =
+            tokio::task::spawn_blocking(move || Generation::build_after(config, store, number, Some(&current)))
+                .await??;
         self.live.swap(generation);
         *serving = Some(text);
         Ok(Outcome::Applied { generation: number })
     }
 
-    fn note_restart_only_changes(&self, current: &Config, new: &Config) {
+    /// One warning per setting that differs from what the running server uses and that only a
+    /// restart applies; the rest of the edit is applied.
+    fn note_restart_only_changes(&self, new: &Config) {
         if let Some(before) = self.file_listen
             && new.server.listen != before
         {
             tracing::warn!(
+                setting = "server.listen",
                 from = %before,
                 to = %new.server.listen,
-                listening = %current.server.listen,
                 "server.listen changed; it takes effect only after a restart"
             );
         }
-        if new.server.shutdown_timeout != current.server.shutdown_timeout {
+        for (setting, from, to) in self.started.changes(&RestartOnly::of(new)) {
             tracing::warn!(
-                from = %humantime::format_duration(current.server.shutdown_timeout),
-                to = %humantime::format_duration(new.server.shutdown_timeout),
-                "server.shutdown-timeout changed; it takes effect only after a restart"
+                setting,
+                %from,
+                %to,
+                "{setting} changed; it takes effect only after a restart"
             );
         }
     }
+}
+
+/// The `[server]` settings read once, when the server starts (see `daemon::server` and
+/// `commands::serve`); `listen` is handled on its own since `--listen` may override it.
+#[derive(Debug, Clone)]
+struct RestartOnly {
+    shutdown_timeout: Duration,
+    limits: ServerLimits,
+}
+
+impl RestartOnly {
+    fn of(config: &Config) -> RestartOnly {
+        RestartOnly {
+            shutdown_timeout: config.server.shutdown_timeout,
+            limits: config.server.limits.clone(),
+        }
+    }
+
+    /// `(setting, running value, value in the file)` for each setting that differs.
+    fn changes(&self, new: &RestartOnly) -> Vec<(&'static str, String, String)> {
+        let time = |d: Duration| humantime::format_duration(d).to_string();
+        let mut changes = Vec::new();
+        let mut compare = |setting: &'static str, from: String, to: String| {
+            if from != to {
+                changes.push((setting, from, to));
+            }
+        };
+        compare(
+            "server.shutdown-timeout",
+            time(self.shutdown_timeout),
+            time(new.shutdown_timeout),
+        );
+        compare(
+            "server.header-timeout",
+            time(self.limits.header_timeout),
+            time(new.limits.header_timeout),
+        );
+        compare(
+            "server.max-header-size",
+            self.limits.max_header_size.to_string(),
+            new.limits.max_header_size.to_string(),
+        );
+        compare(
+            "server.max-connections",
+            self.limits.max_connections.to_string(),
+            new.limits.max_connections.to_string(),
+        );
+        changes
+    }
+}
+
+/// Reads the config file's text (blocking).
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// `error: cause: cause`, as the command line prints errors.
@@ -209,7 +292,6 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 
 /// The running watcher and SIGHUP handler; dropping it stops both.
 pub struct Watch {
-    _watcher: Option<notify::RecommendedWatcher>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -241,17 +323,16 @@ pub fn spawn(reloader: Arc<Reloader>) -> Watch {
     }
 
     let (events, mut changed) = mpsc::unbounded_channel::<()>();
-    let watcher = match watch_file(reloader.path(), events) {
-        Ok(watcher) => Some(watcher),
+    match watch::start(reloader.path(), events) {
+        Ok(task) => tasks.push(task),
         Err(error) => {
             tracing::warn!(
                 config = %reloader.path().display(),
                 %error,
                 "cannot watch the config file; reload with SIGHUP instead"
             );
-            None
         }
-    };
+    }
     tasks.push(tokio::spawn(async move {
         while changed.recv().await.is_some() {
             // Debounce: wait until no event came for DEBOUNCE.
@@ -264,45 +345,136 @@ pub fn spawn(reloader: Arc<Reloader>) -> Watch {
             let _ = reloader.apply(Trigger::File).await;
         }
     }));
-    Watch {
-        _watcher: watcher,
-        tasks,
-    }
+    Watch { tasks }
 }
 
-/// Watches the directories holding `path` (and, for a symlink, its target) and sends one
-/// message per event that may have changed the file's content.
-fn watch_file(path: &Path, events: mpsc::UnboundedSender<()>) -> notify::Result<notify::RecommendedWatcher> {
-    let absolute = std::path::absolute(path)?;
+/// The paths watched for `config`: the file as named and, for a symlink, its target.
+fn watched_paths(config: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let absolute = std::path::absolute(config)?;
     let mut watched = vec![absolute.clone()];
     if let Ok(target) = std::fs::canonicalize(&absolute)
         && target != absolute
     {
         watched.push(target);
     }
-    let names: Vec<_> = watched
-        .iter()
-        .filter_map(|p| p.file_name().map(ToOwned::to_owned))
-        .collect();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        let writes = match event.kind {
-            EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write)) => true,
-            EventKind::Access(_) => false,
-            _ => true,
-        };
-        if writes
-            && event
-                .paths
-                .iter()
-                .any(|p| p.file_name().is_some_and(|name| names.iter().any(|n| n == name)))
-        {
-            let _ = events.send(());
+    Ok(watched)
+}
+
+#[cfg(target_os = "linux")]
+mod watch {
+    //! inotify with exact masks: the kernel wakes the daemon only for the config file.
+
+    use std::collections::HashSet;
+    use std::ffi::OsString;
+    use std::path::{Path, PathBuf};
+
+    use futures_util::StreamExt;
+    use inotify::{EventMask, Inotify, WatchMask, Watches};
+    use tokio::sync::mpsc;
+
+    /// On the file itself: its content was written.
+    const FILE: WatchMask = WatchMask::MODIFY.union(WatchMask::CLOSE_WRITE);
+    /// On its directory: an entry appeared under a name (created, or renamed into place).
+    const DIR: WatchMask = WatchMask::CREATE.union(WatchMask::MOVED_TO).union(WatchMask::ONLYDIR);
+
+    pub(super) fn start(
+        config: &Path,
+        events: mpsc::UnboundedSender<()>,
+    ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        let files = super::watched_paths(config)?;
+        let names: HashSet<OsString> = files.iter().filter_map(|p| p.file_name().map(Into::into)).collect();
+        let inotify = Inotify::init()?;
+        let mut watches = inotify.watches();
+        let mut dirs = HashSet::new();
+        for file in &files {
+            let dir = file.parent().unwrap_or(Path::new("/"));
+            dirs.insert(watches.add(dir, DIR)?);
         }
-    })?;
-    for file in &watched {
-        let dir = file.parent().unwrap_or(Path::new("/"));
-        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        watch_files(&mut watches, &files);
+        let mut stream = inotify.into_event_stream([0u8; 4096])?;
+        Ok(tokio::spawn(async move {
+            while let Some(event) = stream.next().await {
+                let Ok(event) = event else { break };
+                if event.mask.contains(EventMask::IGNORED) || event.mask.contains(EventMask::Q_OVERFLOW) {
+                    // A watch that went away (its file was replaced) is renewed by the directory
+                    // event that replaced it; an overflow may have hidden a change.
+                    if event.mask.contains(EventMask::Q_OVERFLOW) {
+                        let _ = events.send(());
+                    }
+                    continue;
+                }
+                if dirs.contains(&event.wd) {
+                    if !event.name.as_ref().is_some_and(|name| names.contains(name)) {
+                        continue;
+                    }
+                    // A new file under the config's name: watch its content from now on.
+                    watch_files(&mut stream.watches(), &files);
+                }
+                let _ = events.send(());
+            }
+            tracing::warn!("the config watcher stopped; reload with SIGHUP instead");
+        }))
     }
-    Ok(watcher)
+
+    /// (Re)adds the watch on each file that exists now; a file that does not is watched once a
+    /// directory event announces it.
+    fn watch_files(watches: &mut Watches, files: &[PathBuf]) {
+        for file in files {
+            let _ = watches.add(file, FILE);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod watch {
+    //! The portable watcher (notify): it observes the directories and filters by name and kind.
+
+    use std::path::Path;
+
+    use notify::{EventKind, RecursiveMode, Watcher};
+    use tokio::sync::mpsc;
+
+    pub(super) fn start(
+        config: &Path,
+        events: mpsc::UnboundedSender<()>,
+    ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        let files = super::watched_paths(config)?;
+        let names: Vec<_> = files
+            .iter()
+            .filter_map(|p| p.file_name().map(ToOwned::to_owned))
+            .collect();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            let writes = matches!(
+                event.kind,
+                EventKind::Create(_)
+                    | EventKind::Modify(
+                        notify::event::ModifyKind::Data(_)
+                            | notify::event::ModifyKind::Name(_)
+                            | notify::event::ModifyKind::Any
+                    )
+                    | EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write))
+            );
+            if writes
+                && event
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name().is_some_and(|name| names.iter().any(|n| n == name)))
+            {
+                let _ = events.send(());
+            }
+        })
+        .map_err(std::io::Error::other)?;
+        for file in &files {
+            let dir = file.parent().unwrap_or(Path::new("/"));
+            watcher
+                .watch(dir, RecursiveMode::NonRecursive)
+                .map_err(std::io::Error::other)?;
+        }
+        // The watcher lives as long as the task holding it.
+        Ok(tokio::spawn(async move {
+            let _watcher = watcher;
+            std::future::pending::<()>().await
+        }))
+    }
 }

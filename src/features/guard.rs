@@ -41,6 +41,7 @@ pub async fn admit(generation: &Generation, parts: &mut Parts) -> Result<(), Pro
         return Err(ProxyError::AmbiguousFraming);
     }
     super::path::check(&parts.method, &parts.uri)?;
+    normalise_uri(&mut parts.uri)?;
     let access = &generation.config.server.access;
     let local = parts.extensions.get::<LocalAddr>().map(|local| local.0);
     check_host(access, &parts.headers, local)?;
@@ -50,6 +51,23 @@ pub async fn admit(generation: &Generation, parts: &mut Parts) -> Result<(), Pro
     {
         check_token(generation, name, &mut parts.headers).await?;
     }
+    Ok(())
+}
+
+/// Rewrites the request's path to its one normal form (see [`super::path`]), so matching, every
+/// route rule and the upstream all see the same path; the query is left as it came.
+fn normalise_uri(uri: &mut http::Uri) -> Result<(), super::path::PathError> {
+    let normal = super::path::normalise_path(uri.path());
+    let std::borrow::Cow::Owned(path) = normal else {
+        return Ok(());
+    };
+    let target = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    // Decoding unreserved characters and upper-casing hex keeps a valid target valid; were it
+    // ever not, the request is refused rather than matched on the raw form.
+    *uri = http::Uri::try_from(target).map_err(|_| super::path::PathError::Encoding)?;
     Ok(())
 }
 

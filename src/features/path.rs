@@ -1,7 +1,13 @@
-//! The request-target check that runs before route matching.
+//! The request-target check and normalisation that run before route matching.
 //!
-//! Routes match the path as it arrived (still percent-encoded) and parameter values go to the
-//! upstream byte for byte, so the path must already be canonical: no `.` or `..` segment in any
+//! One path, decoded once: after the checks below, [`normalise_path`] decodes every escape of an
+//! unreserved character (RFC 3986 2.3: `A-Z a-z 0-9 - . _ ~`, either hex case) and upper-cases
+//! the hex of every other escape (RFC 3986 6.2.2.1), and the guard rewrites the request's URI to
+//! that form. Routes match it and parameter values go to the upstream byte for byte, so the route
+//! that matched is the route the upstream sees: `/api/x/%61dmin/y` *is* `/api/x/admin/y`, and
+//! `%2f` and `%2F` are one form. Matching is case-sensitive (`/Admin` is not `/admin`).
+//!
+//! The checks run on the raw path, before normalisation, and refuse what is not canonical: no `.` or `..` segment in any
 //! encoding (`%2e`, `%252e`, ...) nor a segment of only dots and spaces (`...`, `..%20`), no encoded `/` or `\`, no raw `\`, no empty segment, no `;`
 //! parameters (`..;`), no control characters, only origin-form targets (`/path`), never CONNECT.
 //! A path that passes means the same thing to every server that decodes it any number of times
@@ -103,6 +109,63 @@ fn check_segment(raw: &[u8]) -> Result<(), PathError> {
     Err(PathError::TooDeep)
 }
 
+/// The path with unreserved characters decoded and the remaining escapes in upper-case hex; only
+/// valid on a path that passed [`check_path`] (every `%` starts a `%XX` escape). Borrowed when
+/// nothing changes, which is the common case.
+pub fn normalise_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = path.as_bytes();
+    let needs_work = bytes.windows(3).any(|w| {
+        w[0] == b'%'
+            && match (hex_value(w[1]), hex_value(w[2])) {
+                (Some(high), Some(low)) => {
+                    is_unreserved(high << 4 | low) || w[1].is_ascii_lowercase() || w[2].is_ascii_lowercase()
+                }
+                _ => false,
+            }
+    });
+    if !needs_work {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(high), Some(low)) = (
+                bytes.get(i + 1).copied().and_then(hex_value),
+                bytes.get(i + 2).copied().and_then(hex_value),
+            )
+        {
+            let byte = high << 4 | low;
+            if is_unreserved(byte) {
+                out.push(char::from(byte));
+            } else {
+                out.push('%');
+                out.push(char::from(bytes[i + 1].to_ascii_uppercase()));
+                out.push(char::from(bytes[i + 2].to_ascii_uppercase()));
+            }
+            i += 3;
+        } else {
+            // Copy the run up to the next `%` whole (keeps multi-byte characters intact).
+            let end = bytes[i + 1..]
+                .iter()
+                .position(|b| *b == b'%')
+                .map_or(bytes.len(), |p| i + 1 + p);
+            out.push_str(&path[i..end]);
+            i = end;
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// RFC 3986 2.3: the characters whose escapes mean the same as the characters themselves.
+fn is_unreserved(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    char::from(digit).to_digit(16).map(|v| v as u8)
+}
+
 /// Every `%` in the raw path starts a `%XX` escape.
 fn well_formed(raw: &[u8]) -> bool {
     raw.iter().enumerate().all(|(i, &b)| {
@@ -143,6 +206,23 @@ mod tests {
         ] {
             assert_eq!(target(ok), Ok(()), "{ok}");
         }
+    }
+
+    #[test]
+    fn normalises_unreserved_escapes_and_hex_case() {
+        for (raw, normal) in [
+            ("/api/x/%61dmin/y", "/api/x/admin/y"),
+            ("/api/%41%5a%7E%7e%2D%5F%2e%30", "/api/AZ~~-_.0"),
+            ("/api/a%2fb%2Fc", "/api/a%2Fb%2Fc"),
+            ("/api/%c3%a9/%e2%82%ac", "/api/%C3%A9/%E2%82%AC"),
+            ("/api/100%25", "/api/100%25"),
+            ("/api/%2561", "/api/%2561"),
+            ("/api/é%61", "/api/éa"),
+            ("/api/plain", "/api/plain"),
+        ] {
+            assert_eq!(normalise_path(raw), normal, "{raw}");
+        }
+        assert!(matches!(normalise_path("/api/%2F"), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]
@@ -230,6 +310,22 @@ mod tests {
         #[test]
         fn never_panics(text in "\\PC{0,64}") {
             let _ = check_path(&text);
+        }
+
+        /// Normalising is idempotent, keeps an accepted path accepted, and means the same
+        /// bytes once decoded.
+        #[test]
+        fn normalising_keeps_the_meaning(pieces in prop::collection::vec(piece(), 0..12)) {
+            let path = format!("/{}", pieces.concat());
+            if check_path(&path).is_ok() {
+                let normal = normalise_path(&path).into_owned();
+                prop_assert_eq!(check_path(&normal), Ok(()));
+                let again = normalise_path(&normal).into_owned();
+                prop_assert_eq!(&again, &normal);
+                let decoded: Vec<u8> = percent_decode(path.as_bytes()).collect();
+                let decoded_normal: Vec<u8> = percent_decode(normal.as_bytes()).collect();
+                prop_assert_eq!(decoded, decoded_normal);
+            }
         }
     }
 }

@@ -3,24 +3,27 @@
 //! `daily` quota per route (UTC days). Over a limit: `429` with `Retry-After`.
 //!
 //! Only requests that passed validation count: a refused request never reaches the upstream, so
-//! it costs nothing the limit protects. Buckets live in the config generation: a reload starts
-//! them afresh.
+//! it costs nothing the limit protects.
+//!
+//! Reload is a diff: [`Limiters::build`] hands a route the very limiter (an `Arc`) of the previous
+//! generation when its `rate-limit` is equal, so buckets and daily quotas survive reloads that do
+//! not change them (a `route add` of another route, any unrelated edit); a changed or new limit
+//! starts fresh. Counters sit behind [`LimitState`], so a shared store (Redis, for several daemons
+//! under one quota) can hold them later as another variant.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
-use serde_json::json;
+use http::{HeaderMap, header};
 
 use crate::config::duration::{Zero, duration};
 use crate::config::raw::RawRateLimit;
 use crate::config::{ConfigError, Route, Source};
-use crate::http::body::ProxyBody;
-use crate::http::error::json_response;
+use crate::http::error::ProxyError;
 
 /// Per-origin buckets are pruned of idle entries once there are this many.
 const PRUNE_AT: usize = 4096;
@@ -35,8 +38,8 @@ pub enum LimitKey {
     Origin,
 }
 
-/// A validated `rate-limit` table.
-#[derive(Debug, Clone)]
+/// A validated `rate-limit` table. Equal tables mean the same counters may carry on.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimit {
     pub quota: Quota,
     pub key: LimitKey,
@@ -108,9 +111,11 @@ enum Bucket {
     Origin(DefaultKeyedRateLimiter<String>),
 }
 
-struct RouteLimiter {
+/// The counters of one route in this process's memory: the GCRA bucket(s) and the daily count.
+pub struct MemoryLimiter {
     bucket: Bucket,
     daily: Option<(u64, Mutex<DailyCount>)>,
+    clock: DefaultClock,
 }
 
 #[derive(Default)]
@@ -119,11 +124,41 @@ struct DailyCount {
     used: u64,
 }
 
-/// The live buckets of one config generation.
+/// Where a route's counters live. Today: this process's memory. A shared store would be another
+/// variant (its check a network round trip, so `check` would become async at that point).
+pub enum LimitState {
+    Memory(MemoryLimiter),
+}
+
+impl LimitState {
+    fn new(limit: &RateLimit) -> LimitState {
+        let clock = DefaultClock::default();
+        let bucket = match limit.key {
+            LimitKey::Route => Bucket::Route(RateLimiter::direct_with_clock(limit.quota, clock.clone())),
+            LimitKey::Origin => Bucket::Origin(RateLimiter::dashmap_with_clock(limit.quota, clock.clone())),
+        };
+        let daily = limit.daily.map(|n| (n, Mutex::new(DailyCount::default())));
+        LimitState::Memory(MemoryLimiter { bucket, daily, clock })
+    }
+
+    /// Takes one request from the bucket and quota, or says when to come back.
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), Limited> {
+        match self {
+            LimitState::Memory(memory) => memory.check(headers),
+        }
+    }
+}
+
+/// One route's limit as configured, and the counters that enforce it.
+struct RouteLimit {
+    limit: RateLimit,
+    state: Arc<LimitState>,
+}
+
+/// The rate limits of one config generation, by route name.
 #[derive(Default)]
 pub struct Limiters {
-    by_route: HashMap<String, RouteLimiter>,
-    clock: DefaultClock,
+    by_route: HashMap<String, RouteLimit>,
 }
 
 impl std::fmt::Debug for Limiters {
@@ -141,56 +176,58 @@ pub struct Limited {
     pub daily: bool,
 }
 
-impl Limited {
-    pub fn into_response(self, route: &str) -> Response<ProxyBody> {
-        let seconds = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
-        let seconds = seconds.max(1);
-        let (message, code) = if self.daily {
-            ("the route's daily quota is used up", "daily_quota_exceeded")
-        } else {
-            ("too many requests for this route", "rate_limited")
-        };
-        let body = json!({ "error": message, "code": code, "route": route, "retry_after": seconds });
-        let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, &body);
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        response
-    }
-
-    pub fn code(&self) -> &'static str {
-        if self.daily {
-            "daily_quota_exceeded"
-        } else {
-            "rate_limited"
+impl From<Limited> for ProxyError {
+    fn from(limited: Limited) -> ProxyError {
+        ProxyError::RateLimited {
+            retry_after: limited.retry_after,
+            daily: limited.daily,
         }
     }
 }
 
 impl Limiters {
-    pub fn build(routes: &[Route]) -> Limiters {
-        let clock = DefaultClock::default();
-        let by_route = routes
+    /// The limiters of `routes`. A route whose `rate-limit` equals its limit in `previous`
+    /// (matched by route name) keeps that limiter and so its buckets and quota.
+    pub fn build(routes: &[Route], previous: Option<&Limiters>) -> Limiters {
+        let mut kept = 0;
+        let by_route: HashMap<String, RouteLimit> = routes
             .iter()
             .filter_map(|route| {
                 let limit = route.rate_limit.as_ref()?;
-                let bucket = match limit.key {
-                    LimitKey::Route => Bucket::Route(RateLimiter::direct_with_clock(limit.quota, clock.clone())),
-                    LimitKey::Origin => Bucket::Origin(RateLimiter::dashmap_with_clock(limit.quota, clock.clone())),
-                };
-                let daily = limit.daily.map(|n| (n, Mutex::new(DailyCount::default())));
-                Some((route.name.clone(), RouteLimiter { bucket, daily }))
+                let carried = previous
+                    .and_then(|previous| previous.by_route.get(&route.name))
+                    .filter(|old| old.limit == *limit)
+                    .map(|old| old.state.clone());
+                kept += usize::from(carried.is_some());
+                let state = carried.unwrap_or_else(|| Arc::new(LimitState::new(limit)));
+                Some((
+                    route.name.clone(),
+                    RouteLimit {
+                        limit: limit.clone(),
+                        state,
+                    },
+                ))
             })
             .collect();
-        Limiters { by_route, clock }
+        if previous.is_some() && !by_route.is_empty() {
+            tracing::debug!(
+                kept,
+                fresh = by_route.len() - kept,
+                "rate limits carried over from the previous config"
+            );
+        }
+        Limiters { by_route }
     }
 
-    /// Takes one request from the route's bucket and quota, or says when to come back.
-    pub fn check(&self, route: &str, headers: &HeaderMap) -> Result<(), Limited> {
-        let Some(limiter) = self.by_route.get(route) else {
-            return Ok(());
-        };
-        let verdict = match &limiter.bucket {
+    /// The counters of route `name`, for its plan; `None` when it has no limit.
+    pub fn for_route(&self, name: &str) -> Option<Arc<LimitState>> {
+        self.by_route.get(name).map(|limit| limit.state.clone())
+    }
+}
+
+impl MemoryLimiter {
+    fn check(&self, headers: &HeaderMap) -> Result<(), Limited> {
+        let verdict = match &self.bucket {
             Bucket::Route(bucket) => bucket.check(),
             Bucket::Origin(buckets) => {
                 if buckets.len() >= PRUNE_AT {
@@ -209,7 +246,7 @@ impl Limiters {
                 daily: false,
             });
         }
-        if let Some((limit, count)) = &limiter.daily {
+        if let Some((limit, count)) = &self.daily {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
@@ -238,7 +275,45 @@ mod tests {
 
     fn limiters(limit: &str) -> Limiters {
         let text = format!("[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nrate-limit = {limit}\n");
-        Limiters::build(&Config::parse(&text, "t").unwrap().routes)
+        Limiters::build(&Config::parse(&text, "t").unwrap().routes, None)
+    }
+
+    fn routes(text: &str) -> Vec<Route> {
+        Config::parse(text, "t").unwrap().routes
+    }
+
+    impl Limiters {
+        /// Route `name`'s check, as its plan runs it.
+        fn check(&self, name: &str, headers: &HeaderMap) -> Result<(), Limited> {
+            self.for_route(name).map_or(Ok(()), |state| state.check(headers))
+        }
+    }
+
+    #[test]
+    fn unchanged_limits_carry_over_and_changed_ones_start_fresh() {
+        let none = HeaderMap::new();
+        let a = "[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nrate-limit = { requests = 1, per = \"1h\", daily = 5 }\n";
+        let b = "[routes.b]\npath = \"/b\"\nupstream = \"https://x/\"\nrate-limit = { requests = 1, per = \"1h\" }\n";
+        let first = Limiters::build(&routes(&format!("{a}{b}")), None);
+        assert!(first.check("a", &none).is_ok());
+        assert!(first.check("b", &none).is_ok());
+
+        // Another route added, `a` and `b` unchanged (b moved in the file): both stay used up.
+        let c = "[routes.c]\npath = \"/c\"\nupstream = \"https://x/\"\n";
+        let second = Limiters::build(&routes(&format!("{b}{c}{a}")), Some(&first));
+        assert!(second.check("a", &none).is_err());
+        assert!(second.check("b", &none).is_err());
+
+        // `a`'s limit changed: a fresh bucket; `b` still carries on.
+        let a2 = a.replace("daily = 5", "daily = 6");
+        let third = Limiters::build(&routes(&format!("{a2}{b}")), Some(&second));
+        assert!(third.check("a", &none).is_ok());
+        assert!(third.check("b", &none).is_err());
+
+        // A route removed and added again starts fresh.
+        let fourth = Limiters::build(&routes(b), Some(&third));
+        let fifth = Limiters::build(&routes(&format!("{a2}{b}")), Some(&fourth));
+        assert!(fifth.check("a", &none).is_ok());
     }
 
     #[test]

@@ -90,33 +90,43 @@ pub struct Upstreams {
 impl Upstreams {
     /// The upstream for `route`, built on first use within this generation.
     pub fn for_route(&mut self, route: &Route) -> Result<Arc<Upstream>, ClientError> {
-        let error = |message: String| ClientError {
-            route: route.name.clone(),
-            message,
-        };
-        let base = &route.upstream.base;
+        self.for_origin(&route.upstream.base, route.ca_file.as_deref(), route.connect_timeout)
+            .map_err(|message| ClientError {
+                route: route.name.clone(),
+                message,
+            })
+    }
+
+    /// The upstream for the origin (scheme, host, port) of `base`.
+    pub fn for_origin(
+        &mut self,
+        base: &url::Url,
+        ca_file: Option<&Path>,
+        connect_timeout: Duration,
+    ) -> Result<Arc<Upstream>, String> {
         let https = base.scheme() == "https";
         let host = base.host_str().unwrap_or_default().to_string();
         let port = base.port_or_known_default().unwrap_or(if https { 443 } else { 80 });
+        let ca_file = ca_file.map(Path::to_path_buf);
         let key = (
             format!("{}://{host}:{port}", base.scheme()),
-            route.ca_file.clone(),
-            route.connect_timeout,
+            ca_file.clone(),
+            connect_timeout,
         );
         if let Some(upstream) = self.by_key.get(&key) {
             return Ok(upstream.clone());
         }
         let tls = if https {
-            let config = match self.tls.get(&route.ca_file) {
+            let config = match self.tls.get(&ca_file) {
                 Some(config) => config.clone(),
                 None => {
-                    let config = Arc::new(tls_config(route.ca_file.as_deref()).map_err(error)?);
-                    self.tls.insert(route.ca_file.clone(), config.clone());
+                    let config = Arc::new(tls_config(ca_file.as_deref())?);
+                    self.tls.insert(ca_file.clone(), config.clone());
                     config
                 }
             };
             let bare = host.trim_start_matches('[').trim_end_matches(']').to_string();
-            let name = ServerName::try_from(bare).map_err(|_| error(format!("`{host}` is not a TLS server name")))?;
+            let name = ServerName::try_from(bare).map_err(|_| format!("`{host}` is not a TLS server name"))?;
             Some((config, name))
         } else {
             None
@@ -128,15 +138,15 @@ impl Upstreams {
             format!("{host}:{port}")
         };
         let authority = Authority::try_from(authority_text.as_str())
-            .map_err(|_| error(format!("`{authority_text}` is not a valid authority")))?;
+            .map_err(|_| format!("`{authority_text}` is not a valid authority"))?;
         let upstream = Arc::new(Upstream {
             scheme: if https { Scheme::HTTPS } else { Scheme::HTTP },
-            host_header: HeaderValue::from_str(authority.as_str()).map_err(|_| error("bad host".into()))?,
+            host_header: HeaderValue::from_str(authority.as_str()).map_err(|_| "bad host".to_string())?,
             authority,
             connect_host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
             port,
             tls,
-            connect_timeout: route.connect_timeout,
+            connect_timeout,
             pool: Mutex::new(Pool::default()),
         });
         self.by_key.insert(key, upstream.clone());

@@ -38,11 +38,23 @@ pub struct Generation {
 impl Generation {
     /// Builds a generation. Blocks while secrets are read; run it off the async threads.
     pub fn build(config: Config, store: Arc<dyn SecretStore>, number: u64) -> Result<Generation, ClientError> {
+        Generation::build_after(config, store, number, None)
+    }
+
+    /// Like [`Generation::build`], carrying over from `previous` the state the new config did not
+    /// change: the rate-limit buckets and quotas of routes whose limit is equal.
+    pub fn build_after(
+        config: Config,
+        store: Arc<dyn SecretStore>,
+        number: u64,
+        previous: Option<&Generation>,
+    ) -> Result<Generation, ClientError> {
+        let limits = crate::features::ratelimit::Limiters::build(&config.routes, previous.map(|p| &p.limits));
         let mut upstreams = Upstreams::default();
         let plans = config
             .routes
             .iter()
-            .map(|route| RoutePlan::build(route, &mut upstreams))
+            .map(|route| RoutePlan::build(route, &mut upstreams, &limits))
             .collect::<Result<Vec<_>, _>>()?;
         let hook_metrics = config
             .webhooks
@@ -57,8 +69,8 @@ impl Generation {
             plans,
             unrouted: Arc::new(RouteMetrics::new(crate::daemon::metrics::NO_ROUTE)),
             hook_metrics,
-            limits: crate::features::ratelimit::Limiters::build(&config.routes),
-            hooks: crate::features::webhooks::Hooks::build(&config.webhooks),
+            limits,
+            hooks: crate::features::webhooks::Hooks::build(&config.webhooks)?,
             site: config
                 .server
                 .static_site

@@ -192,7 +192,12 @@ async fn dispatch(
             .map(|index| generation.hook_metrics[index].clone());
         // Cold paths are boxed: a future is moved by value, and an inline one would make every
         // request's future as large as its largest branch.
-        let handled = Box::pin(generation.hooks.handle(hook, &generation.secrets, parts.clone(), body)).await;
+        let handled = Box::pin(
+            generation
+                .hooks
+                .handle(hook, &generation.secrets, parts.clone(), body, bytes_in),
+        )
+        .await;
         context.upstream_status = handled.target_status;
         context.error = handled.error;
         return Ok(handled.response);
@@ -263,13 +268,9 @@ async fn forward(
     } else {
         validate::RequestBody::Stream(body)
     };
-    generation
-        .limits
-        .check(&route.name, &parts.headers)
-        .map_err(|limited| ProxyError::RateLimited {
-            retry_after: limited.retry_after,
-            daily: limited.daily,
-        })?;
+    if let Some(limiter) = &plan.limiter {
+        limiter.check(&parts.headers)?;
+    }
 
     // Secrets: every one the route injects, or a 503 naming the first one missing.
     let mut values: Vec<Arc<SecretString>> = Vec::with_capacity(route.secrets.len());

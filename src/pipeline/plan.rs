@@ -15,6 +15,7 @@ use secrecy::SecretString;
 
 use crate::config::Route;
 use crate::daemon::metrics::RouteMetrics;
+use crate::features::ratelimit::{LimitState, Limiters};
 use crate::features::scrub::Redactor;
 use crate::pipeline::client::{ClientError, Upstream, Upstreams};
 
@@ -29,6 +30,8 @@ pub struct RoutePlan {
     /// The `Allow` header for `405` answers and preflights.
     pub allow: HeaderValue,
     pub metrics: Arc<RouteMetrics>,
+    /// The route's rate-limit counters (carried over across reloads while the limit is equal).
+    pub limiter: Option<Arc<LimitState>>,
     redactor: ArcSwapOption<CachedRedactor>,
 }
 
@@ -48,7 +51,7 @@ impl std::fmt::Debug for RoutePlan {
 }
 
 impl RoutePlan {
-    pub fn build(route: &Route, upstreams: &mut Upstreams) -> Result<RoutePlan, ClientError> {
+    pub fn build(route: &Route, upstreams: &mut Upstreams, limits: &Limiters) -> Result<RoutePlan, ClientError> {
         let upstream = upstreams.for_route(route)?;
         let allow = HeaderValue::from_str(&crate::pipeline::routes::allow_header(route))
             .unwrap_or_else(|_| HeaderValue::from_static("GET"));
@@ -58,6 +61,7 @@ impl RoutePlan {
             upstream,
             allow,
             metrics: Arc::new(RouteMetrics::new(&route.name)),
+            limiter: limits.for_route(&route.name),
             redactor: ArcSwapOption::empty(),
             route: route.clone(),
         })

@@ -9,7 +9,7 @@ pub mod keyring;
 
 use std::path::PathBuf;
 
-pub use cache::SecretCache;
+pub use cache::{REFRESH_AFTER, SecretCache, Waits};
 pub use secrecy::{ExposeSecret, SecretString};
 
 /// Where one secret is read from.

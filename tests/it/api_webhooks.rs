@@ -1,6 +1,8 @@
-//! Webhooks through the real binary: GitHub and Stripe signatures computed here verify and the
-//! request reaches a real local target unchanged; tampered, unsigned, stale and replayed ones get
-//! 401 and never reach it. The signing secrets never show up in responses or logs.
+//! Webhooks through the real binary: GitHub and Stripe signatures computed here, and Standard
+//! Webhooks / Svix signatures computed independently by Python's `hmac` and `base64` the way the
+//! reference libraries do, verify and the request reaches a real local target unchanged;
+//! tampered, unsigned, stale and replayed ones get 401 and never reach it. The signing secrets
+//! never show up in responses or logs.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -183,6 +185,167 @@ tolerance = "5m"
     assert!(logs.contains("\"route\":\"webhook:github\""), "{logs}");
     assert_no_secret(&logs, &[GITHUB_SECRET, STRIPE_SECRET], "daemon logs");
     assert_no_secret(&bodies, &[GITHUB_SECRET, STRIPE_SECRET], "webhook responses");
+}
+
+/// Key (`whsec_` prefix optional, then base64, padding optional) and signature as the Standard
+/// Webhooks reference libraries compute them, in Python: an implementation independent of ours.
+const PYTHON_SIGN: &str = r#"
+import base64, hashlib, hmac, sys
+secret, msg_id, ts, body = sys.argv[1:5]
+if secret.startswith("whsec_"):
+    secret = secret[len("whsec_"):]
+key = base64.b64decode(secret + "==")
+mac = hmac.new(key, f"{msg_id}.{ts}.{body}".encode(), hashlib.sha256).digest()
+print("v1," + base64.b64encode(mac).decode())
+"#;
+
+fn python_sign(secret: &str, id: &str, ts: u64, body: &str) -> String {
+    let output = std::process::Command::new("python3")
+        .args(["-c", PYTHON_SIGN, secret, id, &ts.to_string(), body])
+        .output()
+        .expect("python3 runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// A Svix-style secret (base64 of 24 bytes) with and without `whsec_`.
+const SVIX_KEY_B64: &str = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_webhooks_accept_svix_headers_and_unprefixed_secrets() {
+    let target = Upstream::echo().await;
+    let prefixed = format!("whsec_{SVIX_KEY_B64}");
+    let config = format!(
+        r#"[secrets.prefixed]
+env = "PREFIXED_SECRET"
+[secrets.bare]
+env = "BARE_SECRET"
+
+[webhooks.prefixed]
+path = "/hooks/clerk"
+verify = "standard-webhooks"
+secret = "prefixed"
+target = "{t}/clerk"
+
+[webhooks.bare]
+path = "/hooks/resend"
+verify = "standard-webhooks"
+secret = "bare"
+target = "{t}/resend"
+"#,
+        t = target.url()
+    );
+    let envs = [
+        ("PREFIXED_SECRET", prefixed.clone()),
+        ("BARE_SECRET", SVIX_KEY_B64.to_string()),
+    ];
+    let daemon = tokio::task::spawn_blocking(move || {
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Daemon::start(&config, &envs)
+    })
+    .await
+    .unwrap();
+    let mut bodies = String::new();
+    let payload = r#"{"type":"user.created","data":{"id":"user_1"}}"#;
+
+    // Both header spellings, both secret spellings (each hook's secret as configured), one
+    // message id each so no request is a replay of another.
+    let mut n = 0;
+    for (hook, secret) in [("/hooks/clerk", prefixed.as_str()), ("/hooks/resend", SVIX_KEY_B64)] {
+        for prefix in ["svix", "webhook"] {
+            n += 1;
+            let id = format!("msg_{n}");
+            let ts = now();
+            let signature = python_sign(secret, &id, ts, payload);
+            let response = client()
+                .post(daemon.url(hook))
+                .header("content-type", "application/json")
+                .header(format!("{prefix}-id"), &id)
+                .header(format!("{prefix}-timestamp"), ts.to_string())
+                .header(format!("{prefix}-signature"), format!("v1,bm90IGl0 {signature}"))
+                .body(payload)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let text = response.text().await.unwrap();
+            assert_eq!(status, 200, "{hook} with {prefix}-*: {text}");
+            bodies.push_str(&text);
+            let received = target.received();
+            let seen = received.last().unwrap();
+            assert_eq!(seen.body, payload.as_bytes());
+            assert_eq!(seen.header(&format!("{prefix}-id")), Some(id.as_str()));
+        }
+    }
+    assert_eq!(target.received().len(), 4);
+
+    // Refusals: tampered body, a signature made with the secret's text as raw key bytes (not
+    // what the reference does), a stale timestamp, mixed-up ids; nothing reaches the target.
+    let raw_key_signature = {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(SVIX_KEY_B64.as_bytes()).unwrap();
+        let ts = now();
+        mac.update(format!("msg_raw.{ts}.{payload}").as_bytes());
+        use base64::Engine;
+        (
+            ts,
+            format!(
+                "v1,{}",
+                base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+            ),
+        )
+    };
+    let ts = now();
+    let good = python_sign(SVIX_KEY_B64, "msg_x", ts, payload);
+    let stale_ts = now() - 3600;
+    let stale = python_sign(SVIX_KEY_B64, "msg_s", stale_ts, payload);
+    let cases: Vec<(&str, String, u64, String, &str, &str)> = vec![
+        (
+            "msg_x",
+            good.clone(),
+            ts,
+            r#"{"type":"user.deleted"}"#.to_string(),
+            "svix",
+            "does not match",
+        ),
+        ("msg_y", good.clone(), ts, payload.to_string(), "svix", "does not match"),
+        (
+            "msg_raw",
+            raw_key_signature.1,
+            raw_key_signature.0,
+            payload.to_string(),
+            "webhook",
+            "does not match",
+        ),
+        (
+            "msg_s",
+            stale,
+            stale_ts,
+            payload.to_string(),
+            "svix",
+            "outside the allowed tolerance",
+        ),
+    ];
+    for (id, signature, ts, body, prefix, reason) in cases {
+        let response = client()
+            .post(daemon.url("/hooks/resend"))
+            .header(format!("{prefix}-id"), id)
+            .header(format!("{prefix}-timestamp"), ts.to_string())
+            .header(format!("{prefix}-signature"), signature)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{id}");
+        let text = response.text().await.unwrap();
+        assert!(text.contains(reason), "{id}: {reason:?} not in {text}");
+        bodies.push_str(&text);
+    }
+    assert_eq!(target.received().len(), 4, "a refused webhook reached the target");
+
+    let (status, logs) = tokio::task::spawn_blocking(move || daemon.terminate()).await.unwrap();
+    assert!(status.success(), "{logs}");
+    assert_no_secret(&logs, &[&prefixed, SVIX_KEY_B64], "daemon logs");
+    assert_no_secret(&bodies, &[&prefixed, SVIX_KEY_B64], "webhook responses");
 }
 
 #[test]

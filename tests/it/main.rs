@@ -17,6 +17,8 @@ mod keyring;
 mod proxy;
 mod redteam;
 mod redteam_limits;
+mod redteam_path;
 mod refusals;
 mod reload;
+mod reload_state;
 mod service;

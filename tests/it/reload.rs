@@ -1,5 +1,6 @@
 //! Live reload and graceful shutdown of the built binary: the config file rewritten under load,
-//! invalid edits, SIGHUP, a `listen` change, and SIGTERM during a slow stream.
+//! invalid edits, SIGHUP, a `listen` change and the other restart-only settings, a watcher that
+//! wakes for the config only, and SIGTERM during a slow stream.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -198,7 +199,7 @@ async fn sighup_reloads_and_reads_secrets_again() {
     let daemon = Daemon::start(&config, &[]);
     assert_eq!(client().get(daemon.url("/a")).send().await.unwrap().status(), 200);
 
-    // The secret file is not watched; a present secret is kept until a reload.
+    // SIGHUP reads every secret again at once (without it, within seconds on use).
     std::fs::write(&secret_file, "second-value-2222\n").unwrap();
     daemon.signal("HUP");
     daemon.wait_for_log("\"trigger\":\"SIGHUP\"", 1, Duration::from_secs(10));
@@ -455,4 +456,145 @@ async fn a_reload_cannot_drop_the_client_token_of_a_remote_socket() {
     let (status, logs) = daemon.terminate();
     assert!(status.success(), "{logs}");
     assert_no_secret(&logs, &[SECRET, TOKEN], "daemon logs");
+}
+
+/// Logging that shows every reload attempt, including those that find the text unchanged.
+const RELOAD_DEBUG: (&str, &str) = ("RUST_LOG", "info,secretproxy::daemon::reload=debug");
+const UNCHANGED: &str = "config unchanged; not reloaded";
+const RELOADED: &str = "config reloaded";
+
+/// Context switches of every thread of process `pid`: how often it woke up.
+fn wakeups(pid: u32) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        for line in status.lines() {
+            if let Some(n) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += n.trim().parse::<u64>().unwrap();
+            }
+        }
+    }
+    total
+}
+
+/// Writes, reads and renames everything in the config's directory except the config, with
+/// pauses longer than the debounce so a watcher woken by any of it would log a reload attempt.
+fn busy_neighbours(dir: &std::path::Path, config: &std::path::Path) {
+    use std::io::Write;
+    let log = dir.join("proxy.log");
+    for round in 0..5 {
+        for line in 0..200 {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap();
+            writeln!(file, "{{\"round\":{round},\"line\":{line}}}").unwrap();
+            drop(file);
+            let _ = std::fs::read(config).unwrap();
+        }
+        let other = dir.join("other.toml.tmp");
+        std::fs::write(&other, "x").unwrap();
+        std::fs::rename(&other, dir.join("other.toml")).unwrap();
+        std::fs::remove_file(dir.join("other.toml")).unwrap();
+        // A pause longer than the debounce: proving an absence needs time to pass, not a condition.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_wakes_for_the_config_only() {
+    let upstream = Upstream::echo().await;
+    let route = |name: &str| {
+        format!(
+            "[routes.{name}]\npath = \"/{name}\"\nupstream = \"{}/{name}\"\n",
+            upstream.url()
+        )
+    };
+    let first = route("a");
+    let daemon = Daemon::start(&first, &[RELOAD_DEBUG]);
+    let path = daemon.config_path.clone();
+    let dir = path.parent().unwrap().to_path_buf();
+
+    // The first event after start, with the text that is serving: nothing is rebuilt.
+    std::fs::write(&path, &first).unwrap();
+    let logs = daemon.wait_for_log(UNCHANGED, 1, Duration::from_secs(10));
+    assert_eq!(logs.matches(RELOADED).count(), 0, "{logs}");
+
+    // A log file written in a loop next to the config, reads of the config, other files renamed:
+    // no reload attempt at all, and the daemon is not even woken (1000 writes and reads would
+    // cost hundreds of wake-ups with a directory watch; an idle daemon has a few dozen).
+    let pid = daemon.child.id();
+    let before = wakeups(pid);
+    tokio::task::spawn_blocking({
+        let (dir, path) = (dir.clone(), path.clone());
+        move || busy_neighbours(&dir, &path)
+    })
+    .await
+    .unwrap();
+    let woken = wakeups(pid) - before;
+    eprintln!("daemon wake-ups during 1000 writes next to the config: {woken}");
+    assert!(woken < 100, "the daemon woke {woken} times for writes to other files");
+
+    // An edit in place still reloads...
+    let second = format!("{first}{}", route("b"));
+    std::fs::write(&path, &second).unwrap();
+    daemon.wait_for_log(RELOADED, 1, Duration::from_secs(10));
+    wait_for_status(&daemon.url("/b"), 200).await;
+    // ...and so does a rename-save.
+    write_by_rename(&path, &format!("{second}{}", route("c")));
+    daemon.wait_for_log(RELOADED, 2, Duration::from_secs(10));
+    wait_for_status(&daemon.url("/c"), 200).await;
+
+    let (status, logs) = daemon.terminate();
+    assert!(status.success(), "{logs}");
+    assert_eq!(
+        logs.matches(UNCHANGED).count(),
+        1,
+        "the neighbours woke the watcher:\n{logs}"
+    );
+    assert_eq!(logs.matches(RELOADED).count(), 2, "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_only_settings_are_named_and_the_rest_is_applied() {
+    let upstream = Upstream::echo().await;
+    let route = |name: &str| {
+        format!(
+            "[routes.{name}]\npath = \"/{name}\"\nupstream = \"{}/{name}\"\n",
+            upstream.url()
+        )
+    };
+    let daemon = Daemon::start(&route("a"), &[]);
+    let edited = format!(
+        "[server]\nmax-connections = 7\nheader-timeout = \"3s\"\nmax-header-size = \"20KiB\"\nshutdown-timeout = \"2s\"\n{}{}",
+        route("a"),
+        route("b")
+    );
+    write_by_rename(&daemon.config_path, &edited);
+    wait_for_status(&daemon.url("/b"), 200).await;
+    let logs = daemon.wait_for_log("takes effect only after a restart", 4, Duration::from_secs(10));
+    for setting in [
+        "server.max-connections",
+        "server.header-timeout",
+        "server.max-header-size",
+        "server.shutdown-timeout",
+    ] {
+        assert!(
+            logs.lines().any(|line| line.contains("\"WARN\"")
+                && line.contains(&format!("{setting} changed; it takes effect only after a restart"))),
+            "{setting}:\n{logs}"
+        );
+    }
+    // Another edit that keeps them: still different from what runs, so still named.
+    write_by_rename(&daemon.config_path, &format!("{edited}{}", route("c")));
+    wait_for_status(&daemon.url("/c"), 200).await;
+    daemon.wait_for_log("server.max-connections changed", 2, Duration::from_secs(10));
+    let (status, logs) = daemon.terminate();
+    assert!(status.success(), "{logs}");
 }

@@ -13,11 +13,14 @@ mod signature;
 pub use signature::{Rejection, Scheme};
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderName, HeaderValue, Method, Response, StatusCode, header};
-use http_body_util::BodyExt;
+use http::uri::PathAndQuery;
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -28,11 +31,10 @@ use crate::config::duration::{Zero, duration};
 use crate::config::raw::RawWebhook;
 use crate::config::size::size;
 use crate::config::{ConfigError, Source};
-use crate::features::inject::error_chain;
 use crate::http::body::{BoxError, ProxyBody};
 use crate::http::error::{ProxyError, json_response};
 use crate::http::headers::strip_hop_by_hop;
-use crate::pipeline::client::install_crypto_provider;
+use crate::pipeline::client::{ClientError, Upstream, Upstreams};
 use crate::secrets::{SecretCache, SecretSource};
 
 /// Default replay tolerance for the timestamped schemes (what Stripe and Slack recommend).
@@ -155,7 +157,8 @@ impl Webhook {
 /// signatures seen recently.
 pub struct Hooks {
     by_path: HashMap<String, Webhook>,
-    client: reqwest::Client,
+    /// Each webhook's loopback target, by webhook name (the same client as routes use).
+    targets: HashMap<String, Arc<Upstream>>,
     replays: Replays,
 }
 
@@ -173,19 +176,23 @@ pub struct Handled {
 }
 
 impl Hooks {
-    pub fn build(webhooks: &[Webhook]) -> Hooks {
-        install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .expect("a client without custom TLS settings builds");
-        Hooks {
-            by_path: webhooks.iter().map(|hook| (hook.path.clone(), hook.clone())).collect(),
-            client,
-            replays: Replays::default(),
+    pub fn build(webhooks: &[Webhook]) -> Result<Hooks, ClientError> {
+        let mut upstreams = Upstreams::default();
+        let mut targets = HashMap::new();
+        for hook in webhooks {
+            let target = upstreams
+                .for_origin(&hook.target, None, Duration::from_secs(5))
+                .map_err(|message| ClientError {
+                    route: format!("webhook:{}", hook.name),
+                    message,
+                })?;
+            targets.insert(hook.name.clone(), target);
         }
+        Ok(Hooks {
+            by_path: webhooks.iter().map(|hook| (hook.path.clone(), hook.clone())).collect(),
+            targets,
+            replays: Replays::default(),
+        })
     }
 
     pub fn find(&self, path: &str) -> Option<&Webhook> {
@@ -202,6 +209,7 @@ impl Hooks {
         secrets: &SecretCache,
         parts: http::request::Parts,
         body: Incoming,
+        bytes_in: &AtomicU64,
     ) -> Handled {
         let refuse = |status: StatusCode, code: &'static str, message: String| Handled {
             response: json_response(status, &json!({ "error": message, "code": code, "webhook": hook.name })),
@@ -221,7 +229,10 @@ impl Hooks {
             return handled;
         }
         let body = match read_limited(body, hook.max_body).await {
-            Ok(body) => body,
+            Ok(body) => {
+                bytes_in.fetch_add(body.len() as u64, Ordering::Relaxed);
+                body
+            }
             Err(None) => {
                 return refuse(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -276,30 +287,36 @@ impl Hooks {
             );
         }
 
-        let mut target = hook.target.clone();
-        if let Some(query) = parts.uri.query() {
-            target.set_query(Some(query));
-        }
+        let path = hook.target.path();
+        let target = match parts.uri.query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_string(),
+        };
+        let Ok(target) = PathAndQuery::try_from(target) else {
+            return refuse(StatusCode::BAD_REQUEST, "bad_request", "the query is not valid".into());
+        };
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
         headers.remove(header::HOST);
         headers.remove(header::EXPECT);
-        let mut outbound = reqwest::Request::new(Method::POST, target);
+        let mut outbound = Request::new(Full::new(body).map_err(|never| match never {}).boxed());
+        *outbound.method_mut() = Method::POST;
         *outbound.headers_mut() = headers;
-        *outbound.body_mut() = Some(reqwest::Body::from(body));
-        match tokio::time::timeout(TARGET_TIMEOUT, self.client.execute(outbound)).await {
+        let upstream = &self.targets[&hook.name];
+        match tokio::time::timeout(TARGET_TIMEOUT, upstream.send(target, outbound)).await {
             Ok(Ok(answer)) => {
                 let status = answer.status().as_u16();
-                let mut response: Response<reqwest::Body> = answer.into();
-                strip_hop_by_hop(response.headers_mut());
+                let (mut head, body) = answer.into_parts();
+                strip_hop_by_hop(&mut head.headers);
+                head.extensions = http::Extensions::new();
                 Handled {
-                    response: response.map(|b| b.map_err(|e| Box::new(e.without_url()) as BoxError).boxed_unsync()),
+                    response: Response::from_parts(head, body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()),
                     error: None,
                     target_status: Some(status),
                 }
             }
             Ok(Err(error)) => {
-                let error = ProxyError::Unreachable(error_chain(&error.without_url()));
+                let error = ProxyError::Unreachable(error.chain());
                 tracing::warn!(webhook = %hook.name, error = %error, "webhook target failed");
                 Handled {
                     error: Some(error.code()),

@@ -29,7 +29,8 @@ pub enum Scheme {
     /// `X-Slack-Signature: v0=<hex HMAC("v0:ts:body")>` with `X-Slack-Request-Timestamp`.
     Slack,
     /// `webhook-signature: v1,<base64 HMAC("id.ts.body")>` with `webhook-id` and
-    /// `webhook-timestamp`; the secret is `whsec_<base64 key>`.
+    /// `webhook-timestamp` (or the same as `svix-*`); the secret is `whsec_<base64 key>` or the
+    /// base64 key alone.
     StandardWebhooks,
     /// `<header>: <hex or base64 HMAC(body)>`, optionally prefixed `sha256=`.
     HmacSha256 { header: HeaderName },
@@ -82,6 +83,37 @@ fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, Rej
         .ok_or(Rejection::Missing(name))?
         .to_str()
         .map_err(|_| Rejection::Malformed(name))
+}
+
+/// `svix-*` first, then `webhook-*`, one header at a time: what the Svix and Standard Webhooks
+/// reference verifiers accept (Svix-powered senders such as Clerk and Resend send `svix-*`).
+fn either_header<'a>(headers: &'a HeaderMap, svix: &'static str, standard: &'static str) -> Result<&'a str, Rejection> {
+    if headers.contains_key(svix) {
+        header(headers, svix)
+    } else {
+        header(headers, standard)
+    }
+}
+
+/// The HMAC key of a Standard Webhooks secret, as the reference libraries read it: an optional
+/// `whsec_` prefix, then base64 (padding optional). A secret that is not base64 is refused
+/// rather than used as raw bytes, which no sender would sign with.
+fn standard_webhooks_key(secret: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, Rejection> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let encoded = secret.strip_prefix(b"whsec_").unwrap_or(secret);
+    let key = zeroize::Zeroizing::new(
+        LENIENT
+            .decode(encoded)
+            .map_err(|_| Rejection::Malformed("signing secret (expected base64, with or without `whsec_`)"))?,
+    );
+    if key.is_empty() {
+        return Err(Rejection::Malformed("signing secret (empty)"));
+    }
+    Ok(key)
 }
 
 fn fresh(timestamp: &str, tolerance: Duration, now: u64, what: &'static str) -> Result<u64, Rejection> {
@@ -156,16 +188,11 @@ pub(super) fn verify(
             })
         }
         Scheme::StandardWebhooks => {
-            let id = header(headers, "webhook-id")?;
-            let ts_text = header(headers, "webhook-timestamp")?;
-            let value = header(headers, "webhook-signature")?;
+            let id = either_header(headers, "svix-id", "webhook-id")?;
+            let ts_text = either_header(headers, "svix-timestamp", "webhook-timestamp")?;
+            let value = either_header(headers, "svix-signature", "webhook-signature")?;
             let ts = fresh(ts_text, tolerance, now, "webhook-timestamp")?;
-            let key = match secret.strip_prefix(b"whsec_") {
-                Some(encoded) => base64::engine::general_purpose::STANDARD
-                    .decode(encoded)
-                    .map_err(|_| Rejection::Malformed("signing secret (expected whsec_<base64>)"))?,
-                None => secret.to_vec(),
-            };
+            let key = standard_webhooks_key(secret)?;
             let expected = mac(&key, &[id.as_bytes(), b".", ts_text.as_bytes(), b".", body]);
             let matched = value.split(' ').find_map(|candidate| {
                 let encoded = candidate.strip_prefix("v1,")?;
@@ -279,6 +306,35 @@ mod tests {
             verify(&Scheme::StandardWebhooks, &ok, b"body!", secret.as_bytes(), TOL, 1000).err(),
             Some(Rejection::Mismatch)
         );
+    }
+
+    #[test]
+    fn standard_webhooks_svix_names_and_unprefixed_secrets() {
+        let key = b"another key, 24 bytes..";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+        let raw = mac(key, &[b"msg_2.1000.body"]).finalize().into_bytes();
+        let sig = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(raw));
+        let svix = headers(&[
+            ("svix-id", "msg_2"),
+            ("svix-timestamp", "1000"),
+            ("svix-signature", &sig),
+        ]);
+        let unpadded = b64.trim_end_matches('=').to_string();
+        for secret in [format!("whsec_{b64}"), b64.clone(), unpadded] {
+            assert!(
+                verify(&Scheme::StandardWebhooks, &svix, b"body", secret.as_bytes(), TOL, 1000).is_ok(),
+                "{secret}"
+            );
+        }
+        // The svix-* header wins over webhook-* where both are sent, as in the reference.
+        let mut both = svix.clone();
+        both.insert("webhook-id", "msg_other".parse().unwrap());
+        assert!(verify(&Scheme::StandardWebhooks, &both, b"body", b64.as_bytes(), TOL, 1000).is_ok());
+        // A secret that is not base64 is refused, never used as raw bytes.
+        assert!(matches!(
+            verify(&Scheme::StandardWebhooks, &svix, b"body", b"not base64!", TOL, 1000),
+            Err(Rejection::Malformed(_))
+        ));
     }
 
     #[test]
