@@ -9,7 +9,7 @@
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode, header};
@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::config::raw::{RawRequest, RawSchema};
 use crate::config::size::size;
 use crate::config::{ConfigError, Source, relative_to_config};
-use crate::http::body::{Counted, Upload, Watched};
+use crate::http::body::{Upload, Watched};
 use crate::http::error::ProxyError;
 use crate::pipeline::client::UpstreamBody;
 
@@ -376,11 +376,10 @@ impl RequestBody {
         match self {
             RequestBody::Stream(body) => {
                 let limited = crate::features::limit::Limited::new(body, limit, overrun.clone());
-                BodyExt::map_err(Watched::new(Counted::new(limited, count), upload), Into::into).boxed()
+                BodyExt::map_err(Watched::new(limited, count, upload), Into::into).boxed()
             }
             RequestBody::Buffered(bytes) => {
-                count.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                let body = Watched::new(http_body_util::Full::new(bytes), upload);
+                let body = Watched::new(http_body_util::Full::new(bytes), count, upload);
                 BodyExt::map_err(body, |never| match never {}).boxed()
             }
         }

@@ -1,4 +1,5 @@
-//! Body types of the proxy: the boxed response body, and a body that counts its bytes.
+//! Body types of the proxy: the boxed response body, and the request body wrapper that counts
+//! its bytes and reports its end.
 //!
 //! Bodies are never collected on the request path: frames pass through as they arrive, and byte
 //! counts are taken on the way (the access log is in [`crate::pipeline::access`]).
@@ -23,44 +24,6 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
 
 pub fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
-}
-
-/// Counts the bytes of a body as they pass.
-pub struct Counted<B> {
-    inner: B,
-    count: Arc<AtomicU64>,
-}
-
-impl<B> Counted<B> {
-    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
-        Counted { inner, count }
-    }
-}
-
-impl<B> Body for Counted<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// What became of a request body on its way upstream: whether it ended, and whether reading it
@@ -94,18 +57,20 @@ impl Upload {
     }
 }
 
-/// A request body that reports its end and its read errors to an [`Upload`].
+/// A request body that counts its bytes into `count` as they pass and reports its end and its
+/// read errors to an [`Upload`].
 pub struct Watched<B> {
     inner: B,
+    count: Arc<AtomicU64>,
     upload: Arc<Upload>,
 }
 
 impl<B: Body> Watched<B> {
-    pub fn new(inner: B, upload: Arc<Upload>) -> Self {
+    pub fn new(inner: B, count: Arc<AtomicU64>, upload: Arc<Upload>) -> Self {
         if inner.is_end_stream() {
             upload.end();
         }
-        Watched { inner, upload }
+        Watched { inner, count, upload }
     }
 }
 
@@ -118,6 +83,11 @@ where
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
         match &polled {
             Poll::Ready(None) => self.upload.end(),
             Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.upload.end(),
