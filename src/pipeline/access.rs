@@ -255,15 +255,24 @@ pub struct Logged {
     inner: ProxyBody,
     record: Option<AccessRecord>,
     bytes_out: u64,
+    /// The body's exact length when known up front (a file, a fixed answer): hyper stops
+    /// polling once it has sent that many bytes, so reaching it means complete.
+    expected: Option<u64>,
 }
 
 impl Logged {
-    pub fn new(inner: ProxyBody, record: AccessRecord) -> Self {
+    /// `length` is the body's length when the response declares it (`Content-Length`).
+    pub fn new(inner: ProxyBody, record: AccessRecord, length: Option<u64>) -> Self {
         Logged {
+            expected: inner.size_hint().exact().or(length),
             inner,
             record: Some(record),
             bytes_out: 0,
         }
+    }
+
+    fn is_complete(&self) -> bool {
+        self.inner.is_end_stream() || self.expected == Some(self.bytes_out)
     }
 
     fn finish(&mut self, outcome: &'static str) {
@@ -286,7 +295,7 @@ impl Body for Logged {
                 }
                 // A body that knows it is done (a file, a fixed-size answer) may never be polled
                 // again: hyper stops at its end. It is complete now.
-                if self.inner.is_end_stream() {
+                if self.is_complete() {
                     self.finish("complete");
                 }
             }
@@ -309,11 +318,7 @@ impl Body for Logged {
 impl Drop for Logged {
     fn drop(&mut self) {
         // hyper drops an empty body without polling it; that is a complete response.
-        let outcome = if self.inner.is_end_stream() {
-            "complete"
-        } else {
-            "client_gone"
-        };
+        let outcome = if self.is_complete() { "complete" } else { "client_gone" };
         self.finish(outcome);
     }
 }

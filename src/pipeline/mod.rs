@@ -127,7 +127,11 @@ impl Proxy {
             metrics,
             in_flight,
         };
-        response.map(|body| Logged::new(body, record))
+        let length = (record.method != http::Method::HEAD)
+            .then(|| response.headers().get(header::CONTENT_LENGTH))
+            .flatten()
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        response.map(|body| Logged::new(body, record, length))
     }
 }
 

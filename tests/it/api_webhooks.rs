@@ -4,7 +4,7 @@
 //! tampered, unsigned, stale and replayed ones get 401 and never reach it. The signing secrets
 //! never show up in responses or logs.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
@@ -379,4 +379,49 @@ fn webhook_config_errors_name_the_key() {
          [webhooks.w]\npath = \"/hooks/w\"\nsecret = \"s\"\nverify = \"github\"\ntarget = \"http://localhost:9/\"\n",
     );
     assert!(error.contains("webhooks.w.path: conflicts"), "{error}");
+}
+
+/// The access line tells the truth: a delivered webhook counts its body in `bytes_in`, and a
+/// static file that was sent whole is `complete` (not `client_gone`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_lines_count_webhook_bodies_and_complete_static_files() {
+    let target = Upstream::echo().await;
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("index.html"), "<!doctype html><p>hello</p>").unwrap();
+    let config = format!(
+        "[server]\nstatic-dir = {:?}\n[secrets.gh-hook]\nenv = \"GH_HOOK_SECRET\"\n\
+         [webhooks.github]\npath = \"/hooks/github\"\nverify = \"github\"\nsecret = \"gh-hook\"\ntarget = \"{}/github\"\n",
+        site.path().display().to_string(),
+        target.url()
+    );
+    let daemon = tokio::task::spawn_blocking(move || Daemon::start(&config, &[("GH_HOOK_SECRET", GITHUB_SECRET)]))
+        .await
+        .unwrap();
+    let payload = r#"{"action":"opened","number":42}"#;
+    let signature = format!("sha256={}", hmac_hex(GITHUB_SECRET, &[payload.as_bytes()]));
+    let response = client()
+        .post(daemon.url("/hooks/github"))
+        .header("x-hub-signature-256", signature)
+        .header("content-type", "application/json")
+        .body(payload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let page = client().get(daemon.url("/index.html")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("hello"));
+    let logs = daemon.wait_for_log("\"target\":\"secretproxy::access\"", 2, Duration::from_secs(10));
+    let access: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "secretproxy::access")
+        .collect();
+    let hook = access.iter().find(|v| v["path"] == "/hooks/github").unwrap();
+    assert_eq!(hook["bytes_in"], payload.len(), "{hook}");
+    assert_eq!(hook["route"], "webhook:github");
+    let file = access.iter().find(|v| v["path"] == "/index.html").unwrap();
+    assert_eq!(file["outcome"], "complete", "{file}");
+    let (_, logs) = daemon.terminate();
+    assert_no_secret(&logs, &[GITHUB_SECRET], "daemon logs");
 }
