@@ -41,8 +41,10 @@ pub enum ProxyError {
     ClientToken,
     #[error("the request body is larger than this route's limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
-    #[error("the upstream answered with `Content-Encoding: {0}`, which cannot be scrubbed of secrets")]
-    Unscrubbable(String),
+    /// An answer in a coding that cannot be decoded for scrubbing; fixed text, nothing quoted from
+    /// the upstream.
+    #[error("the upstream answered in {0}, which cannot be scrubbed of secrets")]
+    Unscrubbable(&'static str),
 }
 
 impl ProxyError {

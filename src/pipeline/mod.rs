@@ -23,7 +23,7 @@ use tracing::instrument;
 
 use crate::daemon::metrics::Metrics;
 use crate::features::admin;
-use crate::features::{cors, guard, limit, scrub, validate};
+use crate::features::{cors, guard, limit, validate};
 use crate::http::body::{self, AccessRecord, Logged, ProxyBody};
 use crate::http::error::ProxyError;
 use crate::http::headers;
@@ -301,20 +301,30 @@ async fn forward(
 
     let upstream_status = upstream_response.status().as_u16();
     let mut response: Response<reqwest::Body> = upstream_response.into();
-    filter_response_headers(response.headers_mut(), route.keep_set_cookie);
+    // The status line carries the canonical reason phrase, never the upstream's (it may echo a secret).
+    response.extensions_mut().remove::<hyper::ext::ReasonPhrase>();
     let mut response = response.map(|body| {
         body.map_err(|e| Box::new(e.without_url()) as body::BoxError)
             .boxed_unsync()
     });
+    // Scrubbing reads plaintext: decode a compressed answer (before hop-by-hop headers go, so a
+    // coding in `Transfer-Encoding` is seen and refused).
+    if redactor.is_some() {
+        let (mut head, body) = response.into_parts();
+        match crate::features::decode::decode(&mut head.headers, body) {
+            Ok(body) => response = Response::from_parts(head, body),
+            Err(error) => {
+                return Outcome {
+                    query: Some(logged_query),
+                    upstream_status: Some(upstream_status),
+                    ..fail(error, route_name)
+                };
+            }
+        }
+    }
+    filter_response_headers(response.headers_mut(), route.keep_set_cookie);
     // Scrub first, so a transform never sees (or reshapes) an echoed secret.
     if let Some(redactor) = redactor {
-        if let Err(error) = scrub::check_encoding(response.headers()) {
-            return Outcome {
-                query: Some(logged_query),
-                upstream_status: Some(upstream_status),
-                ..fail(error, route_name)
-            };
-        }
         redactor.headers(response.headers_mut());
         // Redaction changes the length; a HEAD answer has no body to change.
         if parts.method != http::Method::HEAD {
