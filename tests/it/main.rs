@@ -16,5 +16,6 @@ mod harness;
 mod keyring;
 mod proxy;
 mod redteam;
+mod redteam_scrub;
 mod reload;
 mod service;
