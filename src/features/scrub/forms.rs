@@ -73,7 +73,9 @@ mod tests {
                 ] {
                     let encoded = engine.encode(&whole);
                     assert!(
-                        forms.iter().any(|f| encoded.as_bytes().windows(f.len()).any(|w| w == &f[..])),
+                        forms
+                            .iter()
+                            .any(|f| encoded.as_bytes().windows(f.len()).any(|w| w == &f[..])),
                         "no core found in {encoded}"
                     );
                 }

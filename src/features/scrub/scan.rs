@@ -291,9 +291,11 @@ impl View {
 
     fn escape(&mut self, bytes: &[u8], at: u64, raw_len: u64) {
         let start = self.decoded.len();
-        self.decoded.extend(bytes.iter().map(|&b| {
-            if self.decoding.percent() { plus_to_space(b) } else { b }
-        }));
+        self.decoded.extend(
+            bytes
+                .iter()
+                .map(|&b| if self.decoding.percent() { plus_to_space(b) } else { b }),
+        );
         self.segments.push(Segment {
             decoded: start,
             raw: at,
@@ -429,9 +431,7 @@ impl View {
     }
 
     fn segment(&self, index: usize) -> &Segment {
-        let at = self
-            .segments
-            .partition_point(|s| s.decoded + s.decoded_len <= index);
+        let at = self.segments.partition_point(|s| s.decoded + s.decoded_len <= index);
         &self.segments[at]
     }
 
@@ -474,9 +474,7 @@ impl View {
             self.segments.clear();
             return hold;
         };
-        let first = self
-            .segments
-            .partition_point(|s| s.decoded + s.decoded_len <= keep);
+        let first = self.segments.partition_point(|s| s.decoded + s.decoded_len <= keep);
         // A match never starts inside an escape's UTF-8 bytes; if one seemed to, keep the escape.
         if !self.segments[first].literal {
             keep = self.segments[first].decoded;

@@ -38,7 +38,7 @@ enum Form {
     /// Any mix of raw characters and `%XX` in random hex case.
     Percent,
     /// Form encoding: `+` for space.
-    FormUrl,
+    PlusForSpace,
     /// A JSON string body: `\/`, `\uXXXX` in random case, `\"`, `\\`.
     Json,
     /// Percent-encoded, then inside a JSON string.
@@ -57,7 +57,7 @@ fn forms() -> impl Strategy<Value = Form> {
     prop_oneof![
         Just(Form::Plain),
         Just(Form::Percent),
-        Just(Form::FormUrl),
+        Just(Form::PlusForSpace),
         Just(Form::Json),
         Just(Form::JsonPercent),
         (any::<bool>(), any::<bool>()).prop_map(|(url, pad)| Form::Base64 { url, pad }),
@@ -122,11 +122,16 @@ fn json_escape(text: &str, choices: &[u8]) -> String {
 
 fn encode(form: Form, secret: &str, choices: &[u8]) -> String {
     let around = |n: u8| -> Vec<u8> { choices.iter().take((n % 3) as usize).copied().collect() };
-    let wrapped = [&around(choices[0])[..], secret.as_bytes(), &around(choices[1 % choices.len()])[..]].concat();
+    let wrapped = [
+        &around(choices[0])[..],
+        secret.as_bytes(),
+        &around(choices[1 % choices.len()])[..],
+    ]
+    .concat();
     match form {
         Form::Plain => secret.to_string(),
         Form::Percent => percent_mix(secret, choices, false),
-        Form::FormUrl => percent_mix(secret, choices, true),
+        Form::PlusForSpace => percent_mix(secret, choices, true),
         Form::Json => json_escape(secret, choices),
         Form::JsonPercent => json_escape(&percent_mix(secret, choices, false), choices),
         Form::Base64 { url, pad } => {
@@ -254,7 +259,7 @@ fn decodes_to_secret(form: Form, out: &[u8], secret: &[u8]) -> bool {
     match form {
         Form::Plain => contains(out, secret),
         Form::Percent => contains(&percent_decode(out, false), secret),
-        Form::FormUrl => contains(&percent_decode(out, true), secret),
+        Form::PlusForSpace => contains(&percent_decode(out, true), secret),
         Form::Json => contains(&json_unescape(out), secret),
         Form::JsonPercent => contains(&percent_decode(&json_unescape(out), false), secret),
         Form::Base64 { .. } | Form::Basic => run_decodings(out, false).iter().any(|d| contains(d, secret)),
@@ -378,7 +383,10 @@ fn json_escapes_and_surrogate_pairs_are_decoded() {
         "k\\u00E9y/\\ud83d\\ude00\\u0022x",
         "\\u006b\u{e9}y\\u002F\u{1F600}\\\"x",
     ] {
-        assert_eq!(redactor.text(&format!("{{\"a\":\"{encoded}\"}}")), "{\"a\":\"[REDACTED]\"}");
+        assert_eq!(
+            redactor.text(&format!("{{\"a\":\"{encoded}\"}}")),
+            "{\"a\":\"[REDACTED]\"}"
+        );
     }
     // A lone surrogate is not the secret's emoji.
     let lone = "k\\u00e9y\\/\\uD83D\\\"x";
@@ -472,6 +480,10 @@ fn throughput() {
     }
     out += scanner.finish(&redactor.exact).len();
     let seconds = started.elapsed().as_secs_f64();
-    println!("scrubbed {} bytes at {:.0} MB/s", text.len(), text.len() as f64 / seconds / 1e6);
+    println!(
+        "scrubbed {} bytes at {:.0} MB/s",
+        text.len(),
+        text.len() as f64 / seconds / 1e6
+    );
     assert_eq!(out, text.len() - secret.len() + REDACTED.len());
 }
