@@ -29,6 +29,8 @@ pub struct Engine {
     raw: Set,
     /// For the percent views: `+` is written as a space, since form decoding reads it so.
     plus: Set,
+    /// Whether both sets are the same (no pattern holds `+` or a space).
+    same_sets: bool,
 }
 
 struct Set {
@@ -87,9 +89,11 @@ impl Engine {
             .iter()
             .map(|f| Zeroizing::new(f.iter().map(|&b| plus_to_space(b)).collect::<Vec<u8>>()))
             .collect();
+        let same_sets = !raw.iter().any(|f| f.contains(&b'+') || f.contains(&b' '));
         Some(Engine {
             raw: Set::new(raw, caseless)?,
             plus: Set::new(plus, caseless)?,
+            same_sets,
         })
     }
 
@@ -140,7 +144,7 @@ impl Decoding {
 
 /// A run of decoded bytes and the raw bytes it came from: either the same bytes one for one, or
 /// one escape.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Segment {
     /// First decoded byte, an index into the view's buffer.
     decoded: usize,
@@ -423,6 +427,28 @@ impl View {
         self.flush_percent();
     }
 
+    /// Whether this view would decode what comes next as `other` does: same tail, nothing pending.
+    fn same_state(&self, other: &View) -> bool {
+        self.pending_len == 0
+            && self.percent_len == 0
+            && other.pending_len == 0
+            && other.percent_len == 0
+            && self.decoded == other.decoded
+            && self.segments == other.segments
+    }
+
+    /// Takes `other`'s decoding state (see [`Scanner::push`]).
+    fn copy_from(&mut self, other: &View) {
+        self.decoded.clone_from(&other.decoded);
+        self.segments.clone_from(&other.segments);
+        self.pending = other.pending;
+        self.pending_len = other.pending_len;
+        self.pending_at = other.pending_at;
+        self.percent = other.percent;
+        self.percent_len = other.percent_len;
+        self.fed = other.fed;
+    }
+
     /// Where this view's undecided raw bytes begin, if any.
     fn undecided(&self) -> Option<u64> {
         let json = (self.pending_len > 0).then_some(self.pending_at);
@@ -509,6 +535,8 @@ pub struct Scanner {
     spans: Vec<(u64, u64)>,
     /// Whether anything was redacted so far.
     pub redacted: bool,
+    /// Whether a view may copy an equal one instead of scanning (off in tests, to compare).
+    pub share: bool,
 }
 
 impl Default for Scanner {
@@ -524,6 +552,7 @@ impl Default for Scanner {
             base: 0,
             spans: Vec::new(),
             redacted: false,
+            share: true,
         }
     }
 }
@@ -535,14 +564,45 @@ impl Scanner {
         self.held.extend_from_slice(chunk);
         let end = at + chunk.len() as u64;
         let mut hold = end;
-        for view in &mut self.views {
-            let set = engine.set(view.decoding);
-            view.feed(chunk, at);
-            view.fed = end;
-            view.matches(set, &mut self.spans);
-            hold = hold.min(view.settle(set));
+        // A view whose state equals an earlier view's, and that sees none of its escapes in this
+        // chunk, would decode and match exactly as that one does: it takes that one's result
+        // instead of scanning again (most chunks of most bodies have no escapes at all).
+        let twins = if self.share { self.twins(engine, chunk) } else { [None; 4] };
+        let mut holds = [end; 4];
+        for i in 0..self.views.len() {
+            let (done, rest) = self.views.split_at_mut(i);
+            let view = &mut rest[0];
+            if let Some(twin) = twins[i] {
+                view.copy_from(&done[twin]);
+                holds[i] = holds[twin];
+            } else {
+                let set = engine.set(view.decoding);
+                view.feed(chunk, at);
+                view.fed = end;
+                view.matches(set, &mut self.spans);
+                holds[i] = view.settle(set);
+            }
+            hold = hold.min(holds[i]);
         }
         self.release(hold)
+    }
+
+    /// For each view, an earlier view it may copy for this chunk (see [`Scanner::push`]).
+    fn twins(&self, engine: &Engine, chunk: &[u8]) -> [Option<usize>; 4] {
+        let [raw, percent, json, json_percent] = &self.views;
+        let no_backslash = memchr::memchr(b'\\', chunk).is_none();
+        // Percent decoding changes nothing without `%`; its `+`/space spelling matters only if the
+        // patterns or the text hold one.
+        let percent_like_raw = memchr::memchr(b'%', chunk).is_none()
+            && (engine.same_sets
+                || memchr::memchr2(b'+', b' ', chunk).is_none()
+                    && memchr::memchr2(b'+', b' ', &percent.decoded).is_none());
+        [
+            None,
+            (percent_like_raw && percent.same_state(raw)).then_some(0),
+            (no_backslash && json.same_state(raw)).then_some(0),
+            (no_backslash && json_percent.same_state(percent)).then_some(1),
+        ]
     }
 
     /// Ends the stream: returns everything still held, scrubbed.
