@@ -37,8 +37,11 @@ pub fn add_forms(forms: &mut Vec<Zeroizing<Vec<u8>>>, value: &[u8]) {
             push(url);
         }
     }
-    push(Zeroizing::new(hex::encode(value).into_bytes()));
-    push(Zeroizing::new(hex::encode_upper(value).into_bytes()));
+    // Hex of a value under four bytes would be a short run of digits, common in any text.
+    if value.len() >= MIN_CORE {
+        push(Zeroizing::new(hex::encode(value).into_bytes()));
+        push(Zeroizing::new(hex::encode_upper(value).into_bytes()));
+    }
 }
 
 /// The base64 characters that depend only on `value` when it starts `alignment` bytes after a

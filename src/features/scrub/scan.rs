@@ -567,7 +567,11 @@ impl Scanner {
         // A view whose state equals an earlier view's, and that sees none of its escapes in this
         // chunk, would decode and match exactly as that one does: it takes that one's result
         // instead of scanning again (most chunks of most bodies have no escapes at all).
-        let twins = if self.share { self.twins(engine, chunk) } else { [None; 4] };
+        let twins = if self.share {
+            self.twins(engine, chunk)
+        } else {
+            [None; 4]
+        };
         let mut holds = [end; 4];
         for i in 0..self.views.len() {
             let (done, rest) = self.views.split_at_mut(i);
