@@ -11,6 +11,7 @@
 
 mod forms;
 mod scan;
+mod view;
 
 use std::pin::Pin;
 use std::sync::Arc;
