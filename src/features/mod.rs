@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod cors;
+pub mod decode;
 pub mod guard;
 pub mod inject;
 pub mod jq;

@@ -95,10 +95,10 @@ pub enum ProxyError {
     /// Over the route's rate limit or daily quota.
     #[error("{}", if *daily { "the route's daily quota is used up" } else { "too many requests for this route" })]
     RateLimited { retry_after: Duration, daily: bool },
-    /// The upstream's answer is encoded in a way that cannot be scrubbed. Quotes nothing from the
-    /// upstream: a header value could itself carry a secret.
-    #[error("the upstream's answer is encoded in a way that cannot be scrubbed of secrets")]
-    Unscrubbable,
+    /// An answer in a coding that cannot be decoded for scrubbing; fixed text, nothing quoted from
+    /// the upstream.
+    #[error("the upstream answered in {0}, which cannot be scrubbed of secrets")]
+    Unscrubbable(&'static str),
     /// The upstream's answer had ambiguous framing (both `Content-Length` and
     /// `Transfer-Encoding`): it could be a truncated or smuggled response.
     #[error("the upstream's answer has ambiguous framing")]
@@ -164,7 +164,7 @@ impl ProxyError {
             }
             ProxyError::Unreachable(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable", Upstream, false),
             ProxyError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", Upstream, false),
-            ProxyError::Unscrubbable => (StatusCode::BAD_GATEWAY, "upstream_unscrubbable", Upstream, false),
+            ProxyError::Unscrubbable(_) => (StatusCode::BAD_GATEWAY, "upstream_unscrubbable", Upstream, false),
             ProxyError::UpstreamFraming => (StatusCode::BAD_GATEWAY, "upstream_framing", Upstream, false),
             ProxyError::Transform { code, .. } => (StatusCode::BAD_GATEWAY, *code, Upstream, false),
             ProxyError::AdminNotLocal { .. } => (StatusCode::FORBIDDEN, "forbidden", Client, false),

@@ -34,7 +34,7 @@ use secrecy::SecretString;
 use tracing::instrument;
 
 use crate::daemon::metrics::RouteMetrics;
-use crate::features::{admin, cors, guard, inject, limit, scrub, validate};
+use crate::features::{admin, cors, decode, guard, inject, limit, validate};
 use crate::http::body::{BoxError, ProxyBody, Upload};
 use crate::http::error::{ProxyError, Side};
 use access::{AccessRecord, Logged};
@@ -413,12 +413,17 @@ async fn forward(
     // the canonical reason for the status.
     head.extensions = http::Extensions::new();
     head.version = http::Version::HTTP_11;
+    let mut body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
+    // Scrubbing reads plaintext: decode a compressed answer on the upstream's own headers
+    // (before hop-by-hop headers go, so a coding in `Transfer-Encoding` is seen and refused).
+    if redactor.is_some() {
+        body = decode::decode(&mut head.headers, body)?;
+    }
     filter_response_headers(&mut head.headers, route.keep_set_cookie);
-    let mut response = Response::from_parts(head, body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync());
+    let mut response = Response::from_parts(head, body);
 
     // Scrub first, so a transform never sees (or reshapes) an echoed secret.
     if let Some(redactor) = redactor {
-        scrub::check_encoding(response.headers())?;
         redactor.headers(response.headers_mut());
         // Redaction changes the length; a HEAD answer has no body to change.
         if parts.method != http::Method::HEAD {

@@ -18,6 +18,7 @@ mod proxy;
 mod redteam;
 mod redteam_limits;
 mod redteam_path;
+mod redteam_scrub;
 mod refusals;
 mod reload;
 mod reload_state;

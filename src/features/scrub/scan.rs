@@ -1,0 +1,258 @@
+//! The streaming scanner: finds every form of a secret in a byte stream that a client could decode
+//! back to it, and replaces it with `[REDACTED]`.
+//!
+//! Rather than a list of pre-encoded patterns, the raw stream is read through four *views*
+//! (`view.rs`), each a decoder a client might apply: none (raw), percent-decoding (`%XX` in either hex case, any mix
+//! with raw characters, `+` and space counted as one), JSON string unescaping (`\/`, `\"`, `\\`,
+//! `\n`..., `\uXXXX` in any case, surrogate pairs), and JSON then percent. Each view decodes as it
+//! goes into a small buffer with a map back to raw positions, an Aho-Corasick automaton of the
+//! secret's whole-value forms (plain, base64 cores, hex; see `forms.rs`) runs over the decoded
+//! bytes, and each match becomes a raw span to redact. Several views are needed because the
+//! decodings disagree: `%41` is three characters to a raw reader, and `\u0041` is `A` only to a
+//! JSON reader.
+//!
+//! Streaming: each view keeps only the decoded tail that is still a proper prefix of a pattern
+//! (or an escape not yet complete), and the scanner sends every raw byte before the earliest such
+//! tail at once. So an SSE event goes out when it arrives, a secret split across chunks is still
+//! found, and memory stays bounded by the longest pattern, whatever the stream's length.
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use bytes::{Bytes, BytesMut};
+use zeroize::Zeroizing;
+
+use super::view::{Decoding, View};
+
+/// What a secret is replaced with.
+pub const REDACTED: &[u8] = b"[REDACTED]";
+
+/// The patterns, spelt for the views that read them.
+pub struct Engine {
+    /// For the raw and JSON views.
+    raw: Set,
+    /// For the percent views: `+` is written as a space, since form decoding reads it so.
+    plus: Set,
+    /// Whether both sets are the same (no pattern holds `+` or a space).
+    same_sets: bool,
+}
+
+pub(super) struct Set {
+    pub(super) automaton: AhoCorasick,
+    patterns: Vec<Zeroizing<Vec<u8>>>,
+    /// Whether a pattern starts with this byte: most tail positions are ruled out by one lookup.
+    pub(super) first: [bool; 256],
+    pub(super) longest: usize,
+    caseless: bool,
+}
+
+impl Set {
+    fn new(patterns: Vec<Zeroizing<Vec<u8>>>, caseless: bool) -> Option<Set> {
+        let longest = patterns.iter().map(|p| p.len()).max()?;
+        let automaton = AhoCorasick::builder()
+            .match_kind(MatchKind::Standard)
+            .ascii_case_insensitive(caseless)
+            .build(patterns.iter().map(|p| p.as_slice()))
+            .ok()?;
+        let mut first = [false; 256];
+        for pattern in &patterns {
+            first[pattern[0] as usize] = true;
+            if caseless {
+                first[pattern[0].to_ascii_lowercase() as usize] = true;
+                first[pattern[0].to_ascii_uppercase() as usize] = true;
+            }
+        }
+        Some(Set {
+            automaton,
+            patterns,
+            first,
+            longest,
+            caseless,
+        })
+    }
+
+    /// Whether `tail` is a proper prefix of a pattern: more bytes could complete a match.
+    pub(super) fn starts_pattern(&self, tail: &[u8]) -> bool {
+        self.patterns.iter().any(|p| {
+            p.len() > tail.len()
+                && if self.caseless {
+                    p[..tail.len()].eq_ignore_ascii_case(tail)
+                } else {
+                    p.starts_with(tail)
+                }
+        })
+    }
+}
+
+impl Engine {
+    /// An engine for these forms; `None` when there are none. `caseless` matches ASCII letters in
+    /// either case (for header names, which HTTP lower-cases).
+    pub fn new(forms: &[Zeroizing<Vec<u8>>], caseless: bool) -> Option<Engine> {
+        let raw: Vec<_> = forms.iter().filter(|f| !f.is_empty()).cloned().collect();
+        let plus: Vec<_> = raw
+            .iter()
+            .map(|f| Zeroizing::new(f.iter().map(|&b| plus_to_space(b)).collect::<Vec<u8>>()))
+            .collect();
+        let same_sets = !raw.iter().any(|f| f.contains(&b'+') || f.contains(&b' '));
+        Some(Engine {
+            raw: Set::new(raw, caseless)?,
+            plus: Set::new(plus, caseless)?,
+            same_sets,
+        })
+    }
+
+    fn set(&self, decoding: Decoding) -> &Set {
+        if decoding.percent() { &self.plus } else { &self.raw }
+    }
+
+    /// `bytes` scrubbed whole, and whether anything was redacted.
+    pub fn scrub(&self, bytes: &[u8]) -> (Vec<u8>, bool) {
+        let mut scanner = Scanner::default();
+        let mut out = scanner.push(self, bytes).to_vec();
+        out.extend_from_slice(&scanner.finish(self));
+        (out, scanner.redacted)
+    }
+}
+
+pub(super) fn plus_to_space(b: u8) -> u8 {
+    if b == b'+' { b' ' } else { b }
+}
+
+/// Scrubs one stream: raw bytes in, scrubbed bytes out, holding back only what may still turn
+/// out to be part of a secret.
+pub struct Scanner {
+    views: [View; 4],
+    /// Raw bytes not yet sent; the first is at stream offset `base`.
+    held: BytesMut,
+    base: u64,
+    /// Raw spans to redact that are not sent yet.
+    spans: Vec<(u64, u64)>,
+    /// Whether anything was redacted so far.
+    pub redacted: bool,
+    /// Whether a view may copy an equal one instead of scanning (off in tests, to compare).
+    pub share: bool,
+}
+
+impl Default for Scanner {
+    fn default() -> Scanner {
+        Scanner {
+            views: [
+                View::new(Decoding::Raw),
+                View::new(Decoding::Percent),
+                View::new(Decoding::Json),
+                View::new(Decoding::JsonPercent),
+            ],
+            held: BytesMut::new(),
+            base: 0,
+            spans: Vec::new(),
+            redacted: false,
+            share: true,
+        }
+    }
+}
+
+impl Scanner {
+    /// Takes the next chunk; returns what may be sent now (possibly nothing).
+    pub fn push(&mut self, engine: &Engine, chunk: &[u8]) -> Bytes {
+        let at = self.base + self.held.len() as u64;
+        self.held.extend_from_slice(chunk);
+        let end = at + chunk.len() as u64;
+        let mut hold = end;
+        // A view whose state equals an earlier view's, and that sees none of its escapes in this
+        // chunk, would decode and match exactly as that one does: it takes that one's result
+        // instead of scanning again (most chunks of most bodies have no escapes at all).
+        let twins = if self.share {
+            self.twins(engine, chunk)
+        } else {
+            [None; 4]
+        };
+        let mut holds = [end; 4];
+        for i in 0..self.views.len() {
+            let (done, rest) = self.views.split_at_mut(i);
+            let view = &mut rest[0];
+            if let Some(twin) = twins[i] {
+                view.copy_from(&done[twin]);
+                holds[i] = holds[twin];
+            } else {
+                let set = engine.set(view.decoding);
+                view.feed(chunk, at);
+                view.fed = end;
+                view.matches(set, &mut self.spans);
+                holds[i] = view.settle(set);
+            }
+            hold = hold.min(holds[i]);
+        }
+        self.release(hold)
+    }
+
+    /// For each view, an earlier view it may copy for this chunk (see [`Scanner::push`]).
+    fn twins(&self, engine: &Engine, chunk: &[u8]) -> [Option<usize>; 4] {
+        let [raw, percent, json, json_percent] = &self.views;
+        let no_backslash = memchr::memchr(b'\\', chunk).is_none();
+        // Percent decoding changes nothing without `%`; its `+`/space spelling matters only if the
+        // patterns or the text hold one.
+        let percent_like_raw = memchr::memchr(b'%', chunk).is_none()
+            && (engine.same_sets
+                || memchr::memchr2(b'+', b' ', chunk).is_none()
+                    && memchr::memchr2(b'+', b' ', &percent.decoded).is_none());
+        [
+            None,
+            (percent_like_raw && percent.same_state(raw)).then_some(0),
+            (no_backslash && json.same_state(raw)).then_some(0),
+            (no_backslash && json_percent.same_state(percent)).then_some(1),
+        ]
+    }
+
+    /// Ends the stream: returns everything still held, scrubbed.
+    pub fn finish(&mut self, engine: &Engine) -> Bytes {
+        for view in &mut self.views {
+            view.finish();
+            view.matches(engine.set(view.decoding), &mut self.spans);
+            view.decoded.clear();
+            view.segments.clear();
+        }
+        self.release(self.base + self.held.len() as u64)
+    }
+
+    /// Sends the held bytes before `hold`, redacted.
+    fn release(&mut self, hold: u64) -> Bytes {
+        let base = self.base;
+        let mut hold = hold.max(base);
+        // Merge the spans; a span that reaches past `hold` is held back whole.
+        self.spans.sort_unstable();
+        let mut merged = 0;
+        for read in 0..self.spans.len() {
+            let (start, end) = self.spans[read];
+            let start = start.max(base);
+            if end <= start {
+                continue;
+            }
+            if merged > 0 && start < self.spans[merged - 1].1 {
+                let last = &mut self.spans[merged - 1].1;
+                *last = (*last).max(end);
+            } else {
+                self.spans[merged] = (start, end);
+                merged += 1;
+            }
+        }
+        self.spans.truncate(merged);
+        if let Some(&(start, _)) = self.spans.iter().find(|&&(start, end)| start < hold && end > hold) {
+            hold = start;
+        }
+        let front = self.held.split_to((hold - base) as usize);
+        self.base = hold;
+        let within = self.spans.partition_point(|&(start, _)| start < hold);
+        if within == 0 {
+            return front.freeze();
+        }
+        self.redacted = true;
+        let mut out = Vec::with_capacity(front.len() + within * REDACTED.len());
+        let mut at = 0;
+        for &(start, end) in &self.spans[..within] {
+            out.extend_from_slice(&front[at..(start - base) as usize]);
+            out.extend_from_slice(REDACTED);
+            at = (end - base) as usize;
+        }
+        out.extend_from_slice(&front[at..]);
+        self.spans.drain(..within);
+        Bytes::from(out)
+    }
+}
