@@ -6,6 +6,16 @@
 //! `transform-limit`; a bigger body, or one that is not JSON, gets a 502 or passes through
 //! unchanged (`on-transform-error`). Only 2xx answers to non-HEAD requests are transformed: an
 //! upstream error keeps its own shape.
+//!
+//! Programs never run in the daemon: a [`pool`] of sandboxed [`worker`] processes runs them,
+//! bounded in memory, stack and time, so no program and no input can crash, wedge or exhaust
+//! the daemon. A bound that is hit gives `502 transform_limit`; a `200` from a transform is
+//! always strict RFC 8259 JSON ([`strict`] checks every output).
+
+pub mod pool;
+pub mod protocol;
+pub mod strict;
+pub mod worker;
 
 use std::sync::Arc;
 
@@ -15,7 +25,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use serde_json::json;
 
-use super::jq::{Transform, TransformFailure};
+use super::jq::{CompileError, Program};
 use crate::config::raw::RawResponse;
 use crate::config::size::size;
 use crate::config::{ConfigError, Source};
@@ -24,6 +34,108 @@ use crate::http::error::json_response;
 
 /// Default for `response.transform-limit`.
 pub const DEFAULT_TRANSFORM_LIMIT: u64 = 4 * 1024 * 1024;
+/// A transform's output may be this many times its route's `transform-limit` (at least 1 MiB).
+pub const OUTPUT_FACTOR: u64 = 4;
+
+/// A route's jq program: checked by compiling it at config load, run by a worker.
+pub struct Transform {
+    program: Arc<str>,
+}
+
+impl std::fmt::Debug for Transform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Transform").field(&self.program).finish()
+    }
+}
+
+impl Transform {
+    /// Compiles `program` to report its errors; workers compile it again where it runs.
+    pub fn compile(program: &str) -> Result<Transform, CompileError> {
+        Program::compile(program)?;
+        Ok(Transform {
+            program: program.into(),
+        })
+    }
+
+    pub fn program(&self) -> &str {
+        &self.program
+    }
+
+    /// Runs the program on `input` in a transform worker; `limit` is the route's
+    /// `transform-limit` (the output may be [`OUTPUT_FACTOR`] times that).
+    pub async fn run(&self, input: Bytes, limit: u64) -> Result<Bytes, TransformFailure> {
+        let budget = pool::Budget {
+            max_output: limit.saturating_mul(OUTPUT_FACTOR).max(1024 * 1024),
+            timeout: pool::CALL_TIMEOUT,
+        };
+        pool::Pool::global()
+            .run(self.program.clone(), input, budget)
+            .await
+            .map_err(|error| match error {
+                pool::CallError::NotJson => TransformFailure::NotJson,
+                pool::CallError::TooDeep => TransformFailure::TooDeep,
+                pool::CallError::Program(message) => TransformFailure::Program(message),
+                pool::CallError::Limit(message) => TransformFailure::Limit(message),
+                pool::CallError::Busy => TransformFailure::Busy,
+                pool::CallError::Unavailable => TransformFailure::Unavailable,
+            })
+    }
+}
+
+/// Why a body was not transformed.
+#[derive(Debug)]
+pub enum TransformFailure {
+    TooLarge(u64),
+    NotJson,
+    TooDeep,
+    Program(String),
+    Upstream(String),
+    /// A bound of the sandbox was hit (time, memory, stack, output size).
+    Limit(String),
+    /// Every worker stayed busy past the queue timeout.
+    Busy,
+    /// No worker could be started.
+    Unavailable,
+}
+
+impl TransformFailure {
+    /// The error code in the JSON body and the access log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TransformFailure::Limit(_) => "transform_limit",
+            TransformFailure::Busy => "transform_busy",
+            TransformFailure::Unavailable => "transform_unavailable",
+            _ => "transform_failed",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            TransformFailure::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+impl std::fmt::Display for TransformFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransformFailure::TooLarge(limit) => {
+                write!(f, "the upstream's body is larger than the transform limit ({limit} bytes)")
+            }
+            TransformFailure::NotJson => f.write_str("the upstream's body is not JSON"),
+            TransformFailure::TooDeep => write!(
+                f,
+                "the upstream's body nests deeper than {} levels",
+                super::jq::MAX_DEPTH
+            ),
+            TransformFailure::Program(message) | TransformFailure::Limit(message) => f.write_str(message),
+            TransformFailure::Upstream(message) => write!(f, "reading the upstream's body failed: {message}"),
+            TransformFailure::Busy => f.write_str("every transform worker is busy; try again"),
+            TransformFailure::Unavailable => f.write_str("the transform worker could not start"),
+        }
+    }
+}
 
 /// Headers a route may not set or remove on responses: they frame the connection.
 const FRAMING_HEADERS: &[&str] = &[
@@ -199,7 +311,7 @@ impl ResponsePolicy {
             (Err(TransformFailure::NotJson), Buffered::Untouched(body))
         } else {
             match collect_limited(body, self.transform_limit).await {
-                Ok(bytes) => (transform.run(&bytes), Buffered::Whole(bytes)),
+                Ok(bytes) => (transform.run(bytes.clone(), self.transform_limit).await, Buffered::Whole(bytes)),
                 Err((failure, rest)) => (Err(failure), rest),
             }
         };
@@ -218,12 +330,13 @@ impl ResponsePolicy {
             }
             Err(failure) => {
                 tracing::warn!(route, reason = %failure, "response transform failed");
+                let code = failure.code();
                 let body = json!({
                     "error": format!("the response could not be transformed: {failure}"),
-                    "code": "transform_failed",
+                    "code": code,
                     "route": route,
                 });
-                (json_response(StatusCode::BAD_GATEWAY, &body), Some("transform_failed"))
+                (json_response(failure.status(), &body), Some(code))
             }
         }
     }
