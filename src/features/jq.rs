@@ -42,6 +42,9 @@ pub const MAX_DEPTH: usize = 256;
 /// The deepest nesting a transform may output (jq's own printing limit).
 pub const MAX_OUTPUT_DEPTH: usize = 10_000;
 
+/// The start of `fromjson`'s refusal; uncaught, it makes the run a [`RunError::Limit`].
+const FROMJSON_TOO_DEEP: &str = "fromjson: the text nests deeper than";
+
 /// jq definitions missing from jaq's standard library that users of jq 1.7 rely on; each is
 /// plain jq, so it runs under the same bounds as the program itself.
 const EXTRA_DEFS: &str = r#"
@@ -81,8 +84,8 @@ pub enum RunError {
     TooDeep,
     /// The program failed, yielded no value or more than one, or its value cannot be JSON.
     Program(String),
-    /// The output is larger than the caller's budget.
-    OutputTooLarge,
+    /// A bound was hit: the output's size or depth, or `fromjson` text nesting too deep.
+    Limit(String),
 }
 
 impl fmt::Display for RunError {
@@ -91,7 +94,7 @@ impl fmt::Display for RunError {
             RunError::NotJson => f.write_str("the upstream's body is not JSON"),
             RunError::TooDeep => write!(f, "the upstream's body nests deeper than {MAX_DEPTH} levels"),
             RunError::Program(message) => f.write_str(message),
-            RunError::OutputTooLarge => f.write_str("the transform's output is larger than its limit"),
+            RunError::Limit(message) => f.write_str(message),
         }
     }
 }
@@ -170,11 +173,19 @@ impl Program {
         let value = match first {
             None => return Err(RunError::Program("the program yields no value".into())),
             Some(Ok(value)) => value,
-            Some(Err(exception)) => return Err(RunError::Program(describe(exception))),
+            Some(Err(exception)) => {
+                let message = describe(exception);
+                return Err(if message.contains(FROMJSON_TOO_DEEP) {
+                    RunError::Limit(message)
+                } else {
+                    RunError::Program(message)
+                });
+            }
         };
         let mut out = Vec::new();
         write_strict(&mut out, &value, 0, max_output).map_err(|error| match error {
-            WriteError::TooLarge => RunError::OutputTooLarge,
+            WriteError::TooLarge => RunError::Limit("the transform's output is larger than its limit".into()),
+            WriteError::TooDeep => RunError::Limit(too_deep()),
             WriteError::Program(message) => RunError::Program(message),
         })?;
         Ok(out)
@@ -190,6 +201,7 @@ fn describe(exception: Exn<Val>) -> String {
 
 enum WriteError {
     TooLarge,
+    TooDeep,
     Program(String),
 }
 
@@ -203,7 +215,7 @@ fn write_strict(out: &mut Vec<u8>, value: &Val, depth: usize, budget: usize) -> 
         Val::TStr(bytes) | Val::BStr(bytes) => write_string(out, bytes),
         Val::Arr(items) => {
             if depth >= MAX_OUTPUT_DEPTH {
-                return Err(WriteError::Program(too_deep()));
+                return Err(WriteError::TooDeep);
             }
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
@@ -216,7 +228,7 @@ fn write_strict(out: &mut Vec<u8>, value: &Val, depth: usize, budget: usize) -> 
         }
         Val::Obj(entries) => {
             if depth >= MAX_OUTPUT_DEPTH {
-                return Err(WriteError::Program(too_deep()));
+                return Err(WriteError::TooDeep);
             }
             out.push(b'{');
             for (i, (key, item)) in entries.iter().enumerate() {
@@ -302,9 +314,7 @@ fn fromjson() -> Fun<JustLut<Val>> {
     jaq_core::native::run(("fromjson", v(0), |cv| {
         let parsed = cv.1.try_as_utf8_bytes_owned().and_then(|text| {
             if nesting_exceeds(&text, MAX_DEPTH) {
-                return Err(jaq_json::Error::str(format_args!(
-                    "fromjson: the text nests deeper than {MAX_DEPTH} levels"
-                )));
+                return Err(jaq_json::Error::str(format_args!("{FROMJSON_TOO_DEEP} {MAX_DEPTH} levels")));
             }
             jaq_json::read::parse_many(&text)
                 .collect::<Result<Vec<_>, _>>()
@@ -324,6 +334,7 @@ fn tojson() -> Fun<JustLut<Val>> {
         match write_strict(&mut out, &cv.1, 0, usize::MAX) {
             Ok(()) => box_once(Ok(Val::utf8_str(out))),
             Err(WriteError::Program(message)) => box_once(Err(Exn::from(jaq_json::Error::str(message)))),
+            Err(WriteError::TooDeep) => box_once(Err(Exn::from(jaq_json::Error::str(too_deep())))),
             Err(WriteError::TooLarge) => box_once(Err(Exn::from(jaq_json::Error::str("tojson: too large")))),
         }
     }))
@@ -436,6 +447,7 @@ mod tests {
         let input = serde_json::to_string(&"[".repeat(16 * 1024)).unwrap();
         let out = run("try fromjson catch \"refused: \\(.)\"", &input).unwrap();
         assert!(out.contains("nests deeper than 256"), "{out}");
+        assert!(matches!(run("fromjson", &input), Err(RunError::Limit(_))));
         let out = run(r##""# [[[[\n[1]" | fromjson"##, "null").unwrap();
         assert_eq!(out, "[1]");
     }
@@ -457,7 +469,7 @@ mod tests {
     #[test]
     fn output_is_bounded() {
         let program = Program::compile("[range(1000)]").unwrap();
-        assert_eq!(program.run(b"null", 100), Err(RunError::OutputTooLarge));
+        assert!(matches!(program.run(b"null", 100), Err(RunError::Limit(_))));
         // Values this deep recurse in jaq itself: run where workers run, on the engine's stack.
         let deep = std::thread::Builder::new()
             .stack_size(super::super::transform::worker::ENGINE_STACK)
@@ -465,7 +477,7 @@ mod tests {
             .unwrap()
             .join()
             .unwrap();
-        assert!(matches!(deep, Err(RunError::Program(m)) if m.contains("nests deeper")));
+        assert!(matches!(deep, Err(RunError::Limit(m)) if m.contains("nests deeper")));
     }
 
     #[test]

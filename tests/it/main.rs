@@ -4,6 +4,7 @@
 mod admin;
 mod api_shape;
 mod api_static;
+mod api_transform;
 mod api_uploads;
 mod api_validate;
 mod api_webhooks;

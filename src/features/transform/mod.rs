@@ -102,7 +102,7 @@ impl TransformFailure {
     /// The error code in the JSON body and the access log.
     pub fn code(&self) -> &'static str {
         match self {
-            TransformFailure::Limit(_) => "transform_limit",
+            TransformFailure::Limit(_) | TransformFailure::TooDeep => "transform_limit",
             TransformFailure::Busy => "transform_busy",
             TransformFailure::Unavailable => "transform_unavailable",
             _ => "transform_failed",

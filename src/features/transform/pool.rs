@@ -241,7 +241,7 @@ async fn call(state: &State, program: &str, input: &Bytes, budget: Budget) -> Re
         },
         protocol::NOT_JSON => Err(CallError::NotJson),
         protocol::TOO_DEEP => Err(CallError::TooDeep),
-        protocol::OUTPUT_TOO_LARGE => Err(CallError::Limit(message())),
+        protocol::LIMIT => Err(CallError::Limit(message())),
         protocol::PROGRAM => Err(CallError::Program(message())),
         _ => Err(CallError::Program("the jq engine failed".into())),
     }

@@ -18,7 +18,8 @@ pub const OK: u8 = 0;
 pub const NOT_JSON: u8 = 1;
 pub const TOO_DEEP: u8 = 2;
 pub const PROGRAM: u8 = 3;
-pub const OUTPUT_TOO_LARGE: u8 = 4;
+/// A bound of the engine was hit (output size or depth, `fromjson` depth).
+pub const LIMIT: u8 = 4;
 /// The engine panicked; the worker exits after sending this.
 pub const INTERNAL: u8 = 5;
 pub const HELLO: u8 = 0xff;

@@ -86,7 +86,7 @@ fn serve() -> io::Result<()> {
                     RunError::NotJson => protocol::NOT_JSON,
                     RunError::TooDeep => protocol::TOO_DEEP,
                     RunError::Program(_) => protocol::PROGRAM,
-                    RunError::OutputTooLarge => protocol::OUTPUT_TOO_LARGE,
+                    RunError::Limit(_) => protocol::LIMIT,
                 };
                 let message = error.to_string();
                 let cut = message.len().min(protocol::MAX_MESSAGE as usize / 2);
