@@ -45,16 +45,59 @@ pub const MAX_OUTPUT_DEPTH: usize = 10_000;
 /// The start of `fromjson`'s refusal; uncaught, it makes the run a [`RunError::Limit`].
 const FROMJSON_TOO_DEEP: &str = "fromjson: the text nests deeper than";
 
-/// jq definitions missing from jaq's standard library that users of jq 1.7 rely on; each is
-/// plain jq, so it runs under the same bounds as the program itself.
+/// jq 1.7/1.8 definitions missing from jaq's standard library (or defined differently there),
+/// cheap to add as plain jq; they run under the same bounds as the program itself. Later
+/// definitions shadow jaq's own.
 const EXTRA_DEFS: &str = r#"
-def getpath_or_null(p): getpath(p);
+def have_decnum: true;
+def have_literal_numbers: true;
+def IN(s): any(s == .; .);
+def IN(src; s): any(src == s; .);
+def INDEX(stream; idx_expr): reduce stream as $row ({}; .[$row | idx_expr | tostring] |= $row);
+def INDEX(idx_expr): INDEX(.[]; idx_expr);
+def JOIN($idx; idx_expr): [.[] | [., $idx[idx_expr]]];
+def JOIN($idx; stream; idx_expr): stream | [., $idx[idx_expr]];
+def JOIN($idx; stream; idx_expr; join_expr): stream | [., $idx[idx_expr]] | join_expr;
+def trimstr($s): ltrimstr($s) | rtrimstr($s);
+def from_entries: reduce .[] as $x ({};
+  . + { ($x | if .key == null then .k // .name // .Name // .K // .Key else .key end
+             | if type == "string" then . else tojson end):
+        ($x | if has("value") then .value elif has("v") then .v else .Value end) });
 "#;
 
 fn extra_defs() -> impl Iterator<Item = jaq_core::load::parse::Def<&'static str>> {
     jaq_core::load::parse(EXTRA_DEFS, |p| p.defs())
         .expect("the extra definitions parse")
         .into_iter()
+        .chain(builtins_def())
+}
+
+/// `builtins`: every filter a program can call, as `name/arity` (jq's format; names starting
+/// with `_` are internal, as in jq). Built once from the same lists the compiler gets.
+fn builtins_def() -> Vec<jaq_core::load::parse::Def<&'static str>> {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text = TEXT.get_or_init(|| {
+        let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
+        let mut names: Vec<String> = defs.map(|def| format!("{}/{}", def.name, def.args.len())).collect();
+        names.extend(
+            jaq_core::load::parse(EXTRA_DEFS, |p| p.defs())
+                .into_iter()
+                .flatten()
+                .map(|def| format!("{}/{}", def.name, def.args.len())),
+        );
+        let funs = jaq_core::funs::<JustLut<Val>>()
+            .chain(jaq_std::funs())
+            .chain(jaq_json::funs())
+            .filter(|(name, _, _)| !WITHHELD_FILTERS.contains(name));
+        names.extend(funs.map(|(name, args, _)| format!("{name}/{}", args.len())));
+        names.push("builtins/0".into());
+        names.retain(|name| !name.starts_with('_'));
+        names.sort();
+        names.dedup();
+        // One string split at run time: a long array literal would nest deep in jaq's parser.
+        format!("def builtins: \"{}\" / \" \";", names.join(" "))
+    });
+    jaq_core::load::parse(text, |p| p.defs()).expect("the builtins definition parses")
 }
 
 /// A compiled jq program.
@@ -156,6 +199,8 @@ impl Program {
     /// Runs the program on one JSON document; it must yield exactly one value, written as strict
     /// JSON of at most `max_output` bytes.
     pub fn run(&self, input: &[u8], max_output: usize) -> Result<Vec<u8>, RunError> {
+        // RFC 8259 (8.1) lets a parser ignore a byte order mark; jq does.
+        let input = input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(input);
         match strict::check(input, MAX_DEPTH) {
             Ok(()) => {}
             Err(strict::Refusal::TooDeep) => return Err(RunError::TooDeep),

@@ -14,6 +14,7 @@ mod cli_secret;
 mod config_fuzz;
 mod daemon;
 mod harness;
+mod jq_conformance;
 mod keyring;
 mod proxy;
 mod redteam;

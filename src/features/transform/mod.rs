@@ -34,6 +34,8 @@ use crate::http::error::json_response;
 
 /// Default for `response.transform-limit`.
 pub const DEFAULT_TRANSFORM_LIMIT: u64 = 4 * 1024 * 1024;
+/// The longest `response.transform` program.
+pub const MAX_PROGRAM_LEN: usize = 8 * 1024;
 /// A transform's output may be this many times its route's `transform-limit` (at least 1 MiB).
 pub const OUTPUT_FACTOR: u64 = 4;
 
@@ -50,8 +52,30 @@ impl std::fmt::Debug for Transform {
 
 impl Transform {
     /// Compiles `program` to report its errors; workers compile it again where it runs.
+    ///
+    /// jaq's parser recurses per nesting level (and per element of a list), so the daemon
+    /// compiles on a thread with the workers' stack, and programs are at most
+    /// [`MAX_PROGRAM_LEN`] bytes: no config, loaded or reloaded, can overflow the daemon's stack.
     pub fn compile(program: &str) -> Result<Transform, CompileError> {
-        Program::compile(program)?;
+        if program.len() > MAX_PROGRAM_LEN {
+            return Err(CompileError {
+                offset: 0,
+                message: format!("the program is longer than {MAX_PROGRAM_LEN} bytes"),
+            });
+        }
+        let checked = std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("transform-compile".into())
+                .stack_size(worker::ENGINE_STACK)
+                .spawn_scoped(scope, || Program::compile(program).map(drop))
+                .map(|thread| thread.join())
+        });
+        match checked {
+            Ok(Ok(result)) => result?,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            // No thread to be had: compile here (the program is short enough for most stacks).
+            Err(_) => drop(Program::compile(program)?),
+        }
         Ok(Transform {
             program: program.into(),
         })
@@ -396,4 +420,39 @@ async fn collect_limited(mut body: ProxyBody, limit: u64) -> Result<Bytes, (Tran
         }
     }
     Ok(buffer.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deepest_programs_compile_without_overflowing_the_callers_stack() {
+        // jaq's parser and compiler recurse once per nesting level, whatever the construct.
+        // This test's thread has the default 2 MiB stack; compiling runs on the engine's.
+        let n = MAX_PROGRAM_LEN;
+        let shapes = [
+            ("list", format!("[{}1]", "1,".repeat(n / 2 - 2))),
+            ("parens", format!("{}1{}", "(".repeat(n / 2 - 1), ")".repeat(n / 2 - 1))),
+            ("arrays", format!("{}1{}", "[".repeat(n / 2 - 1), "]".repeat(n / 2 - 1))),
+            ("negations", format!("{}1", "-".repeat(n - 1))),
+            ("pipes", format!("{}.", ".|".repeat(n / 2 - 1))),
+            ("sums", format!("{}1", "1+".repeat(n / 2 - 1))),
+            ("alternatives", format!("{}1", "1//".repeat(n / 3 - 1))),
+            ("objects", format!("{}1{}", "{a:".repeat(n / 4 - 1), "}".repeat(n / 4 - 1))),
+            ("tries", format!("{}1", "try ".repeat(n / 4 - 1))),
+            ("interpolations", format!("{}1{}", "\"\\(".repeat(n / 5 - 1), ")\"".repeat(n / 5 - 1))),
+            ("conditionals", format!("{}1{}", "if . then ".repeat(n / 21 - 1), " else . end".repeat(n / 21 - 1))),
+            ("optionals", format!("1{}", "?".repeat(n - 1))),
+            ("indexes", format!(".{}", "[0]".repeat(n / 3 - 1))),
+            ("fields", ".a".repeat(n / 2 - 1)),
+        ];
+        for (shape, program) in shapes {
+            assert!(program.len() <= MAX_PROGRAM_LEN, "{shape}");
+            assert!(Transform::compile(&program).is_ok(), "{shape}");
+        }
+        let too_long = format!("[{}1]", "1,".repeat(MAX_PROGRAM_LEN / 2));
+        let error = Transform::compile(&too_long).unwrap_err();
+        assert!(error.message.contains("longer than"), "{}", error.message);
+    }
 }

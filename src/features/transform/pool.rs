@@ -46,7 +46,7 @@ pub const RETIRE_AFTER: Duration = Duration::from_secs(20);
 pub const IDLE_FOR: Duration = Duration::from_secs(60);
 /// Address space a worker may use beyond what the input needs: its binary, its engine stack and
 /// the engine's working memory.
-pub const BASE_MEMORY: u64 = 512 * 1024 * 1024;
+pub const BASE_MEMORY: u64 = 1024 * 1024 * 1024;
 /// Address space allowed per byte of input (parsed JSON is several times its text).
 pub const MEMORY_PER_INPUT_BYTE: u64 = 32;
 

@@ -28,7 +28,7 @@ use crate::features::jq::{Program, RunError};
 
 /// Stack of the thread that runs programs: deep enough for any document within the depth
 /// limits, finite so that runaway recursion ends in an abort of this process.
-pub const ENGINE_STACK: usize = 64 * 1024 * 1024;
+pub const ENGINE_STACK: usize = 256 * 1024 * 1024;
 /// `RLIMIT_CPU` soft limit in seconds (the hard limit is a few seconds later).
 pub const CPU_SECONDS: u64 = 60;
 /// Compiled programs kept per worker; past this the cache starts over.
