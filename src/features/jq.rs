@@ -59,6 +59,11 @@ def JOIN($idx; idx_expr): [.[] | [., $idx[idx_expr]]];
 def JOIN($idx; stream; idx_expr): stream | [., $idx[idx_expr]];
 def JOIN($idx; stream; idx_expr; join_expr): stream | [., $idx[idx_expr]] | join_expr;
 def trimstr($s): ltrimstr($s) | rtrimstr($s);
+def nth($n; f): if $n < 0 then error("nth doesn't support negative indices") else first(skip($n; f)) end;
+def flatten($d):
+  if $d < 0 then error("flatten depth must not be negative")
+  elif $d > 0 then map(if isarray then flatten($d - 1) else [.] end) | add // []
+  end;
 def from_entries: reduce .[] as $x ({};
   . + { ($x | if .key == null then .k // .name // .Name // .K // .Key else .key end
              | if type == "string" then . else tojson end):
@@ -358,6 +363,10 @@ fn write_string(out: &mut Vec<u8>, bytes: &[u8]) {
 fn fromjson() -> Fun<JustLut<Val>> {
     jaq_core::native::run(("fromjson", v(0), |cv| {
         let parsed = cv.1.try_as_utf8_bytes_owned().and_then(|text| {
+            // jq reads `nan` (jaq only `NaN`).
+            if text.trim_ascii() == b"nan" {
+                return Ok(vec![Val::Num(Num::Float(f64::NAN))]);
+            }
             if nesting_exceeds(&text, MAX_DEPTH) {
                 return Err(jaq_json::Error::str(format_args!("{FROMJSON_TOO_DEEP} {MAX_DEPTH} levels")));
             }
@@ -495,6 +504,7 @@ mod tests {
         assert!(matches!(run("fromjson", &input), Err(RunError::Limit(_))));
         let out = run(r##""# [[[[\n[1]" | fromjson"##, "null").unwrap();
         assert_eq!(out, "[1]");
+        assert_eq!(run(r#""nan" | fromjson | isnan"#, "null").unwrap(), "true");
     }
 
     #[test]
@@ -523,6 +533,20 @@ mod tests {
             .join()
             .unwrap();
         assert!(matches!(deep, Err(RunError::Limit(m)) if m.contains("nests deeper")));
+    }
+
+    #[test]
+    fn jq_definitions_added_to_jaqs() {
+        assert_eq!(run("[nth(5,7; range(9;0;-1))]", "null").unwrap(), "[4,2]");
+        assert!(matches!(run("nth(-1; 1)", "null"), Err(RunError::Program(m)) if m.contains("negative")));
+        assert_eq!(run("flatten(1)", "[0,[1,[2]]]").unwrap(), "[0,1,[2]]");
+        assert!(matches!(run("flatten(-1)", "[]"), Err(RunError::Program(m)) if m.contains("negative")));
+        assert_eq!(run("[.[] | trimstr(\"a\")]", r#"["aba","b"]"#).unwrap(), r#"["b","b"]"#);
+        assert_eq!(run("from_entries", r#"[{"k":"a","v":1},{"Name":"b","Value":2}]"#).unwrap(), r#"{"a":1,"b":2}"#);
+        assert_eq!(run("INDEX(.id) | keys", r#"[{"id":1},{"id":2}]"#).unwrap(), r#"["1","2"]"#);
+        assert_eq!(run("[.[] | IN(2, 3)]", "[1,2]").unwrap(), "[false,true]");
+        assert_eq!(run("builtins | map(select(startswith(\"map\"))) | sort", "null").unwrap(), r#"["map/1","map_values/1"]"#);
+        assert_eq!(run("[builtins[] | select(startswith(\"env\") or startswith(\"input\"))]", "null").unwrap(), "[]");
     }
 
     #[test]
