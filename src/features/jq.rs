@@ -164,7 +164,13 @@ impl Program {
             .chain([fromjson(), tojson()]);
         let arena = Arena::default();
         let modules = Loader::new(defs)
-            .load(&arena, File { code: program, path: () })
+            .load(
+                &arena,
+                File {
+                    code: program,
+                    path: (),
+                },
+            )
             .map_err(|errors| {
                 let (offset, message) = errors
                     .into_iter()
@@ -344,7 +350,15 @@ fn write_float(out: &mut Vec<u8>, float: f64) {
     if float.is_nan() {
         out.extend_from_slice(b"null");
     } else if float.is_infinite() {
-        let _ = write!(out, "{}", if float > 0.0 { "1.7976931348623157e+308" } else { "-1.7976931348623157e+308" });
+        let _ = write!(
+            out,
+            "{}",
+            if float > 0.0 {
+                "1.7976931348623157e+308"
+            } else {
+                "-1.7976931348623157e+308"
+            }
+        );
     } else {
         // jaq prints finite doubles with ryu, whose output is always a JSON number.
         let _ = write!(out, "{}", Num::Float(float));
@@ -368,7 +382,9 @@ fn fromjson() -> Fun<JustLut<Val>> {
                 return Ok(vec![Val::Num(Num::Float(f64::NAN))]);
             }
             if nesting_exceeds(&text, MAX_DEPTH) {
-                return Err(jaq_json::Error::str(format_args!("{FROMJSON_TOO_DEEP} {MAX_DEPTH} levels")));
+                return Err(jaq_json::Error::str(format_args!(
+                    "{FROMJSON_TOO_DEEP} {MAX_DEPTH} levels"
+                )));
             }
             jaq_json::read::parse_many(&text)
                 .collect::<Result<Vec<_>, _>>()
@@ -509,14 +525,23 @@ mod tests {
 
     #[test]
     fn output_is_strict_json() {
-        assert_eq!(run("[nan, infinite, -infinite]", "null").unwrap(), "[null,1.7976931348623157e+308,-1.7976931348623157e+308]");
+        assert_eq!(
+            run("[nan, infinite, -infinite]", "null").unwrap(),
+            "[null,1.7976931348623157e+308,-1.7976931348623157e+308]"
+        );
         assert_eq!(run("\"+5.43\" | tonumber", "null").unwrap(), "5.43");
-        assert_eq!(run("[1.50, 100000000000000000000000, 1e1000]", "null").unwrap(), "[1.50,100000000000000000000000,1.7976931348623157e+308]");
+        assert_eq!(
+            run("[1.50, 100000000000000000000000, 1e1000]", "null").unwrap(),
+            "[1.50,100000000000000000000000,1.7976931348623157e+308]"
+        );
         assert_eq!(run("\"\\u0000\\n\\\"\" ", "null").unwrap(), r#""\u0000\n\"""#);
         assert!(matches!(run("{(1): 2}", "null"), Err(RunError::Program(m)) if m.contains("not a string")));
         assert!(matches!(run("{(null): 2}", "null"), Err(RunError::Program(_))));
         assert_eq!(run("[nan] | tojson", "null").unwrap(), r#""[null]""#);
-        for out in [run("[.[] | tostring]", "[1, \"a\", null]").unwrap(), run("{a: 1e308 * 10}", "null").unwrap()] {
+        for out in [
+            run("[.[] | tostring]", "[1, \"a\", null]").unwrap(),
+            run("{a: 1e308 * 10}", "null").unwrap(),
+        ] {
             assert!(strict::check(out.as_bytes(), 64).is_ok(), "{out}");
         }
     }
@@ -542,11 +567,27 @@ mod tests {
         assert_eq!(run("flatten(1)", "[0,[1,[2]]]").unwrap(), "[0,1,[2]]");
         assert!(matches!(run("flatten(-1)", "[]"), Err(RunError::Program(m)) if m.contains("negative")));
         assert_eq!(run("[.[] | trimstr(\"a\")]", r#"["aba","b"]"#).unwrap(), r#"["b","b"]"#);
-        assert_eq!(run("from_entries", r#"[{"k":"a","v":1},{"Name":"b","Value":2}]"#).unwrap(), r#"{"a":1,"b":2}"#);
-        assert_eq!(run("INDEX(.id) | keys", r#"[{"id":1},{"id":2}]"#).unwrap(), r#"["1","2"]"#);
+        assert_eq!(
+            run("from_entries", r#"[{"k":"a","v":1},{"Name":"b","Value":2}]"#).unwrap(),
+            r#"{"a":1,"b":2}"#
+        );
+        assert_eq!(
+            run("INDEX(.id) | keys", r#"[{"id":1},{"id":2}]"#).unwrap(),
+            r#"["1","2"]"#
+        );
         assert_eq!(run("[.[] | IN(2, 3)]", "[1,2]").unwrap(), "[false,true]");
-        assert_eq!(run("builtins | map(select(startswith(\"map\"))) | sort", "null").unwrap(), r#"["map/1","map_values/1"]"#);
-        assert_eq!(run("[builtins[] | select(startswith(\"env\") or startswith(\"input\"))]", "null").unwrap(), "[]");
+        assert_eq!(
+            run("builtins | map(select(startswith(\"map\"))) | sort", "null").unwrap(),
+            r#"["map/1","map_values/1"]"#
+        );
+        assert_eq!(
+            run(
+                "[builtins[] | select(startswith(\"env\") or startswith(\"input\"))]",
+                "null"
+            )
+            .unwrap(),
+            "[]"
+        );
     }
 
     #[test]

@@ -53,7 +53,11 @@ const ATTACKS: &[(&str, &str, &str)] = &[
     ("endless_repeat", "/ok", "last(repeat(.))"),
     ("endless_recursion", "/ok", "def f: f; f"),
     ("deep_recursion", "/ok", "def f: [f]; f"),
-    ("deep_value", "/ok", "reduce range(1e6) as $i (0; [.]) | tojson | length"),
+    (
+        "deep_value",
+        "/ok",
+        "reduce range(1e6) as $i (0; [.]) | tojson | length",
+    ),
 ];
 
 /// Programs whose value JSON has no spelling for, as jaq would print it.
@@ -168,7 +172,10 @@ async fn a_transform_never_answers_200_with_anything_but_strict_json() {
     }
     // jq's own choices for what JSON cannot spell.
     let (status, body) = get(&daemon, "/loose1").await;
-    assert_eq!((status, body.as_str()), (200, "[null,1.7976931348623157e+308,-1.7976931348623157e+308]"));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "[null,1.7976931348623157e+308,-1.7976931348623157e+308]")
+    );
     let (status, body) = get(&daemon, "/loose4").await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("not a string"), "{body}");
@@ -203,7 +210,11 @@ async fn workers_run_sandboxed_without_the_daemons_environment() {
             "{cmdline:?}"
         );
         let environ = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
-        assert!(environ.is_empty(), "worker environment: {}", String::from_utf8_lossy(&environ));
+        assert!(
+            environ.is_empty(),
+            "worker environment: {}",
+            String::from_utf8_lossy(&environ)
+        );
         let limits = std::fs::read_to_string(format!("/proc/{worker}/limits")).unwrap();
         let limit = |name: &str| {
             limits

@@ -145,7 +145,10 @@ impl std::fmt::Display for TransformFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TransformFailure::TooLarge(limit) => {
-                write!(f, "the upstream's body is larger than the transform limit ({limit} bytes)")
+                write!(
+                    f,
+                    "the upstream's body is larger than the transform limit ({limit} bytes)"
+                )
             }
             TransformFailure::NotJson => f.write_str("the upstream's body is not JSON"),
             TransformFailure::TooDeep => write!(
@@ -335,7 +338,10 @@ impl ResponsePolicy {
             (Err(TransformFailure::NotJson), Buffered::Untouched(body))
         } else {
             match collect_limited(body, self.transform_limit).await {
-                Ok(bytes) => (transform.run(bytes.clone(), self.transform_limit).await, Buffered::Whole(bytes)),
+                Ok(bytes) => (
+                    transform.run(bytes.clone(), self.transform_limit).await,
+                    Buffered::Whole(bytes),
+                ),
                 Err((failure, rest)) => (Err(failure), rest),
             }
         };
@@ -439,10 +445,23 @@ mod tests {
             ("pipes", format!("{}.", ".|".repeat(n / 2 - 1))),
             ("sums", format!("{}1", "1+".repeat(n / 2 - 1))),
             ("alternatives", format!("{}1", "1//".repeat(n / 3 - 1))),
-            ("objects", format!("{}1{}", "{a:".repeat(n / 4 - 1), "}".repeat(n / 4 - 1))),
+            (
+                "objects",
+                format!("{}1{}", "{a:".repeat(n / 4 - 1), "}".repeat(n / 4 - 1)),
+            ),
             ("tries", format!("{}1", "try ".repeat(n / 4 - 1))),
-            ("interpolations", format!("{}1{}", "\"\\(".repeat(n / 5 - 1), ")\"".repeat(n / 5 - 1))),
-            ("conditionals", format!("{}1{}", "if . then ".repeat(n / 21 - 1), " else . end".repeat(n / 21 - 1))),
+            (
+                "interpolations",
+                format!("{}1{}", "\"\\(".repeat(n / 5 - 1), ")\"".repeat(n / 5 - 1)),
+            ),
+            (
+                "conditionals",
+                format!(
+                    "{}1{}",
+                    "if . then ".repeat(n / 21 - 1),
+                    " else . end".repeat(n / 21 - 1)
+                ),
+            ),
             ("optionals", format!("1{}", "?".repeat(n - 1))),
             ("indexes", format!(".{}", "[0]".repeat(n / 3 - 1))),
             ("fields", ".a".repeat(n / 2 - 1)),

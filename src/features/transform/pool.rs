@@ -123,10 +123,12 @@ impl Pool {
         let (jobs, queue) = mpsc::channel(1024);
         let started = std::thread::Builder::new()
             .name("transform-pool".into())
-            .spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(runtime) => runtime.block_on(serve(queue)),
-                Err(error) => tracing::error!(%error, "the transform pool cannot start its runtime"),
-            });
+            .spawn(
+                move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime.block_on(serve(queue)),
+                    Err(error) => tracing::error!(%error, "the transform pool cannot start its runtime"),
+                },
+            );
         if let Err(error) = started {
             tracing::error!(%error, "the transform pool cannot start its thread");
         }
@@ -222,7 +224,9 @@ async fn call(state: &State, program: &str, input: &Bytes, budget: Budget) -> Re
         }
         Ok(Err(Broken::TooLong)) => {
             worker.stop().await;
-            return Err(CallError::Limit("the transform's output is larger than its limit".into()));
+            return Err(CallError::Limit(
+                "the transform's output is larger than its limit".into(),
+            ));
         }
         Ok(Err(Broken::Io)) => return Err(CallError::Limit(worker.death().await)),
         Ok(Ok(reply)) => reply,
@@ -289,7 +293,9 @@ impl Worker {
         match greeting {
             Ok(Ok((protocol::HELLO, text))) if text == protocol::GREETING => Ok(worker),
             Err(_) => Err(std::io::Error::other("the worker did not greet in time")),
-            _ => Err(std::io::Error::other("the program is not a secretproxy transform worker")),
+            _ => Err(std::io::Error::other(
+                "the program is not a secretproxy transform worker",
+            )),
         }
     }
 

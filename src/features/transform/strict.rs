@@ -56,7 +56,11 @@ pub fn check(text: &[u8], max_depth: usize) -> Result<(), Refusal> {
         loop {
             parser.skip_ws();
             let Some(&object) = open.last() else {
-                return if parser.at == text.len() { Ok(()) } else { Err(Refusal::Invalid) };
+                return if parser.at == text.len() {
+                    Ok(())
+                } else {
+                    Err(Refusal::Invalid)
+                };
             };
             match parser.next() {
                 Some(b',') => {
@@ -267,8 +271,8 @@ mod tests {
         // serde_json is strict RFC 8259 (below its depth limit): the two must agree.
         use proptest::prelude::*;
         let alphabet = prop::sample::select(vec![
-            "[", "]", "{", "}", ",", ":", "\"", "\\", "a", "1", "0", "-", "+", ".", "e", "E", " ", "u", "true",
-            "null", "\"k\":", "\\u00", "\n", "\u{1}",
+            "[", "]", "{", "}", ",", ":", "\"", "\\", "a", "1", "0", "-", "+", ".", "e", "E", " ", "u", "true", "null",
+            "\"k\":", "\\u00", "\n", "\u{1}",
         ]);
         let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
             cases: 4000,
