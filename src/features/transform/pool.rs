@@ -289,9 +289,13 @@ impl Worker {
             busy: Duration::ZERO,
             idle_since: Instant::now(),
         };
-        let greeting = tokio::time::timeout(START_TIMEOUT, worker.read_reply(protocol::GREETING.len() as u64)).await;
+        let greeting = tokio::time::timeout(START_TIMEOUT, worker.read_reply(u64::from(protocol::MAX_MESSAGE))).await;
         match greeting {
             Ok(Ok((protocol::HELLO, text))) if text == protocol::GREETING => Ok(worker),
+            Ok(Ok((protocol::INTERNAL, text))) => Err(std::io::Error::other(format!(
+                "the transform worker {}",
+                String::from_utf8_lossy(&text)
+            ))),
             Err(_) => Err(std::io::Error::other("the worker did not greet in time")),
             _ => Err(std::io::Error::other(
                 "the program is not a secretproxy transform worker",

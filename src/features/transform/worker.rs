@@ -47,18 +47,28 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 fn serve() -> io::Result<()> {
-    sandbox();
     let stdin = io::stdin();
     let stdout = io::stdout();
     let mut input = BufReader::new(stdin.lock());
     let mut output = BufWriter::new(stdout.lock());
+    // Fail closed: a worker that cannot limit itself runs nothing (e.g. a system-call filter
+    // that blocks setrlimit; the systemd units allow it).
+    if let Err(error) = sandbox() {
+        let message = format!("cannot set its resource limits: {error}");
+        let _ = protocol::write_reply(&mut output, protocol::INTERNAL, message.as_bytes());
+        return Err(error);
+    }
     protocol::write_reply(&mut output, protocol::HELLO, protocol::GREETING)?;
     let mut programs: HashMap<String, Rc<Result<Program, String>>> = HashMap::new();
     while let Some(head) = protocol::read_head(&mut input)? {
         if head.program_len > protocol::MAX_PROGRAM {
             return Err(io::Error::other("program too long"));
         }
-        set_memory(head.memory);
+        if let Err(error) = set_memory(head.memory) {
+            let message = format!("cannot set its memory limit: {error}");
+            let _ = protocol::write_reply(&mut output, protocol::INTERNAL, message.as_bytes());
+            return Err(error);
+        }
         let program = read_text(&mut input, head.program_len)?;
         let mut document = vec![0u8; head.input_len as usize];
         input.read_exact(&mut document)?;
@@ -111,30 +121,33 @@ fn read_text(input: &mut impl Read, len: u32) -> io::Result<String> {
 
 /// Limits that hold for the worker's whole life; see the module docs.
 #[cfg(unix)]
-fn sandbox() {
+fn sandbox() -> io::Result<()> {
     use rlimit::Resource;
-    // Failures leave a limit as it was; the daemon's timeout and budgets still hold.
-    let _ = Resource::CORE.set(0, 0);
-    let _ = Resource::FSIZE.set(0, 0);
-    let _ = Resource::CPU.set(CPU_SECONDS, CPU_SECONDS + 5);
+    Resource::CORE.set(0, 0)?;
+    Resource::FSIZE.set(0, 0)?;
+    Resource::CPU.set(CPU_SECONDS, CPU_SECONDS + 5)?;
     // Descriptors 0, 1 and 2 stay usable; no new one can be made.
-    let _ = Resource::NOFILE.set(3, 3);
+    Resource::NOFILE.set(3, 3)
 }
 
+/// Without rlimits the daemon's timeout and output budget still hold.
 #[cfg(not(unix))]
-fn sandbox() {}
+fn sandbox() -> io::Result<()> {
+    Ok(())
+}
 
 /// The call's address-space budget (soft limit; the hard limit stays as inherited).
 #[cfg(unix)]
-fn set_memory(bytes: u64) {
+fn set_memory(bytes: u64) -> io::Result<()> {
     use rlimit::Resource;
-    if let Ok((_, hard)) = Resource::AS.get() {
-        let _ = Resource::AS.set(bytes.min(hard), hard);
-    }
+    let (_, hard) = Resource::AS.get()?;
+    Resource::AS.set(bytes.min(hard), hard)
 }
 
 #[cfg(not(unix))]
-fn set_memory(_bytes: u64) {}
+fn set_memory(_bytes: u64) -> io::Result<()> {
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {
