@@ -50,6 +50,9 @@ pub enum Command {
         after_help = "Examples:\n  secretproxy completions bash > ~/.local/share/bash-completion/completions/secretproxy\n  secretproxy completions zsh > ~/.zfunc/_secretproxy\n  secretproxy completions fish > ~/.config/fish/completions/secretproxy.fish"
     )]
     Completions(CompletionsArgs),
+    /// Internal: a sandboxed transform worker the daemon starts (stdin/stdout frames).
+    #[command(name = "__transform-worker", hide = true)]
+    TransformWorker,
 }
 
 #[derive(Debug, clap::Args)]

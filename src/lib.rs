@@ -47,6 +47,7 @@ pub fn run(cli: cli::Cli) -> ExitCode {
         cli::Command::Route(command) => commands::route::run(command),
         cli::Command::Secret(command) => commands::secret::run(command),
         cli::Command::Completions(args) => commands::completions::run(args),
+        cli::Command::TransformWorker => features::transform::worker::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

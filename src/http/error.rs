@@ -166,6 +166,10 @@ impl ProxyError {
             ProxyError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", Upstream, false),
             ProxyError::Unscrubbable(_) => (StatusCode::BAD_GATEWAY, "upstream_unscrubbable", Upstream, false),
             ProxyError::UpstreamFraming => (StatusCode::BAD_GATEWAY, "upstream_framing", Upstream, false),
+            ProxyError::Transform {
+                code: code @ "transform_busy",
+                ..
+            } => (StatusCode::SERVICE_UNAVAILABLE, *code, Internal, false),
             ProxyError::Transform { code, .. } => (StatusCode::BAD_GATEWAY, *code, Upstream, false),
             ProxyError::AdminNotLocal { .. } => (StatusCode::FORBIDDEN, "forbidden", Client, false),
             ProxyError::NoEndpoint => (StatusCode::NOT_FOUND, "no_endpoint", Client, false),

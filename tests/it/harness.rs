@@ -217,6 +217,8 @@ impl ProxyBuilder {
     }
 
     pub async fn start(self) -> TestProxy {
+        // In process, the current executable is this test binary: transforms need the real one.
+        secretproxy::features::transform::pool::use_worker_binary(env!("CARGO_BIN_EXE_secretproxy"));
         let dir = tempfile::tempdir().unwrap();
         let text = self.config_text(dir.path());
         let config = Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));

@@ -4,6 +4,7 @@
 mod admin;
 mod api_shape;
 mod api_static;
+mod api_transform;
 mod api_uploads;
 mod api_validate;
 mod api_webhooks;
@@ -13,6 +14,7 @@ mod cli_secret;
 mod config_fuzz;
 mod daemon;
 mod harness;
+mod jq_conformance;
 mod keyring;
 mod proxy;
 mod redteam;

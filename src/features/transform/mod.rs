@@ -6,24 +6,155 @@
 //! `transform-limit`; a bigger body, or one that is not JSON, gets a 502 or passes through
 //! unchanged (`on-transform-error`). Only 2xx answers to non-HEAD requests are transformed: an
 //! upstream error keeps its own shape.
+//!
+//! Programs never run in the daemon: a [`pool`] of sandboxed [`worker`] processes runs them,
+//! bounded in memory, stack and time, so no program and no input can crash, wedge or exhaust
+//! the daemon. A bound that is hit gives `502 transform_limit`; a `200` from a transform is
+//! always strict RFC 8259 JSON ([`strict`] checks every output).
+
+pub mod pool;
+pub mod protocol;
+pub mod strict;
+pub mod worker;
 
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderName, HeaderValue, Method, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Response, header};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use serde_json::json;
 
-use super::jq::{Transform, TransformFailure};
+use super::jq::{CompileError, Program};
 use crate::config::raw::RawResponse;
 use crate::config::size::size;
 use crate::config::{ConfigError, Source};
 use crate::http::body::{BoxError, ProxyBody, full};
-use crate::http::error::json_response;
+use crate::http::error::ProxyError;
 
 /// Default for `response.transform-limit`.
 pub const DEFAULT_TRANSFORM_LIMIT: u64 = 4 * 1024 * 1024;
+/// The longest `response.transform` program.
+pub const MAX_PROGRAM_LEN: usize = 8 * 1024;
+/// A transform's output may be this many times its route's `transform-limit` (at least 1 MiB).
+pub const OUTPUT_FACTOR: u64 = 4;
+
+/// A route's jq program: checked by compiling it at config load, run by a worker.
+pub struct Transform {
+    program: Arc<str>,
+}
+
+impl std::fmt::Debug for Transform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Transform").field(&self.program).finish()
+    }
+}
+
+impl Transform {
+    /// Compiles `program` to report its errors; workers compile it again where it runs.
+    ///
+    /// jaq's parser recurses per nesting level (and per element of a list), so the daemon
+    /// compiles on a thread with the workers' stack, and programs are at most
+    /// [`MAX_PROGRAM_LEN`] bytes: no config, loaded or reloaded, can overflow the daemon's stack.
+    pub fn compile(program: &str) -> Result<Transform, CompileError> {
+        if program.len() > MAX_PROGRAM_LEN {
+            return Err(CompileError {
+                offset: 0,
+                message: format!("the program is longer than {MAX_PROGRAM_LEN} bytes"),
+            });
+        }
+        let checked = std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("transform-compile".into())
+                .stack_size(worker::ENGINE_STACK)
+                .spawn_scoped(scope, || Program::compile(program).map(drop))
+                .map(|thread| thread.join())
+        });
+        match checked {
+            Ok(Ok(result)) => result?,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            // No thread to be had: compile here (the program is short enough for most stacks).
+            Err(_) => drop(Program::compile(program)?),
+        }
+        Ok(Transform {
+            program: program.into(),
+        })
+    }
+
+    pub fn program(&self) -> &str {
+        &self.program
+    }
+
+    /// Runs the program on `input` in a transform worker; `limit` is the route's
+    /// `transform-limit` (the output may be [`OUTPUT_FACTOR`] times that).
+    pub async fn run(&self, input: Bytes, limit: u64) -> Result<Bytes, TransformFailure> {
+        let budget = pool::Budget {
+            max_output: limit.saturating_mul(OUTPUT_FACTOR).max(1024 * 1024),
+            timeout: pool::CALL_TIMEOUT,
+        };
+        pool::Pool::global()
+            .run(self.program.clone(), input, budget)
+            .await
+            .map_err(|error| match error {
+                pool::CallError::NotJson => TransformFailure::NotJson,
+                pool::CallError::TooDeep => TransformFailure::TooDeep,
+                pool::CallError::Program(message) => TransformFailure::Program(message),
+                pool::CallError::Limit(message) => TransformFailure::Limit(message),
+                pool::CallError::Busy => TransformFailure::Busy,
+                pool::CallError::Unavailable => TransformFailure::Unavailable,
+            })
+    }
+}
+
+/// Why a body was not transformed.
+#[derive(Debug)]
+pub enum TransformFailure {
+    TooLarge(u64),
+    NotJson,
+    TooDeep,
+    Program(String),
+    Upstream(String),
+    /// A bound of the sandbox was hit (time, memory, stack, output size).
+    Limit(String),
+    /// Every worker stayed busy past the queue timeout.
+    Busy,
+    /// No worker could be started.
+    Unavailable,
+}
+
+impl TransformFailure {
+    /// The error code in the JSON body and the access log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TransformFailure::Limit(_) | TransformFailure::TooDeep => "transform_limit",
+            TransformFailure::Busy => "transform_busy",
+            TransformFailure::Unavailable => "transform_unavailable",
+            _ => "transform_failed",
+        }
+    }
+}
+
+impl std::fmt::Display for TransformFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransformFailure::TooLarge(limit) => {
+                write!(
+                    f,
+                    "the upstream's body is larger than the transform limit ({limit} bytes)"
+                )
+            }
+            TransformFailure::NotJson => f.write_str("the upstream's body is not JSON"),
+            TransformFailure::TooDeep => write!(
+                f,
+                "the upstream's body nests deeper than {} levels",
+                super::jq::MAX_DEPTH
+            ),
+            TransformFailure::Program(message) | TransformFailure::Limit(message) => f.write_str(message),
+            TransformFailure::Upstream(message) => write!(f, "reading the upstream's body failed: {message}"),
+            TransformFailure::Busy => f.write_str("every transform worker is busy; try again"),
+            TransformFailure::Unavailable => f.write_str("the transform worker could not start"),
+        }
+    }
+}
 
 /// Headers a route may not set or remove on responses: they frame the connection.
 const FRAMING_HEADERS: &[&str] = &[
@@ -199,7 +330,10 @@ impl ResponsePolicy {
             (Err(TransformFailure::NotJson), Buffered::Untouched(body))
         } else {
             match collect_limited(body, self.transform_limit).await {
-                Ok(bytes) => (transform.run(&bytes), Buffered::Whole(bytes)),
+                Ok(bytes) => (
+                    transform.run(bytes.clone(), self.transform_limit).await,
+                    Buffered::Whole(bytes),
+                ),
                 Err((failure, rest)) => (Err(failure), rest),
             }
         };
@@ -218,12 +352,12 @@ impl ResponsePolicy {
             }
             Err(failure) => {
                 tracing::warn!(route, reason = %failure, "response transform failed");
-                let body = json!({
-                    "error": format!("the response could not be transformed: {failure}"),
-                    "code": "transform_failed",
-                    "route": route,
-                });
-                (json_response(StatusCode::BAD_GATEWAY, &body), Some("transform_failed"))
+                let code = failure.code();
+                let error = ProxyError::Transform {
+                    code,
+                    message: format!("the response could not be transformed: {failure}"),
+                };
+                (error.into_response(Some(route)), Some(code))
             }
         }
     }
@@ -283,4 +417,52 @@ async fn collect_limited(mut body: ProxyBody, limit: u64) -> Result<Bytes, (Tran
         }
     }
     Ok(buffer.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deepest_programs_compile_without_overflowing_the_callers_stack() {
+        // jaq's parser and compiler recurse once per nesting level, whatever the construct.
+        // This test's thread has the default 2 MiB stack; compiling runs on the engine's.
+        let n = MAX_PROGRAM_LEN;
+        let shapes = [
+            ("list", format!("[{}1]", "1,".repeat(n / 2 - 2))),
+            ("parens", format!("{}1{}", "(".repeat(n / 2 - 1), ")".repeat(n / 2 - 1))),
+            ("arrays", format!("{}1{}", "[".repeat(n / 2 - 1), "]".repeat(n / 2 - 1))),
+            ("negations", format!("{}1", "-".repeat(n - 1))),
+            ("pipes", format!("{}.", ".|".repeat(n / 2 - 1))),
+            ("sums", format!("{}1", "1+".repeat(n / 2 - 1))),
+            ("alternatives", format!("{}1", "1//".repeat(n / 3 - 1))),
+            (
+                "objects",
+                format!("{}1{}", "{a:".repeat(n / 4 - 1), "}".repeat(n / 4 - 1)),
+            ),
+            ("tries", format!("{}1", "try ".repeat(n / 4 - 1))),
+            (
+                "interpolations",
+                format!("{}1{}", "\"\\(".repeat(n / 5 - 1), ")\"".repeat(n / 5 - 1)),
+            ),
+            (
+                "conditionals",
+                format!(
+                    "{}1{}",
+                    "if . then ".repeat(n / 21 - 1),
+                    " else . end".repeat(n / 21 - 1)
+                ),
+            ),
+            ("optionals", format!("1{}", "?".repeat(n - 1))),
+            ("indexes", format!(".{}", "[0]".repeat(n / 3 - 1))),
+            ("fields", ".a".repeat(n / 2 - 1)),
+        ];
+        for (shape, program) in shapes {
+            assert!(program.len() <= MAX_PROGRAM_LEN, "{shape}");
+            assert!(Transform::compile(&program).is_ok(), "{shape}");
+        }
+        let too_long = format!("[{}1]", "1,".repeat(MAX_PROGRAM_LEN / 2));
+        let error = Transform::compile(&too_long).unwrap_err();
+        assert!(error.message.contains("longer than"), "{}", error.message);
+    }
 }
