@@ -148,6 +148,8 @@ impl Upstreams {
             tls,
             connect_timeout,
             pool: Mutex::new(Pool::default()),
+            first_connect: tokio::sync::Mutex::new(()),
+            http1_only: std::sync::atomic::AtomicBool::new(!https),
         });
         self.by_key.insert(key, upstream.clone());
         Ok(upstream)
@@ -196,6 +198,12 @@ pub struct Upstream {
     tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     connect_timeout: Duration,
     pool: Mutex<Pool>,
+    /// Held while connecting to a TLS upstream that may offer HTTP/2: concurrent requests wait
+    /// for that one connection instead of each opening their own.
+    first_connect: tokio::sync::Mutex<()>,
+    /// Set once the upstream is known to speak HTTP/1.1 only (plain HTTP, or ALPN said so):
+    /// connections are then opened in parallel.
+    http1_only: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -235,7 +243,7 @@ impl Upstream {
             let (sender, pooled) = match if fresh_only { None } else { self.take_pooled() } {
                 Some(sender) => (sender, true),
                 // Connecting (TCP, TLS, handshake) is a large future and rare on a warm pool.
-                None => (Box::pin(self.connect()).await?, false),
+                None => Box::pin(self.connect_or_share()).await?,
             };
             match sender {
                 Sender::H2(mut sender) => {
@@ -320,6 +328,19 @@ impl Upstream {
         }
     }
 
+    /// A new connection, or (for an upstream that may speak HTTP/2) the multiplexed one another
+    /// request has just opened. The flag says whether the sender came from the pool.
+    async fn connect_or_share(&self) -> Result<(Sender, bool), SendError> {
+        if self.http1_only.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok((self.connect().await?, false));
+        }
+        let _first = self.first_connect.lock().await;
+        if let Some(shared) = self.take_pooled() {
+            return Ok((shared, true));
+        }
+        Ok((self.connect().await?, false))
+    }
+
     async fn connect(&self) -> Result<Sender, SendError> {
         let tcp = tokio::time::timeout(
             self.connect_timeout,
@@ -352,6 +373,7 @@ impl Upstream {
                     pool.h2 = Some(sender.clone());
                     Ok(Sender::H2(sender))
                 } else {
+                    self.http1_only.store(true, std::sync::atomic::Ordering::Relaxed);
                     self.handshake_h1(tls).await
                 }
             }

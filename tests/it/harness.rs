@@ -35,6 +35,7 @@ pub struct Recorded {
     pub target: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    pub version: http::Version,
 }
 
 impl Recorded {
@@ -57,6 +58,8 @@ pub fn text(status: u16, body: impl Into<Bytes>) -> Response<TestBody> {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
+    /// Connections accepted so far (keep-alive and HTTP/2 reuse show as fewer than requests).
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -98,14 +101,17 @@ impl Upstream {
     async fn serve(listener: TcpListener, handler: Handler, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (stop, mut stopped) = oneshot::channel::<()>();
         let recorded = requests.clone();
+        let accepted_count = connections.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
                     accepted = listener.accept() => accepted.unwrap(),
                     _ = &mut stopped => return,
                 };
+                accepted_count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let handler = handler.clone();
                 let recorded = recorded.clone();
                 let tls = tls.clone();
@@ -117,6 +123,7 @@ impl Upstream {
                             let (parts, body) = request.into_parts();
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                             let request = Recorded {
+                                version: parts.version,
                                 method: parts.method,
                                 target: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
                                 headers: parts.headers,
@@ -129,7 +136,13 @@ impl Upstream {
                     let builder = hyper::server::conn::http1::Builder::new();
                     match tls {
                         Some(acceptor) => {
-                            if let Ok(stream) = acceptor.accept(stream).await {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                let h2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                                let _ = h2.serve_connection(TokioIo::new(stream), service).await;
+                            } else {
                                 let _ = builder.serve_connection(TokioIo::new(stream), service).await;
                             }
                         }
@@ -143,6 +156,7 @@ impl Upstream {
         Upstream {
             addr,
             requests,
+            connections,
             _stop: stop,
         }
     }

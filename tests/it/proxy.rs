@@ -395,6 +395,70 @@ async fn https_upstream_is_verified_and_ca_file_trusts_a_private_ca() {
     );
 }
 
+/// The upstream client keeps HTTP/1.1 connections alive across requests, and speaks HTTP/2 to an
+/// upstream that offers it by ALPN, multiplexing concurrent requests on one connection.
+#[tokio::test]
+async fn upstream_connections_are_reused_and_h2_is_used_when_offered() {
+    secretproxy::pipeline::client::install_crypto_provider();
+    let plain = Upstream::start(|_| async { text(200, "plain") }).await;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, cert.cert.pem()).unwrap();
+    let key = tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let mut tls = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let h2 = Upstream::start_tls(std::sync::Arc::new(tls), |_| async { text(200, "over h2") }).await;
+    let proxy = TestProxy::builder()
+        .secret("k", SECRET)
+        .toml(&format!(
+            "[routes.plain]\npath = \"/plain/{{*rest}}\"\nupstream = \"{}/{{rest}}\"\nauth = {{ bearer = \"k\" }}\n\
+             [routes.h2]\npath = \"/h2/{{*rest}}\"\nupstream = \"https://localhost:{}/{{rest}}\"\nca-file = {:?}\nauth = {{ bearer = \"k\" }}\n",
+            plain.url(),
+            h2.addr.port(),
+            ca_path.display().to_string()
+        ))
+        .start()
+        .await;
+    let http = client();
+    for i in 0..10 {
+        let response = http.get(proxy.url(&format!("/plain/{i}"))).send().await.unwrap();
+        assert_eq!(response.text().await.unwrap(), "plain");
+    }
+    let reused = plain.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(reused, 1, "ten sequential requests used {reused} upstream connections");
+    assert!(plain.received().iter().all(|r| r.version == http::Version::HTTP_11));
+
+    let requests = (0..20).map(|i| {
+        let http = http.clone();
+        let url = proxy.url(&format!("/h2/{i}"));
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    });
+    for body in futures_util::future::join_all(requests).await {
+        assert_eq!(body, "over h2");
+    }
+    let received = h2.received();
+    assert_eq!(received.len(), 20);
+    assert!(
+        received.iter().all(|r| r.version == http::Version::HTTP_2),
+        "{received:?}"
+    );
+    assert!(
+        received
+            .iter()
+            .all(|r| r.header("authorization") == Some(format!("Bearer {SECRET}").as_str()))
+    );
+    let connections = h2.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        connections <= 2,
+        "20 concurrent h2 requests used {connections} connections"
+    );
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn example_config_is_valid() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml.example")).unwrap();
