@@ -30,7 +30,7 @@ pub enum Command {
     Init(InitArgs),
     /// Validate the config and report every route and secret (values are never shown).
     #[command(
-        after_help = "Exit status: 0 when the config is valid and every secret is present, 1 when a secret is\nmissing or its store unreachable, 78 when the config is invalid.\n\nExamples:\n  secretproxy check\n  secretproxy check --config /etc/secretproxy/proxy.toml"
+        after_help = "Warnings (on stderr, with file:line:column): `$name` or `{name}` where `${name}` was meant,\n`${param}` in an upstream, a token typed into the config, `Bearer ` with nothing after it,\nsecrets no route uses, routes that inject nothing, `*` in a path.\n\nExit status: 0 when the config is valid and every secret is present (warnings allowed unless\n--strict), 1 when a secret is missing or its store unreachable, or on warnings with --strict,\n78 when the config is invalid (every error is listed).\n\nExamples:\n  secretproxy check\n  secretproxy check --strict\n  secretproxy check --config /etc/secretproxy/proxy.toml"
     )]
     Check(CheckArgs),
     /// List, show, add or remove routes; comments and formatting in the file are kept.
@@ -85,6 +85,9 @@ pub struct InitArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     pub config: ConfigArg,
+    /// Treat warnings (likely mistakes that are still valid) as errors: exit 1.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 #[derive(Debug, Subcommand)]

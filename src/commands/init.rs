@@ -61,11 +61,11 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let flag = config_flag(&path);
-    println!("wrote {}", path.display());
-    println!("next:");
-    println!("  secretproxy secret set github{flag}   # paste a GitHub token");
-    println!("  secretproxy check{flag}");
-    println!("  secretproxy serve{flag}");
+    outln!("wrote {}", path.display());
+    outln!("next:");
+    outln!("  secretproxy secret set github{flag}   # paste a GitHub token");
+    outln!("  secretproxy check{flag}");
+    outln!("  secretproxy serve{flag}");
     Ok(())
 }
 

@@ -12,14 +12,14 @@ pub fn run(command: RouteCommand) -> anyhow::Result<()> {
         RouteCommand::List { config } => {
             let config = config::load(&config::locate(config.config.as_deref())?)?;
             if config.routes.is_empty() {
-                println!("no routes; add one with `secretproxy route add NAME --path P --upstream U`");
+                outln!("no routes; add one with `secretproxy route add NAME --path P --upstream U`");
             } else {
-                print!("{}", routes_table(&config));
+                out!("{}", routes_table(&config));
             }
         }
         RouteCommand::Show { name, config } => {
             let config = config::load(&config::locate(config.config.as_deref())?)?;
-            print!("{}", describe(&config, &name)?);
+            out!("{}", describe(&config, &name)?);
         }
         RouteCommand::Add(args) => {
             let path = config::locate(args.config.config.as_deref())?;
@@ -33,15 +33,15 @@ pub fn run(command: RouteCommand) -> anyhow::Result<()> {
                 query: args.query,
             })?;
             let config = file.save()?;
-            println!("added route `{}` to {}", args.name, path.display());
-            print!("{}", describe(&config, &args.name)?);
+            outln!("added route `{}` to {}", args.name, path.display());
+            out!("{}", describe(&config, &args.name)?);
         }
         RouteCommand::Remove { name, config } => {
             let path = config::locate(config.config.as_deref())?;
             let mut file = ConfigFile::open(&path)?;
             file.remove_route(&name)?;
             file.save()?;
-            println!("removed route `{name}` from {}", path.display());
+            outln!("removed route `{name}` from {}", path.display());
         }
     }
     Ok(())

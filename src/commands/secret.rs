@@ -23,8 +23,8 @@ pub fn run(command: SecretCommand) -> anyhow::Result<()> {
             let (service, account) = keyring_entry(&config, &name)?;
             let value = read_value(&name)?;
             keyring::set(&service, &account, &value).map_err(|e| failure("store", &name, e))?;
-            println!("stored secret `{name}` in the keyring (service `{service}`, account `{account}`)");
-            println!(
+            outln!("stored secret `{name}` in the keyring (service `{service}`, account `{account}`)");
+            outln!(
                 "a running daemon picks it up within seconds if it was missing; to replace a value it already uses, reload it (SIGHUP or `systemctl reload`)"
             );
         }
@@ -32,14 +32,14 @@ pub fn run(command: SecretCommand) -> anyhow::Result<()> {
             let config = config::load(&config::locate(config.config.as_deref())?)?;
             let (service, account) = keyring_entry(&config, &name)?;
             keyring::delete(&service, &account).map_err(|e| failure("delete", &name, e))?;
-            println!("deleted secret `{name}` from the keyring (service `{service}`, account `{account}`)");
+            outln!("deleted secret `{name}` from the keyring (service `{service}`, account `{account}`)");
         }
         SecretCommand::List { config } => {
             let config = config::load(&config::locate(config.config.as_deref())?)?;
             if config.secrets.is_empty() {
-                println!("the config declares no secrets");
+                outln!("the config declares no secrets");
             } else {
-                print!("{}", SecretReport::read(&config, &SystemStore).table());
+                out!("{}", SecretReport::read(&config, &SystemStore).table());
             }
         }
     }

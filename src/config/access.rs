@@ -183,6 +183,12 @@ pub fn normalize_origin(text: &str) -> Result<String, String> {
     if text == "*" || text.eq_ignore_ascii_case("null") {
         return Err(format!("`{text}` would let any page call; list each origin"));
     }
+    if !text.contains("://") {
+        // `localhost:5173` parses as scheme `localhost` with path `5173`; say what is missing.
+        return Err(format!(
+            "`{text}` has no scheme; write \"http://{text}\" (or https:// if the page is served over TLS)"
+        ));
+    }
     let url = url::Url::parse(text).map_err(|_| format!("`{text}` is not an origin (scheme://host[:port])"))?;
     let bare = url.path().is_empty() || url.path() == "/";
     if !bare || url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
