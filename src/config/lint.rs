@@ -319,13 +319,13 @@ mod tests {
         // The secret is then unused and the route injects nothing: both said too.
         assert_eq!(dollar.len(), 3, "{dollar:?}");
         assert_eq!(
-            dollar[1],
+            dollar[2],
             "proxy.toml:6:29: routes.gh.headers.Authorization: `$github` is sent literally, not replaced by the secret\n  help: write `${github}`"
         );
         let braces = warnings(&route("headers = { Authorization = \"Bearer {github}\" }\n"));
-        assert!(braces[1].contains("`{github}` is sent literally"), "{braces:?}");
+        assert!(braces[2].contains("`{github}` is sent literally"), "{braces:?}");
         let empty = warnings(&route("headers = { Authorization = \"Bearer \" }\n"));
-        assert!(empty[1].contains("Bearer has nothing after it"), "{empty:?}");
+        assert!(empty[2].contains("Bearer has nothing after it"), "{empty:?}");
         let upstream = warnings(&format!(
             "{GH}[routes.gh]\npath = \"/api/gh/{{*rest}}\"\nupstream = \"https://api.github.com/${{rest}}\"\nauth = {{ bearer = \"github\" }}\n"
         ));
