@@ -167,9 +167,12 @@ pub(super) fn origins(
     let mut origins = Vec::new();
     for origin in list.get_ref() {
         let normalized = normalize_origin(origin.get_ref()).map_err(|message| {
-            source
-                .error(origin.span(), key, message)
-                .with_help("write the exact origin the page is served from, e.g. \"http://localhost:5173\"")
+            let error = source.error(origin.span(), key, &message);
+            if message.contains("; write ") {
+                error
+            } else {
+                error.with_help("write the exact origin the page is served from, e.g. \"http://localhost:5173\"")
+            }
         })?;
         if !origins.contains(&normalized) {
             origins.push(normalized);

@@ -302,7 +302,10 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
             }
         }
     };
-    for (name, route) in &raw.routes {
+    // In file order, so a conflict blames the route written later (the one just added).
+    let mut in_file_order: Vec<_> = raw.routes.iter().collect();
+    in_file_order.sort_by_key(|(_, route)| route.span().start);
+    for (name, route) in in_file_order {
         let result = validate_route(name, route.get_ref(), route.span(), &secrets, source);
         let result = match result {
             Err(ConfigError::Invalid { ref message, .. })
@@ -322,6 +325,8 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
         }
         routes.push(route);
     }
+
+    routes.sort_by(|a, b| a.name.cmp(&b.name));
 
     let mut webhooks = Vec::new();
     for (name, hook) in &raw.webhooks {
@@ -526,6 +531,11 @@ mod tests {
             message,
             "proxy.toml:5:8: routes.b.path: `/a/{other}` of route `b` overlaps route `a` (`/a/{id}`): a request could match both\n  help: give one of them a distinct literal segment, e.g. `/api/a/{*rest}` and `/api/b/{*rest}`"
         );
+        // The route written later is the one blamed, whatever the names.
+        let message = err(
+            "[routes.b]\npath = \"/a/{id}\"\nupstream = \"https://x/\"\n[routes.a]\npath = \"/a/{other}\"\nupstream = \"https://y/\"\n",
+        );
+        assert!(message.starts_with("proxy.toml:5:8: routes.a.path: `/a/{other}` of route `a` overlaps route `b`"), "{message}");
     }
 
     #[test]

@@ -201,6 +201,7 @@ fn route_add_then_remove_leaves_a_commented_file_byte_identical() {
         "route             items\npath              /api/items/{id}\nmethods           GET, PUT\n\
          upstream          https://items.example.com/v1/items/{id}\nheader            accept: application/json\n\
          header            x-api-key: ${gh}\nquery             token=${gh}\n\
+         strips            origin, referer, sec-gpc, dnt, sec-fetch-*, sec-ch-*\n\
          connect-timeout   10s\nresponse-timeout  1m\nsecret            gh: environment variable `GH_TOKEN`\n"
     );
 
@@ -257,7 +258,11 @@ fn invalid_route_edits_are_refused_and_the_file_is_unchanged() {
 
     let conflict = route_add(&path, "bad", "/api/weather", "https://x.example/", &[]);
     assert_eq!(conflict.status.code(), Some(78));
-    assert!(stderr(&conflict).contains(".path: conflicts with another route"));
+    assert!(
+        stderr(&conflict).contains("routes.bad.path: `/api/weather` of route `bad` overlaps route `weather` (`/api/weather`)"),
+        "{}",
+        stderr(&conflict)
+    );
 
     let exists = route_add(&path, "github", "/x", "https://x.example/", &[]);
     assert_eq!(exists.status.code(), Some(1));

@@ -9,6 +9,7 @@ mod api_validate;
 mod api_webhooks;
 mod browser;
 mod cli;
+mod cli_messages;
 mod cli_secret;
 mod config_fuzz;
 mod daemon;
