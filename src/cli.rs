@@ -10,7 +10,9 @@ use crate::daemon::telemetry::LogFormat;
 /// Keeps API keys out of frontends: routes localhost paths to HTTPS APIs and injects secrets
 /// from the OS keyring, the environment or files.
 #[derive(Debug, Parser)]
-#[command(name = "secretproxy", version, about, long_about = None)]
+// No wrapping by clap: an example wrapped mid-command would not paste. The terminal soft-wraps
+// long lines for display, and copying them gives back the whole command.
+#[command(name = "secretproxy", version, about, long_about = None, term_width = 0)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -36,7 +38,7 @@ pub enum Command {
     /// List, show, add or remove routes; comments and formatting in the file are kept.
     #[command(
         subcommand,
-        after_help = "Examples:\n  secretproxy route list\n  secretproxy route show github\n  secretproxy route add github --path '/api/github/{*rest}' --upstream 'https://api.github.com/{rest}' --header 'Authorization: Bearer ${github}'\n  secretproxy route remove github"
+        after_help = "Examples:\n  secretproxy route list\n  secretproxy route show github\n  secretproxy route add github --path '/api/github/{*rest}' --upstream 'https://api.github.com/{rest}' --bearer github\n  secretproxy route test github /api/github/user\n  secretproxy route remove github"
     )]
     Route(RouteCommand),
     /// Store, delete or list secrets in the OS keyring.

@@ -79,14 +79,15 @@ fn add(args: RouteAddArgs) -> anyhow::Result<()> {
         route.query.push((name, template));
     }
     route.allow_http |= args.allow_http;
-    file.add_route(&route)?;
+    // Secrets first, so a new `[secrets.X]` lands before the route that uses it.
     let mut declared = Vec::new();
     for secret in to_declare {
-        if !file.has_secret(&secret) {
+        if !file.has_secret(&secret) && !file.has_route(&route.name) {
             file.declare_secret(&secret, &NewSecret::Keyring(secret.clone()))?;
             declared.push(secret);
         }
     }
+    file.add_route(&route)?;
     let config = file.save()?;
     outln!("added route `{}` to {}", args.name, path.display());
     out!("{}", describe(&config, &args.name)?);

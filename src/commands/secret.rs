@@ -86,6 +86,16 @@ fn set(args: SecretSetArgs) -> anyhow::Result<()> {
             path.display()
         );
     }
+    if requested
+        .as_ref()
+        .is_some_and(|r| !matches!(r, NewSecret::Keyring(_)))
+    {
+        outln!(
+            "secret `{name}` is already declared with {existing}; {}",
+            existing.how_to_set(&name)
+        );
+        return Ok(());
+    }
     let (service, account) = keyring_entry(&config, &name)?;
     let value = read_value(&name)?;
     store(&name, &service, &account, &value)

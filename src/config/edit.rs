@@ -144,6 +144,11 @@ impl ConfigFile {
         Ok(())
     }
 
+    /// True when `[routes.NAME]` exists.
+    pub fn has_route(&self, name: &str) -> bool {
+        self.route_names().iter().any(|n| n == name)
+    }
+
     /// True when `[secrets.NAME]` exists (in any form).
     pub fn has_secret(&self, name: &str) -> bool {
         self.doc
