@@ -28,10 +28,18 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
     }
     outln!("{} is valid", path.display());
     outln!("listen {}\n", config.server.listen);
-    out!("{}", routes_table(&config));
+    if config.routes.is_empty() {
+        outln!("no routes yet; add one with `secretproxy route add NAME --preset PRESET` (see `route add --help`)");
+    } else {
+        out!("{}", routes_table(&config));
+    }
     outln!();
     let report = SecretReport::read(&config, &SystemStore);
-    out!("{}", report.table());
+    if report.rows.is_empty() {
+        outln!("no secrets declared");
+    } else {
+        out!("{}", report.table());
+    }
     let problems = report.problems();
     if !problems.is_empty() {
         outln!();

@@ -41,19 +41,21 @@ listen = "127.0.0.1:8787"
 # How long in-flight requests may run on after SIGTERM/SIGINT.
 shutdown-timeout = "30s"
 
-# A secret from the OS keyring (service "secretproxy", account "github").
-# Store its value with:  secretproxy secret set github
-[secrets.github]
-keyring = "github"
-
-# GET http://127.0.0.1:8787/api/github/user  ->  https://api.github.com/user with the token.
-# Add more with `secretproxy route add NAME --preset openai` or
-# `secretproxy route add NAME --path P --upstream U --bearer SECRET`.
-[routes.github]
-path = "/api/github/{{*rest}}"
-methods = ["GET", "HEAD"]
-upstream = "https://api.github.com/{{rest}}"
-headers = {{ Authorization = "Bearer ${{github}}", X-GitHub-Api-Version = "2022-11-28" }}
+# Routes: add one for a known API with a preset (openai, anthropic, github, stripe, gemini,
+# mistral, sendgrid, openweathermap), which also declares its secret:
+#   secretproxy route add openai --preset openai
+#   secretproxy secret set openai
+# or by hand, as in this example (remove the leading `# ` to use it):
+#
+# [secrets.github]         # the OS keyring, service "secretproxy", account "github"
+# keyring = "github"
+#
+# # GET http://127.0.0.1:8787/api/github/user  ->  https://api.github.com/user with the token.
+# [routes.github]
+# path = "/api/github/{{*rest}}"
+# methods = ["GET", "HEAD"]
+# upstream = "https://api.github.com/{{rest}}"
+# headers = {{ Authorization = "Bearer ${{github}}", X-GitHub-Api-Version = "2022-11-28" }}
 "#
     )
 }
@@ -139,7 +141,8 @@ pub fn run(mut args: InitArgs) -> anyhow::Result<()> {
         outln!("created {} (empty; your build writes the site there)", site.display());
     }
     outln!("next:");
-    outln!("  secretproxy secret set github{flag}   # paste a GitHub token");
+    outln!("  secretproxy route add openai --preset openai{flag}   # or github, stripe, ... (route add --help)");
+    outln!("  secretproxy secret set openai{flag}   # paste the key; it is not echoed");
     outln!("  secretproxy check{flag}");
     outln!("  secretproxy serve{flag}");
     Ok(())
@@ -164,6 +167,14 @@ mod tests {
         let plain = starter(&[], None);
         assert!(plain.contains("# allowed-origins = [") && plain.contains("# static-dir = "));
         let config = crate::config::Config::parse(&plain, "proxy.toml").unwrap();
+        assert!(config.routes.is_empty());
+        // The commented example is valid once uncommented.
+        let example: String = plain
+            .lines()
+            .skip_while(|l| !l.starts_with("# [secrets.github]"))
+            .map(|l| format!("{}\n", l.strip_prefix("# ").or(l.strip_prefix('#')).unwrap_or(l)))
+            .collect();
+        let config = crate::config::Config::parse(&example, "proxy.toml").unwrap();
         assert_eq!(config.routes.len(), 1);
         assert_eq!(config.server.shutdown_timeout, std::time::Duration::from_secs(30));
         let dir = tempfile::tempdir().unwrap();

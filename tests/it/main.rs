@@ -18,6 +18,7 @@ mod harness;
 mod keyring;
 mod presets;
 mod proxy;
+mod quickstart;
 mod redteam;
 mod reload;
 mod service;
