@@ -43,8 +43,20 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
     let problems = report.problems();
     if !problems.is_empty() {
         outln!();
+        // An unreachable keyring is one problem however many secrets live there: one hint.
+        let mut keyring_down = false;
         for (name, source, error) in &problems {
-            outln!("{name}: {error}; {}", source.how_to_fix(name, error));
+            if matches!(source, SecretSource::Keyring { .. }) && error.is_unreachable() {
+                keyring_down = true;
+                outln!("{name}: {error}");
+            } else {
+                outln!("{name}: {error}; {}", source.how_to_fix(name, error));
+            }
+        }
+        if keyring_down {
+            outln!(
+                "the keyring itself is unreachable, so `secretproxy secret set` would fail too: unlock it, or start a Secret Service (e.g. gnome-keyring) in this session; without one, declare these secrets with `env` or `file` instead"
+            );
         }
         let names: Vec<&str> = problems.iter().map(|(name, _, _)| name.as_str()).collect();
         anyhow::bail!(
@@ -95,7 +107,7 @@ pub struct SecretRow {
     pub name: String,
     pub source: SecretSource,
     pub status: Result<(), LookupError>,
-    /// The routes that inject it.
+    /// The routes that inject it, then `webhook:NAME` and `client-token` where it is used so.
     pub users: Vec<String>,
 }
 
@@ -107,7 +119,21 @@ impl SecretReport {
             .iter()
             .map(|(name, source)| {
                 let status = store.fetch(source).map(drop);
-                let users = config.routes_using(name).map(|r| r.name.clone()).collect();
+                let users = config
+                    .routes_using(name)
+                    .map(|r| r.name.clone())
+                    .chain(
+                        config
+                            .webhooks
+                            .iter()
+                            .filter(|w| w.secret == *name)
+                            .map(|w| format!("webhook:{}", w.name)),
+                    )
+                    .chain(
+                        (config.server.access.client_token.as_deref() == Some(name.as_str()))
+                            .then(|| "client-token".to_string()),
+                    )
+                    .collect();
                 SecretRow {
                     name: name.clone(),
                     source: source.clone(),

@@ -108,16 +108,13 @@ pub const PRESETS: &[Preset] = &[
 
 /// The preset called `id`, or an error that lists them all.
 pub fn find(id: &str) -> anyhow::Result<&'static Preset> {
-    PRESETS
-        .iter()
-        .find(|p| p.id.eq_ignore_ascii_case(id))
-        .ok_or_else(|| {
-            let ids: Vec<&str> = PRESETS.iter().map(|p| p.id).collect();
-            anyhow::anyhow!(
-                "no preset `{id}`; presets are {}. For another API give --path, --upstream and --bearer/--header/--query",
-                ids.join(", ")
-            )
-        })
+    PRESETS.iter().find(|p| p.id.eq_ignore_ascii_case(id)).ok_or_else(|| {
+        let ids: Vec<&str> = PRESETS.iter().map(|p| p.id).collect();
+        anyhow::anyhow!(
+            "no preset `{id}`; presets are {}. For another API give --path, --upstream and --bearer/--header/--query",
+            ids.join(", ")
+        )
+    })
 }
 
 impl Preset {
@@ -189,6 +186,11 @@ mod tests {
             assert!(config.routes[0].secrets.contains(preset.id), "{}", preset.id);
         }
         assert!(find("OpenAI").is_ok());
-        assert!(find("nope").unwrap_err().to_string().contains("presets are openai, anthropic"));
+        assert!(
+            find("nope")
+                .unwrap_err()
+                .to_string()
+                .contains("presets are openai, anthropic")
+        );
     }
 }

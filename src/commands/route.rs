@@ -64,14 +64,18 @@ fn add(args: RouteAddArgs) -> anyhow::Result<()> {
         route.methods = args.methods.iter().map(|m| m.trim().to_string()).collect();
     }
     if let Some(secret) = &args.bearer {
-        route.headers.retain(|(name, _)| !name.eq_ignore_ascii_case("authorization"));
+        route
+            .headers
+            .retain(|(name, _)| !name.eq_ignore_ascii_case("authorization"));
         route
             .headers
             .insert(0, ("Authorization".to_string(), format!("Bearer ${{{secret}}}")));
         to_declare.push(secret.clone());
     }
     for (name, template) in args.headers {
-        route.headers.retain(|(existing, _)| !existing.eq_ignore_ascii_case(&name));
+        route
+            .headers
+            .retain(|(existing, _)| !existing.eq_ignore_ascii_case(&name));
         route.headers.push((name, template));
     }
     for (name, template) in args.query {
@@ -93,9 +97,7 @@ fn add(args: RouteAddArgs) -> anyhow::Result<()> {
     out!("{}", describe(&config, &args.name)?);
     let flag = config_flag(&path);
     for secret in &declared {
-        outln!(
-            "declared secret `{secret}` (OS keyring); store its value with: secretproxy secret set {secret}{flag}"
-        );
+        outln!("declared secret `{secret}` (OS keyring); store its value with: secretproxy secret set {secret}{flag}");
     }
     let example = args
         .preset

@@ -94,7 +94,9 @@ fn outbound(
                 .upstream
                 .render(|name| params.iter().find(|(p, _)| *p == name).map(|(_, v)| *v));
             if !route.upstream.contains(&url) {
-                anyhow::bail!("`{client_path}` does not map to a URL under the route's upstream; the proxy answers 400");
+                anyhow::bail!(
+                    "`{client_path}` does not map to a URL under the route's upstream; the proxy answers 400"
+                );
             }
             let (query, _) = build_query(url.query(), client_query, &injected_query);
             url.set_query((!query.is_empty()).then_some(query.as_str()));
@@ -278,7 +280,11 @@ fn send(
     }
     outln!("\nsent; the upstream answered {}", response.status());
     for (name, value) in response.headers() {
-        outln!("{}: {}", title_case(name.as_str()), value.to_str().unwrap_or("(not text)"));
+        outln!(
+            "{}: {}",
+            title_case(name.as_str()),
+            value.to_str().unwrap_or("(not text)")
+        );
     }
     Ok(())
 }
@@ -309,6 +315,9 @@ mod tests {
         let Err(unmatched) = outbound(route, &Method::GET, Some("/b"), None, &masked) else {
             panic!("`/b` matched");
         };
-        assert!(unmatched.to_string().contains("is not a path of route `a`"), "{unmatched}");
+        assert!(
+            unmatched.to_string().contains("is not a path of route `a`"),
+            "{unmatched}"
+        );
     }
 }

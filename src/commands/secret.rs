@@ -14,8 +14,8 @@ use anyhow::Context;
 use zeroize::Zeroizing;
 
 use crate::cli::{SecretCommand, SecretSetArgs};
-use crate::config::edit::{ConfigFile, NewSecret};
 use crate::commands::check::SecretReport;
+use crate::config::edit::{ConfigFile, NewSecret};
 use crate::config::{self, Config};
 use crate::secrets::keyring::{self, KeyringFailure};
 use crate::secrets::{ExposeSecret, SecretSource, SecretString, SystemStore};
@@ -69,7 +69,11 @@ fn set(args: SecretSetArgs) -> anyhow::Result<()> {
         };
         file.declare_secret(&name, &source)?;
         let config = file.save()?;
-        outln!("declared secret `{name}` in {} ({})", path.display(), config.secrets[&name]);
+        outln!(
+            "declared secret `{name}` in {} ({})",
+            path.display(),
+            config.secrets[&name]
+        );
         if let (Some(value), SecretSource::Keyring { service, account }) = (value, &config.secrets[&name]) {
             return store(&name, service, account, &value);
         }
@@ -86,10 +90,7 @@ fn set(args: SecretSetArgs) -> anyhow::Result<()> {
             path.display()
         );
     }
-    if requested
-        .as_ref()
-        .is_some_and(|r| !matches!(r, NewSecret::Keyring(_)))
-    {
+    if requested.as_ref().is_some_and(|r| !matches!(r, NewSecret::Keyring(_))) {
         outln!(
             "secret `{name}` is already declared with {existing}; {}",
             existing.how_to_set(&name)

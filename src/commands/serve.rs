@@ -76,7 +76,9 @@ async fn serve(
             tracing::info!("using the listening socket passed by systemd (socket activation)");
             tokio::net::TcpListener::from_std(socket)?
         }
-        None => server::bind(listen).await.map_err(|error| bind_error(listen, file_listen, &error))?,
+        None => server::bind(listen)
+            .await
+            .map_err(|error| bind_error(listen, file_listen, &error))?,
     };
     let local = listener.local_addr()?;
     tracing::info!(address = %local, config = %origin, routes, missing_secrets = missing, "listening");

@@ -372,14 +372,20 @@ mod tests {
         let (_dir, path) = open(COMMENTED);
         let mut file = ConfigFile::open(&path).unwrap();
         assert!(file.has_secret("gh"));
-        file.declare_secret("openai", &NewSecret::Keyring("openai".into())).unwrap();
+        file.declare_secret("openai", &NewSecret::Keyring("openai".into()))
+            .unwrap();
         file.declare_secret("gh", &NewSecret::Env("OTHER".into())).unwrap();
         assert_eq!(
             file.text(),
-            COMMENTED.replace("env = \"GH\"\n", "env = \"GH\"\n\n[secrets.openai]\nkeyring = \"openai\"\n")
+            COMMENTED.replace(
+                "env = \"GH\"\n",
+                "env = \"GH\"\n\n[secrets.openai]\nkeyring = \"openai\"\n"
+            )
         );
 
-        let (_dir, path) = open("[server]\nlisten = \"127.0.0.1:1\"\n\n# a route\n[routes.a]\npath = \"/a\"\nupstream = \"https://a.example/\"\n");
+        let (_dir, path) = open(
+            "[server]\nlisten = \"127.0.0.1:1\"\n\n# a route\n[routes.a]\npath = \"/a\"\nupstream = \"https://a.example/\"\n",
+        );
         let mut file = ConfigFile::open(&path).unwrap();
         file.declare_secret("k", &NewSecret::File("/home/me/k".into())).unwrap();
         assert_eq!(

@@ -38,11 +38,7 @@ pub enum ConfigError {
 
 fn several(errors: &[ConfigError]) -> String {
     let blocks: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    format!(
-        "{}\n{} errors in the config",
-        blocks.join("\nerror: "),
-        errors.len()
-    )
+    format!("{}\n{} errors in the config", blocks.join("\nerror: "), errors.len())
 }
 
 /// `file:line:column`, 1-based.

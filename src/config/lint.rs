@@ -296,19 +296,26 @@ mod tests {
 
     fn warnings(text: &str) -> Vec<String> {
         let config = Config::parse(text, "proxy.toml").unwrap();
-        lint(text, "proxy.toml", &config).iter().map(ToString::to_string).collect()
+        lint(text, "proxy.toml", &config)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     const GH: &str = "[secrets.github]\nenv = \"GH\"\n";
 
     fn route(extra: &str) -> String {
-        format!("{GH}[routes.gh]\npath = \"/api/gh/{{*rest}}\"\nupstream = \"https://api.github.com/{{rest}}\"\n{extra}")
+        format!(
+            "{GH}[routes.gh]\npath = \"/api/gh/{{*rest}}\"\nupstream = \"https://api.github.com/{{rest}}\"\n{extra}"
+        )
     }
 
     #[test]
     fn a_clean_config_has_no_warnings() {
         assert_eq!(
-            warnings(&route("headers = { Authorization = \"Bearer ${github}\", Accept = \"application/json\", X-GitHub-Api-Version = \"2022-11-28\" }\n")),
+            warnings(&route(
+                "headers = { Authorization = \"Bearer ${github}\", Accept = \"application/json\", X-GitHub-Api-Version = \"2022-11-28\" }\n"
+            )),
             Vec::<String>::new()
         );
     }
@@ -329,7 +336,10 @@ mod tests {
         let upstream = warnings(&format!(
             "{GH}[routes.gh]\npath = \"/api/gh/{{*rest}}\"\nupstream = \"https://api.github.com/${{rest}}\"\nauth = {{ bearer = \"github\" }}\n"
         ));
-        assert!(upstream[0].starts_with("proxy.toml:5:12: routes.gh.upstream: `${...}` in an upstream"), "{upstream:?}");
+        assert!(
+            upstream[0].starts_with("proxy.toml:5:12: routes.gh.upstream: `${...}` in an upstream"),
+            "{upstream:?}"
+        );
     }
 
     #[test]
@@ -344,13 +354,17 @@ mod tests {
             )));
             assert_eq!(found.len(), 1, "{token}: {found:?}");
             assert!(found[0].contains("written into the config file"), "{found:?}");
-            assert!(!found[0].contains(token) && !found[0].contains(&token[4..12]), "{found:?}");
+            assert!(
+                !found[0].contains(token) && !found[0].contains(&token[4..12]),
+                "{found:?}"
+            );
         }
     }
 
     #[test]
     fn unused_secrets_keyless_routes_and_wildcards() {
-        let text = "[secrets.spare]\nenv = \"S\"\n[routes.open]\npath = \"/api/open/*\"\nupstream = \"https://x.example/\"\n";
+        let text =
+            "[secrets.spare]\nenv = \"S\"\n[routes.open]\npath = \"/api/open/*\"\nupstream = \"https://x.example/\"\n";
         assert_eq!(
             warnings(text),
             [

@@ -320,7 +320,12 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
             continue;
         };
         let span = raw.routes[name].get_ref().path.span();
-        if let Some(error) = conflict(&route.path, format!("route `{name}`"), format!("routes.{name}.path"), span) {
+        if let Some(error) = conflict(
+            &route.path,
+            format!("route `{name}`"),
+            format!("routes.{name}.path"),
+            span,
+        ) {
             errors.push(error);
         }
         routes.push(route);
@@ -535,7 +540,10 @@ mod tests {
         let message = err(
             "[routes.b]\npath = \"/a/{id}\"\nupstream = \"https://x/\"\n[routes.a]\npath = \"/a/{other}\"\nupstream = \"https://y/\"\n",
         );
-        assert!(message.starts_with("proxy.toml:5:8: routes.a.path: `/a/{other}` of route `a` overlaps route `b`"), "{message}");
+        assert!(
+            message.starts_with("proxy.toml:5:8: routes.a.path: `/a/{other}` of route `a` overlaps route `b`"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -68,7 +68,8 @@ impl SecretSource {
                 "the keyring itself is unreachable, so `secretproxy secret set {name}` would fail too: unlock it, or start a Secret Service (e.g. gnome-keyring) in this session; without one, declare the secret with `env` or `file` instead"
             ),
             (SecretSource::Credential(_), _) if !self.available_here() => {
-                "only a systemd service gets credentials; when running by hand, use `env` or `file` for this secret".to_string()
+                "only a systemd service gets credentials; when running by hand, use `env` or `file` for this secret"
+                    .to_string()
             }
             _ => self.how_to_set(name),
         }

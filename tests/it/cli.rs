@@ -277,7 +277,8 @@ fn invalid_route_edits_are_refused_and_the_file_is_unchanged() {
     let conflict = route_add(&path, "bad", "/api/weather", "https://x.example/", &[]);
     assert_eq!(conflict.status.code(), Some(78));
     assert!(
-        stderr(&conflict).contains("routes.bad.path: `/api/weather` of route `bad` overlaps route `weather` (`/api/weather`)"),
+        stderr(&conflict)
+            .contains("routes.bad.path: `/api/weather` of route `bad` overlaps route `weather` (`/api/weather`)"),
         "{}",
         stderr(&conflict)
     );

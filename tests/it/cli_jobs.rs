@@ -66,13 +66,20 @@ fn route_add_flags_write_the_route_and_declare_the_bearer_secret() {
 
     // A preset into an empty file: the secret is declared before the route.
     let empty = config(dir.path(), "");
-    let preset = run(&["route", "add", "ai", "--preset", "openai", "--secret", "work-openai"], &empty);
+    let preset = run(
+        &["route", "add", "ai", "--preset", "openai", "--secret", "work-openai"],
+        &empty,
+    );
     assert_eq!(preset.status.code(), Some(0), "{}", stderr(&preset));
     assert_eq!(
         std::fs::read_to_string(&empty).unwrap(),
         "[secrets.work-openai]\nkeyring = \"work-openai\"\n\n[routes.ai]\npath = \"/api/ai/{*rest}\"\nmethods = [\"GET\", \"POST\"]\nupstream = \"https://api.openai.com/{rest}\"\nheaders = { Authorization = \"Bearer ${work-openai}\" }\n"
     );
-    assert!(stdout(&preset).contains("secretproxy route test ai '/api/ai/v1/models'"), "{}", stdout(&preset));
+    assert!(
+        stdout(&preset).contains("secretproxy route test ai '/api/ai/v1/models'"),
+        "{}",
+        stdout(&preset)
+    );
 }
 
 #[test]
@@ -102,7 +109,9 @@ fn secret_set_env_and_file_declare_the_secret() {
     let before = std::fs::read_to_string(&path).unwrap();
     let same = run(&["secret", "set", "stripe", "--env", "STRIPE_SECRET_KEY"], &path);
     assert_eq!(same.status.code(), Some(0));
-    assert!(stdout(&same).starts_with("secret `stripe` is already declared with environment variable `STRIPE_SECRET_KEY`"));
+    assert!(
+        stdout(&same).starts_with("secret `stripe` is already declared with environment variable `STRIPE_SECRET_KEY`")
+    );
     let other = run(&["secret", "set", "stripe", "--env", "OTHER"], &path);
     assert_eq!(other.status.code(), Some(1));
     assert_eq!(
@@ -127,7 +136,10 @@ fn init_takes_the_page_origin_and_static_dir() {
     );
     assert_eq!(init.status.code(), Some(0), "{}", stderr(&init));
     let written = std::fs::read_to_string(&path).unwrap();
-    assert!(written.contains("\nallowed-origins = [\"http://localhost:5173\"]\n"), "{written}");
+    assert!(
+        written.contains("\nallowed-origins = [\"http://localhost:5173\"]\n"),
+        "{written}"
+    );
     assert!(written.contains("\nstatic-dir = \"dist\"\n"), "{written}");
     assert!(dir.path().join("site").join("dist").is_dir());
     assert!(
@@ -152,7 +164,10 @@ fn init_takes_the_page_origin_and_static_dir() {
     let init = run(&["init"], &plain);
     assert_eq!(init.status.code(), Some(0));
     let written = std::fs::read_to_string(&plain).unwrap();
-    assert!(written.contains("\n# allowed-origins = [\"http://localhost:5173\"]\n"), "{written}");
+    assert!(
+        written.contains("\n# allowed-origins = [\"http://localhost:5173\"]\n"),
+        "{written}"
+    );
     assert!(written.contains("\n# static-dir = \"dist\"\n"), "{written}");
 
     let bad = run(&["init", "--origin", "localhost:5173"], &dir.path().join("bad.toml"));
@@ -248,11 +263,11 @@ async fn route_test_shows_the_request_masked_and_sends_only_when_asked() {
 #[test]
 fn help_examples_paste_as_whole_commands() {
     let dir = tempfile::tempdir().unwrap();
-    let path = config(
-        dir.path(),
-        "[secrets.owm]\nenv = \"O\"\n[secrets.lan]\nenv = \"L\"\n",
-    );
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_secretproxy")).parent().unwrap().to_path_buf();
+    let path = config(dir.path(), "[secrets.owm]\nenv = \"O\"\n[secrets.lan]\nenv = \"L\"\n");
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_secretproxy"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let search_path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     let mut ran = 0;
     for help in [&["route", "add", "--help"][..], &["route", "--help"][..]] {

@@ -195,7 +195,13 @@ fn secret_set_list_delete_through_the_secret_service() {
 
     assert_no_secret(
         &outputs,
-        &[&value, &other_value, &fresh_value, "file-secret-value", "sk_test_cli_env"],
+        &[
+            &value,
+            &other_value,
+            &fresh_value,
+            "file-secret-value",
+            "sk_test_cli_env",
+        ],
         "command output",
     );
 }

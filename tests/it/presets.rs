@@ -164,7 +164,12 @@ async fn every_preset_writes_a_route_that_injects_as_the_provider_expects() {
         let seen = upstream.received()[index].clone();
         let key = key_of(p.preset);
         if let Some(header) = p.key_header {
-            assert_eq!(seen.header(header), Some(format!("{}{key}", p.prefix).as_str()), "{}", p.preset);
+            assert_eq!(
+                seen.header(header),
+                Some(format!("{}{key}", p.prefix).as_str()),
+                "{}",
+                p.preset
+            );
             let (path, _) = p.call.split_once('?').unwrap_or((p.call, ""));
             assert_eq!(seen.target, format!("/{path}"), "{}", p.preset);
         }

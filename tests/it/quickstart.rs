@@ -54,7 +54,10 @@ async fn the_readme_quick_start_works_as_written() {
     require_session_bus();
     let commands = quickstart_commands();
     assert_eq!(
-        commands.iter().map(|c| c.split(' ').take(3).collect::<Vec<_>>().join(" ")).collect::<Vec<_>>(),
+        commands
+            .iter()
+            .map(|c| c.split(' ').take(3).collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>(),
         [
             "secretproxy init --origin",
             "secretproxy route add",
@@ -82,7 +85,9 @@ async fn the_readme_quick_start_works_as_written() {
     .await;
 
     let dir = tempfile::tempdir().unwrap();
-    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_secretproxy")).parent().unwrap();
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_secretproxy"))
+        .parent()
+        .unwrap();
     let search_path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     let mut cleanup = Cleanup {
         daemon: None,
