@@ -293,7 +293,7 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
                         .error(
                             span,
                             key,
-                            format!("`{path}` of {owner} overlaps {other}: a request could match both"),
+                            format!("conflicts with {other}: a request could match both"),
                         )
                         .with_help(
                             "give one of them a distinct literal segment, e.g. `/api/a/{*rest}` and `/api/b/{*rest}`",
@@ -534,14 +534,14 @@ mod tests {
         );
         assert_eq!(
             message,
-            "proxy.toml:5:8: routes.b.path: `/a/{other}` of route `b` overlaps route `a` (`/a/{id}`): a request could match both\n  help: give one of them a distinct literal segment, e.g. `/api/a/{*rest}` and `/api/b/{*rest}`"
+            "proxy.toml:5:8: routes.b.path: conflicts with route `a` (`/a/{id}`): a request could match both\n  help: give one of them a distinct literal segment, e.g. `/api/a/{*rest}` and `/api/b/{*rest}`"
         );
         // The route written later is the one blamed, whatever the names.
         let message = err(
             "[routes.b]\npath = \"/a/{id}\"\nupstream = \"https://x/\"\n[routes.a]\npath = \"/a/{other}\"\nupstream = \"https://y/\"\n",
         );
         assert!(
-            message.starts_with("proxy.toml:5:8: routes.a.path: `/a/{other}` of route `a` overlaps route `b`"),
+            message.starts_with("proxy.toml:5:8: routes.a.path: conflicts with route `b`"),
             "{message}"
         );
     }

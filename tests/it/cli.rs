@@ -278,7 +278,7 @@ fn invalid_route_edits_are_refused_and_the_file_is_unchanged() {
     assert_eq!(conflict.status.code(), Some(78));
     assert!(
         stderr(&conflict)
-            .contains("routes.bad.path: `/api/weather` of route `bad` overlaps route `weather` (`/api/weather`)"),
+            .contains("routes.bad.path: conflicts with route `weather` (`/api/weather`)"),
         "{}",
         stderr(&conflict)
     );

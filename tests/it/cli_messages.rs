@@ -62,7 +62,7 @@ upstream = "https://x.example/"
              error: {p}:3:10: server.listen: `nonsense` is not a listen address; write a port (\"8787\"), \"localhost:8787\", \"127.0.0.1:8787\" or \"[::1]:8787\"\n\
              error: {p}:6:7: secrets.gh.env: may not be empty\n\
              error: {p}:10:12: routes.api.upstream: `api.github.com/{{id}}` has no scheme; write \"https://api.github.com/{{id}}\"\n\
-             error: {p}:17:8: routes.alpha.path: `/b/{{other}}` of route `alpha` overlaps route `zeta` (`/b/{{id}}`): a request could match both\n  \
+             error: {p}:17:8: routes.alpha.path: conflicts with route `zeta` (`/b/{{id}}`): a request could match both\n  \
              help: give one of them a distinct literal segment, e.g. `/api/a/{{*rest}}` and `/api/b/{{*rest}}`\n\
              5 errors in the config\n"
         )
