@@ -151,7 +151,15 @@ pub(crate) fn describe(config: &Config, name: &str) -> anyhow::Result<Table> {
     for header in &route.forward_headers {
         table.row(["forwards".to_string(), header.to_string()]);
     }
-    table.row(["strips".to_string(), route.strip_headers.entries().join(", ")]);
+    let strips = route.strip_headers.entries();
+    table.row([
+        "strips".to_string(),
+        if strips.is_empty() {
+            "nothing (strip-headers = [])".to_string()
+        } else {
+            strips.join(", ")
+        },
+    ]);
     if route.keep_set_cookie {
         table.row(["set-cookie", "passed to the client"]);
     }

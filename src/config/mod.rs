@@ -290,11 +290,7 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
                 };
                 Some(
                     source
-                        .error(
-                            span,
-                            key,
-                            format!("conflicts with {other}: a request could match both"),
-                        )
+                        .error(span, key, format!("conflicts with {other}: a request could match both"))
                         .with_help(
                             "give one of them a distinct literal segment, e.g. `/api/a/{*rest}` and `/api/b/{*rest}`",
                         ),

@@ -277,8 +277,7 @@ fn invalid_route_edits_are_refused_and_the_file_is_unchanged() {
     let conflict = route_add(&path, "bad", "/api/weather", "https://x.example/", &[]);
     assert_eq!(conflict.status.code(), Some(78));
     assert!(
-        stderr(&conflict)
-            .contains("routes.bad.path: conflicts with route `weather` (`/api/weather`)"),
+        stderr(&conflict).contains("routes.bad.path: conflicts with route `weather` (`/api/weather`)"),
         "{}",
         stderr(&conflict)
     );
