@@ -24,6 +24,32 @@
 //! Secret values only ever live in `SecretString`s and sensitive header values; no error, log
 //! line or `Debug` output carries one.
 
+/// `println!` for command output that never panics: a reader that went away (`check | head -1`)
+/// must not turn into a panic and exit 101. Write errors on stdout are ignored, so the command
+/// finishes and its exit status still says whether it succeeded.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` with the same promise as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` with the same promise as [`outln!`], for warnings on stderr.
+macro_rules! eoutln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -52,7 +78,8 @@ pub fn run(cli: cli::Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "error: {err:#}");
             if err.chain().any(|cause| {
                 cause.is::<config::ConfigError>()
                     || cause

@@ -2,6 +2,9 @@
 //! source and status. Values are fetched only to learn whether they are there and are dropped
 //! (zeroized) at once; nothing about a value is printed.
 //!
+//! Warnings ([`config::lint`]) go to stderr with `file:line:column`; they fail the check only
+//! with `--strict`.
+//!
 //! Exit status: a config error is a [`ConfigError`](crate::config::ConfigError) (78); a valid
 //! config with a secret that is missing, unusable or whose store is unreachable is an ordinary
 //! error (1), since fixing it needs no config change.
@@ -13,29 +16,65 @@ use crate::secrets::{LookupError, SecretSource, SecretStore, SystemStore};
 
 pub fn run(args: CheckArgs) -> anyhow::Result<()> {
     let path = config::locate(args.config.config.as_deref())?;
-    let config = config::load(&path)?;
-    println!("{} is valid", path.display());
-    println!("listen {}\n", config.server.listen);
-    print!("{}", routes_table(&config));
-    println!();
+    let text = std::fs::read_to_string(&path).map_err(|source| config::ConfigError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let name = path.display().to_string();
+    let config = Config::parse(&text, &name)?;
+    let warnings = config::lint::lint(&text, &name, &config);
+    for warning in &warnings {
+        eoutln!("warning: {warning}");
+    }
+    outln!("{} is valid", path.display());
+    outln!("listen {}\n", config.server.listen);
+    if config.routes.is_empty() {
+        outln!("no routes yet; add one with `secretproxy route add NAME --preset PRESET` (see `route add --help`)");
+    } else {
+        out!("{}", routes_table(&config));
+    }
+    outln!();
     let report = SecretReport::read(&config, &SystemStore);
-    print!("{}", report.table());
+    if report.rows.is_empty() {
+        outln!("no secrets declared");
+    } else {
+        out!("{}", report.table());
+    }
     let problems = report.problems();
-    if problems.is_empty() {
-        return Ok(());
+    if !problems.is_empty() {
+        outln!();
+        // An unreachable keyring is one problem however many secrets live there: one hint.
+        let mut keyring_down = false;
+        for (name, source, error) in &problems {
+            if matches!(source, SecretSource::Keyring { .. }) && error.is_unreachable() {
+                keyring_down = true;
+                outln!("{name}: {error}");
+            } else {
+                outln!("{name}: {error}; {}", source.how_to_fix(name, error));
+            }
+        }
+        if keyring_down {
+            outln!(
+                "the keyring itself is unreachable, so `secretproxy secret set` would fail too: unlock it, or start a Secret Service (e.g. gnome-keyring) in this session; without one, declare these secrets with `env` or `file` instead"
+            );
+        }
+        let names: Vec<&str> = problems.iter().map(|(name, _, _)| name.as_str()).collect();
+        anyhow::bail!(
+            "{} of {} secrets {} not available: {}",
+            names.len(),
+            report.rows.len(),
+            if names.len() == 1 { "is" } else { "are" },
+            names.join(", ")
+        )
     }
-    println!();
-    for (name, source, error) in &problems {
-        println!("{name}: {error}; {}", source.how_to_set(name));
+    if args.strict && !warnings.is_empty() {
+        anyhow::bail!(
+            "{} warning{} (--strict treats warnings as errors)",
+            warnings.len(),
+            if warnings.len() == 1 { "" } else { "s" }
+        );
     }
-    let names: Vec<&str> = problems.iter().map(|(name, _, _)| name.as_str()).collect();
-    anyhow::bail!(
-        "{} of {} secrets {} not available: {}",
-        names.len(),
-        report.rows.len(),
-        if names.len() == 1 { "is" } else { "are" },
-        names.join(", ")
-    )
+    Ok(())
 }
 
 /// The route table as `route list` and `check` print it.
@@ -68,7 +107,7 @@ pub struct SecretRow {
     pub name: String,
     pub source: SecretSource,
     pub status: Result<(), LookupError>,
-    /// The routes that inject it.
+    /// The routes that inject it, then `webhook:NAME` and `client-token` where it is used so.
     pub users: Vec<String>,
 }
 
@@ -80,7 +119,21 @@ impl SecretReport {
             .iter()
             .map(|(name, source)| {
                 let status = store.fetch(source).map(drop);
-                let users = config.routes_using(name).map(|r| r.name.clone()).collect();
+                let users = config
+                    .routes_using(name)
+                    .map(|r| r.name.clone())
+                    .chain(
+                        config
+                            .webhooks
+                            .iter()
+                            .filter(|w| w.secret == *name)
+                            .map(|w| format!("webhook:{}", w.name)),
+                    )
+                    .chain(
+                        (config.server.access.client_token.as_deref() == Some(name.as_str()))
+                            .then(|| "client-token".to_string()),
+                    )
+                    .collect();
                 SecretRow {
                     name: name.clone(),
                     source: source.clone(),

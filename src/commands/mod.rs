@@ -3,7 +3,9 @@
 pub mod check;
 pub mod completions;
 pub mod init;
+pub mod presets;
 pub mod route;
+pub mod route_test;
 pub mod secret;
 pub mod serve;
 pub mod table;

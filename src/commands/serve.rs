@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use std::net::SocketAddr;
 
 use crate::cli::ServeArgs;
 use crate::config;
@@ -80,7 +81,7 @@ async fn serve(
         }
         None => server::bind(listen)
             .await
-            .with_context(|| format!("cannot listen on {listen}"))?,
+            .map_err(|error| bind_error(listen, file_listen, &error))?,
     };
     let local = listener.local_addr()?;
     tracing::info!(address = %local, config = %origin, routes, missing_secrets = missing, "listening");
@@ -109,4 +110,29 @@ async fn serve(
         watchdog.abort();
     }
     Ok(())
+}
+
+/// Why the listening socket could not be opened, with what to do about the usual causes.
+fn bind_error(listen: SocketAddr, file_listen: Option<SocketAddr>, error: &std::io::Error) -> anyhow::Error {
+    let set_by = if file_listen.is_some() {
+        "`[server] listen` in the config"
+    } else {
+        "--listen"
+    };
+    let next = SocketAddr::new(listen.ip(), listen.port().wrapping_add(1).max(1));
+    let help = match error.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "another program already listens on port {port}, perhaps another secretproxy (see `ss -ltnp 'sport = :{port}'`); stop it, or use another port with `--listen {next_port}` or `[server] listen = \"{next}\"`",
+            port = listen.port(),
+            next_port = next.port(),
+        ),
+        std::io::ErrorKind::PermissionDenied if listen.port() < 1024 => format!(
+            "ports below 1024 need privileges; use e.g. `--listen 8787`, or put a reverse proxy in front (address from {set_by})"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!("{} is not an address of this machine; check {set_by}", listen.ip())
+        }
+        _ => format!("the address comes from {set_by}"),
+    };
+    anyhow::anyhow!("cannot listen on {listen}: {error}\n  help: {help}")
 }

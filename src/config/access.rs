@@ -167,9 +167,12 @@ pub(super) fn origins(
     let mut origins = Vec::new();
     for origin in list.get_ref() {
         let normalized = normalize_origin(origin.get_ref()).map_err(|message| {
-            source
-                .error(origin.span(), key, message)
-                .with_help("write the exact origin the page is served from, e.g. \"http://localhost:5173\"")
+            let error = source.error(origin.span(), key, &message);
+            if message.contains("; write ") {
+                error
+            } else {
+                error.with_help("write the exact origin the page is served from, e.g. \"http://localhost:5173\"")
+            }
         })?;
         if !origins.contains(&normalized) {
             origins.push(normalized);
@@ -182,6 +185,12 @@ pub(super) fn origins(
 pub fn normalize_origin(text: &str) -> Result<String, String> {
     if text == "*" || text.eq_ignore_ascii_case("null") {
         return Err(format!("`{text}` would let any page call; list each origin"));
+    }
+    if !text.contains("://") {
+        // `localhost:5173` parses as scheme `localhost` with path `5173`; say what is missing.
+        return Err(format!(
+            "`{text}` has no scheme; write \"http://{text}\" (or https:// if the page is served over TLS)"
+        ));
     }
     let url = url::Url::parse(text).map_err(|_| format!("`{text}` is not an origin (scheme://host[:port])"))?;
     let bare = url.path().is_empty() || url.path() == "/";

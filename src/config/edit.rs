@@ -1,4 +1,4 @@
-//! Edits to the config file for `secretproxy route add|remove`.
+//! Edits to the config file for `secretproxy route add|remove` and `secret set --keyring|--env|--file`.
 //!
 //! Invariants: the file is edited as a `toml_edit` document, so comments, key order and
 //! formatting outside the route that changes survive byte for byte; the edited text is validated
@@ -75,6 +75,19 @@ pub struct NewRoute {
     pub methods: Vec<String>,
     pub headers: Vec<(String, String)>,
     pub query: Vec<(String, String)>,
+    /// Write `allow-http = true` (plain HTTP to a non-loopback upstream).
+    pub allow_http: bool,
+}
+
+/// Where a secret declared from the command line comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewSecret {
+    /// `keyring = "ACCOUNT"` (service `secretproxy`).
+    Keyring(String),
+    /// `env = "VAR"`.
+    Env(String),
+    /// `file = "PATH"`.
+    File(String),
 }
 
 /// A config file opened for editing.
@@ -124,7 +137,60 @@ impl ConfigFile {
                 table.insert(key, value(inline));
             }
         }
+        if route.allow_http {
+            table.insert("allow-http", value(true));
+        }
         routes.insert(&route.name, Item::Table(table));
+        Ok(())
+    }
+
+    /// True when `[routes.NAME]` exists.
+    pub fn has_route(&self, name: &str) -> bool {
+        self.route_names().iter().any(|n| n == name)
+    }
+
+    /// True when `[secrets.NAME]` exists (in any form).
+    pub fn has_secret(&self, name: &str) -> bool {
+        self.doc
+            .get("secrets")
+            .and_then(Item::as_table_like)
+            .is_some_and(|secrets| secrets.contains_key(name))
+    }
+
+    /// Adds `[secrets.NAME]` after the last secret, or before the first route when there is
+    /// none yet. The caller checks [`ConfigFile::has_secret`] first; an existing one is kept.
+    pub fn declare_secret(&mut self, name: &str, source: &NewSecret) -> Result<(), EditError> {
+        if self.has_secret(name) {
+            return Ok(());
+        }
+        let first_route = self
+            .doc
+            .get("routes")
+            .and_then(Item::as_table)
+            .and_then(|routes| routes.iter().filter_map(|(_, r)| r.as_table()?.position()).min());
+        let first_table = self.doc.as_table().is_empty();
+        if !self.doc.contains_key("secrets") {
+            let mut secrets = Table::new();
+            secrets.set_implicit(true);
+            // Rendered just before the first route (tables print in position order).
+            secrets.set_position(first_route.map(|p| p - 1));
+            self.doc.insert("secrets", Item::Table(secrets));
+        }
+        let Some(Item::Table(secrets)) = self.doc.get_mut("secrets") else {
+            return Err(EditError::Shape(self.path.clone()));
+        };
+        let mut table = Table::new();
+        table.decor_mut().set_prefix(if first_table { "" } else { "\n" });
+        if secrets.is_empty() {
+            table.set_position(first_route.map(|p| p - 1));
+        }
+        let (key, text) = match source {
+            NewSecret::Keyring(account) => ("keyring", account),
+            NewSecret::Env(var) => ("env", var),
+            NewSecret::File(path) => ("file", path),
+        };
+        table.insert(key, value(text.as_str()));
+        secrets.insert(name, Item::Table(table));
         Ok(())
     }
 
@@ -230,6 +296,7 @@ mod tests {
             methods: vec!["get".into(), "POST".into()],
             headers: vec![("X-Key".into(), "${gh}".into())],
             query: vec![("k".into(), "v".into())],
+            allow_http: false,
         })
         .unwrap();
         let config = file.save().unwrap();
@@ -298,6 +365,34 @@ mod tests {
             file.text(),
             "[routes.a]\npath = \"/a\"\nupstream = \"https://a.example/\"\n# nothing yet\n"
         );
+    }
+
+    #[test]
+    fn secrets_are_declared_before_the_routes_or_after_the_last_secret() {
+        let (_dir, path) = open(COMMENTED);
+        let mut file = ConfigFile::open(&path).unwrap();
+        assert!(file.has_secret("gh"));
+        file.declare_secret("openai", &NewSecret::Keyring("openai".into()))
+            .unwrap();
+        file.declare_secret("gh", &NewSecret::Env("OTHER".into())).unwrap();
+        assert_eq!(
+            file.text(),
+            COMMENTED.replace(
+                "env = \"GH\"\n",
+                "env = \"GH\"\n\n[secrets.openai]\nkeyring = \"openai\"\n"
+            )
+        );
+
+        let (_dir, path) = open(
+            "[server]\nlisten = \"127.0.0.1:1\"\n\n# a route\n[routes.a]\npath = \"/a\"\nupstream = \"https://a.example/\"\n",
+        );
+        let mut file = ConfigFile::open(&path).unwrap();
+        file.declare_secret("k", &NewSecret::File("/home/me/k".into())).unwrap();
+        assert_eq!(
+            file.text(),
+            "[server]\nlisten = \"127.0.0.1:1\"\n\n[secrets.k]\nfile = \"/home/me/k\"\n\n# a route\n[routes.a]\npath = \"/a\"\nupstream = \"https://a.example/\"\n"
+        );
+        file.save().unwrap();
     }
 
     #[cfg(unix)]

@@ -30,6 +30,15 @@ pub enum ConfigError {
         message: String,
         help: Option<String>,
     },
+    /// Every mistake validation found, in file order; printed one `error:` block each, so a
+    /// user fixes them all in one pass instead of one per run.
+    #[error("{}", several(.0))]
+    Several(Vec<ConfigError>),
+}
+
+fn several(errors: &[ConfigError]) -> String {
+    let blocks: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    format!("{}\n{} errors in the config", blocks.join("\nerror: "), errors.len())
 }
 
 /// `file:line:column`, 1-based.
@@ -81,7 +90,7 @@ impl Source<'_> {
         let span = err.span().unwrap_or(0..0);
         let key = key_at(self.text, span.start).unwrap_or_else(|| "(document)".to_string());
         let message = err.message().trim().to_string();
-        let help = unknown_field_hint(&message);
+        let help = unknown_field_hint(&message).or_else(|| list_hint(&key, &message));
         ConfigError::Invalid {
             location: self.location(span.start),
             key,
@@ -92,6 +101,20 @@ impl Source<'_> {
 }
 
 impl ConfigError {
+    /// One error for a list of them: the single error itself, or [`ConfigError::Several`]
+    /// sorted by place in the file. `None` when the list is empty.
+    pub fn collect(mut errors: Vec<ConfigError>) -> Option<ConfigError> {
+        errors.sort_by_key(|e| match e {
+            ConfigError::Invalid { location, .. } => (location.line, location.column),
+            _ => (0, 0),
+        });
+        match errors.len() {
+            0 => None,
+            1 => errors.pop(),
+            _ => Some(ConfigError::Several(errors)),
+        }
+    }
+
     /// Adds a suggestion to an `Invalid` error.
     pub fn with_help(mut self, text: impl Into<String>) -> Self {
         if let ConfigError::Invalid { help, .. } = &mut self {
@@ -112,6 +135,19 @@ fn unknown_field_hint(message: &str) -> Option<String> {
         .filter(|(distance, candidate)| *distance <= (candidate.len() / 3).max(2))
         .min()?;
     Some(format!("did you mean `{}`?", best.1))
+}
+
+/// For "invalid type: string \"x\", expected a sequence": the same value written as a list.
+fn list_hint(key: &str, message: &str) -> Option<String> {
+    let rest = message.strip_prefix("invalid type: string \"")?;
+    let (value, expected) = rest.rsplit_once('"')?;
+    if !expected.contains("expected a sequence") {
+        return None;
+    }
+    let field = key.rsplit('.').next().unwrap_or(key);
+    Some(format!(
+        "`{field}` takes a list, even for one value: {field} = [\"{value}\"]"
+    ))
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -200,6 +236,18 @@ mod tests {
         let hint = unknown_field_hint("unknown field `upstrem`, expected one of `path`, `upstream`");
         assert_eq!(hint.as_deref(), Some("did you mean `upstream`?"));
         assert_eq!(unknown_field_hint("unknown field `zzzzzz`, expected `path`"), None);
+    }
+
+    #[test]
+    fn a_string_where_a_list_belongs_gets_the_list_form() {
+        let hint = list_hint(
+            "server.allowed-origins",
+            "invalid type: string \"http://localhost:5173\", expected a sequence",
+        );
+        assert_eq!(
+            hint.as_deref(),
+            Some("`allowed-origins` takes a list, even for one value: allowed-origins = [\"http://localhost:5173\"]")
+        );
     }
 
     #[test]

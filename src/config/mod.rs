@@ -11,9 +11,11 @@ pub mod access;
 pub(crate) mod duration;
 pub mod edit;
 mod error;
+pub mod lint;
 pub(crate) mod raw;
 mod route;
 pub mod size;
+pub mod strip;
 pub mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,6 +30,7 @@ pub(crate) use error::Source;
 pub use error::{ConfigError, Location};
 use raw::{RawConfig, RawKeyring, RawSecret};
 use route::validate_route;
+pub use strip::{DEFAULT_STRIPPED, StripHeaders};
 use template::{UrlTemplate, ValueTemplate, is_name};
 
 use crate::secrets::SecretSource;
@@ -84,6 +87,8 @@ pub struct Route {
     /// Client headers forwarded although they are withheld by default (Authorization, Cookie,
     /// Host).
     pub forward_headers: Vec<HeaderName>,
+    /// Client headers never sent upstream (`strip-headers`, default [`DEFAULT_STRIPPED`]).
+    pub strip_headers: StripHeaders,
     /// Pass the upstream's `Set-Cookie` to the client (dropped by default).
     pub keep_set_cookie: bool,
     /// Extra PEM roots trusted for this route's upstream, on top of the OS trust store.
@@ -177,111 +182,229 @@ pub(crate) fn relative_to_config(source: &Source<'_>, path: &Path) -> PathBuf {
     }
 }
 
+/// `listen` as users write it: `IP:PORT`, `[::1]:PORT`, `localhost:PORT` (127.0.0.1), or a port
+/// alone (`8787`, `:8787`), which means 127.0.0.1. Used by `[server] listen` and `--listen`.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let port_only = text.strip_prefix(':').unwrap_or(text);
+    let port_of = |port: &str| port.parse::<u16>().ok();
+    if let Some(port) = port_of(port_only) {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Some((host, port)) = text.rsplit_once(':')
+        && host.eq_ignore_ascii_case("localhost")
+        && let Some(port) = port_of(port)
+    {
+        // Resolved here rather than by the resolver: `localhost` may also map to ::1 or, in a
+        // broken /etc/hosts, elsewhere; loopback IPv4 is what every browser reaches.
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    Err(format!(
+        "`{text}` is not a listen address; write a port (\"8787\"), \"localhost:8787\", \"127.0.0.1:8787\" or \"[::1]:8787\""
+    ))
+}
+
+/// Keeps the value of `result`, or records its error and gives `None`, so validation goes on
+/// and reports every mistake at once.
+fn keep<T>(errors: &mut Vec<ConfigError>, result: Result<T, ConfigError>) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(ConfigError::Several(more)) => {
+            errors.extend(more);
+            None
+        }
+        Err(error) => {
+            errors.push(error);
+            None
+        }
+    }
+}
+
 fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> {
+    let mut errors = Vec::new();
     let listen = match &raw.server.listen {
-        Some(listen) => listen.get_ref().parse::<SocketAddr>().map_err(|_| {
-            source
-                .error(
-                    listen.span(),
-                    "server.listen",
-                    format!("`{}` is not an address with a port", listen.get_ref()),
-                )
-                .with_help("write it as IP:PORT, e.g. \"127.0.0.1:8787\" or \"[::1]:8787\"")
-        })?,
-        None => DEFAULT_LISTEN.parse().expect("default listen address is valid"),
+        Some(listen) => keep(
+            &mut errors,
+            parse_listen(listen.get_ref()).map_err(|message| source.error(listen.span(), "server.listen", message)),
+        ),
+        None => Some(DEFAULT_LISTEN.parse().expect("default listen address is valid")),
     };
     let shutdown_timeout = match &raw.server.shutdown_timeout {
-        Some(text) => duration(
-            text,
-            "server.shutdown-timeout",
-            Zero::Allowed,
-            Some("e.g. \"30s\", \"2m\"; \"0s\" stops at once"),
-            source,
-        )?,
-        None => DEFAULT_SHUTDOWN_TIMEOUT,
+        Some(text) => keep(
+            &mut errors,
+            duration(
+                text,
+                "server.shutdown-timeout",
+                Zero::Allowed,
+                Some("e.g. \"30s\", \"2m\"; \"0s\" stops at once"),
+                source,
+            ),
+        ),
+        None => Some(DEFAULT_SHUTDOWN_TIMEOUT),
     };
 
     let mut secrets = BTreeMap::new();
     for (name, secret) in &raw.secrets {
         let key = format!("secrets.{name}");
         if !is_name(name) {
-            return Err(source.error(
+            errors.push(source.error(
                 secret.span(),
                 key,
                 "secret names may hold only letters, digits, `-` and `_`",
             ));
+            continue;
         }
-        secrets.insert(
-            name.clone(),
-            secret_source(name, secret.get_ref(), secret.span(), &key, source)?,
-        );
+        if let Some(value) = keep(
+            &mut errors,
+            secret_source(name, secret.get_ref(), secret.span(), &key, source),
+        ) {
+            secrets.insert(name.clone(), value);
+        }
     }
+    // A secret whose declaration is broken was reported above; routes naming it are not
+    // blamed a second time.
+    let declared: BTreeSet<&String> = raw.secrets.keys().collect();
 
-    let mut routes = Vec::new();
+    let mut routes: Vec<Route> = Vec::new();
     let mut router = matchit::Router::new();
-    for (name, route) in &raw.routes {
-        let route = validate_route(name, route.get_ref(), route.span(), &secrets, source)?;
-        if let Err(err) = router.insert(route.path.clone(), ()) {
-            let span = raw.routes[name].get_ref().path.span();
-            return Err(source.error(
-                span,
-                format!("routes.{name}.path"),
-                format!("conflicts with another route: {err}"),
-            ));
+    // Path as inserted -> who owns it, to name both sides of a conflict.
+    let mut owners: Vec<(String, String)> = Vec::new();
+    let mut conflict = |path: &str, owner: String, key: String, span: std::ops::Range<usize>| -> Option<ConfigError> {
+        match router.insert(path.to_string(), ()) {
+            Ok(()) => {
+                owners.push((path.to_string(), owner));
+                None
+            }
+            Err(err) => {
+                let other = match &err {
+                    matchit::InsertError::Conflict { with } => owners
+                        .iter()
+                        .find(|(p, _)| p == with)
+                        .or_else(|| owners.iter().find(|(p, _)| same_shape(p, with)))
+                        .map(|(p, o)| format!("{o} (`{p}`)"))
+                        .unwrap_or_else(|| format!("`{with}`")),
+                    _ => return Some(source.error(span, key, format!("`{path}` is not a valid route path"))),
+                };
+                Some(
+                    source
+                        .error(span, key, format!("conflicts with {other}: a request could match both"))
+                        .with_help(
+                            "give one of them a distinct literal segment, e.g. `/api/a/{*rest}` and `/api/b/{*rest}`",
+                        ),
+                )
+            }
+        }
+    };
+    // In file order, so a conflict blames the route written later (the one just added).
+    let mut in_file_order: Vec<_> = raw.routes.iter().collect();
+    in_file_order.sort_by_key(|(_, route)| route.span().start);
+    for (name, route) in in_file_order {
+        let result = validate_route(name, route.get_ref(), route.span(), &secrets, source);
+        let result = match result {
+            Err(ConfigError::Invalid { ref message, .. })
+                if message.starts_with("unknown secret `")
+                    && declared.iter().any(|d| message == &format!("unknown secret `{d}`")) =>
+            {
+                continue;
+            }
+            other => other,
+        };
+        let Some(route) = keep(&mut errors, result) else {
+            continue;
+        };
+        let span = raw.routes[name].get_ref().path.span();
+        if let Some(error) = conflict(
+            &route.path,
+            format!("route `{name}`"),
+            format!("routes.{name}.path"),
+            span,
+        ) {
+            errors.push(error);
         }
         routes.push(route);
     }
 
+    routes.sort_by(|a, b| a.name.cmp(&b.name));
+
     let mut webhooks = Vec::new();
     for (name, hook) in &raw.webhooks {
         let hook_span = hook.get_ref().path.span();
-        let hook = crate::features::webhooks::Webhook::from_raw(name, hook.get_ref(), &secrets, source)?;
-        if let Err(err) = router.insert(hook.path.clone(), ()) {
-            return Err(source.error(
-                hook_span,
-                format!("webhooks.{name}.path"),
-                format!("conflicts with a route or another webhook: {err}"),
-            ));
+        let Some(hook) = keep(
+            &mut errors,
+            crate::features::webhooks::Webhook::from_raw(name, hook.get_ref(), &secrets, source),
+        ) else {
+            continue;
+        };
+        if let Some(error) = conflict(
+            &hook.path,
+            format!("webhook `{name}`"),
+            format!("webhooks.{name}.path"),
+            hook_span,
+        ) {
+            errors.push(error);
         }
         webhooks.push(hook);
     }
-    let static_site = crate::features::static_site::SiteConfig::from_raw(&raw.server, source)?;
+    let static_site = keep(
+        &mut errors,
+        crate::features::static_site::SiteConfig::from_raw(&raw.server, source),
+    )
+    .flatten();
     if let Some(site) = &static_site
         && let Some(name) = site.serves_any_of(&secrets)
     {
         let span = raw.server.static_dir.as_ref().map_or(0..0, |d| d.span());
-        return Err(source
-            .error(
-                span,
-                "server.static-dir",
-                format!("the file of secret `{name}` is inside it, so it would be served"),
-            )
-            .with_help("keep secret files outside the served directory (e.g. in ~/.config/secretproxy)"));
-    }
-    let access = access::access(&raw.server, &secrets, source)?;
-    if let Some(message) = access.listen_refusal(listen) {
-        let span = raw.server.listen.as_ref().map_or(0..0, |l| l.span());
-        return Err(source.error(span, "server.listen", message));
-    }
-    for route in &routes {
-        if let Some(narrowed) = &route.allowed_origins
-            && let Some(extra) = narrowed.iter().find(|o| !access.allowed_origins.contains(o))
-        {
-            let span = raw.routes[&route.name]
-                .get_ref()
-                .allowed_origins
-                .as_ref()
-                .map_or(0..0, |l| l.span());
-            return Err(source
+        errors.push(
+            source
                 .error(
                     span,
-                    format!("routes.{}.allowed-origins", route.name),
-                    format!("`{extra}` is not in `[server] allowed-origins`; a route may only narrow it"),
+                    "server.static-dir",
+                    format!("the file of secret `{name}` is inside it, so it would be served"),
                 )
-                .with_help("add it to `[server] allowed-origins` too"));
+                .with_help("keep secret files outside the served directory (e.g. in ~/.config/secretproxy)"),
+        );
+    }
+    let access = keep(&mut errors, access::access(&raw.server, &secrets, source));
+    if let (Some(access), Some(listen)) = (&access, listen)
+        && let Some(message) = access.listen_refusal(listen)
+    {
+        let span = raw.server.listen.as_ref().map_or(0..0, |l| l.span());
+        errors.push(source.error(span, "server.listen", message));
+    }
+    if let Some(access) = &access {
+        for route in &routes {
+            if let Some(narrowed) = &route.allowed_origins
+                && let Some(extra) = narrowed.iter().find(|o| !access.allowed_origins.contains(o))
+            {
+                let span = raw.routes[&route.name]
+                    .get_ref()
+                    .allowed_origins
+                    .as_ref()
+                    .map_or(0..0, |l| l.span());
+                errors.push(
+                    source
+                        .error(
+                            span,
+                            format!("routes.{}.allowed-origins", route.name),
+                            format!("`{extra}` is not in `[server] allowed-origins`; a route may only narrow it"),
+                        )
+                        .with_help("add it to `[server] allowed-origins` too"),
+                );
+            }
         }
     }
+    let limits = keep(&mut errors, access::limits(&raw.server, source));
 
+    if let Some(error) = ConfigError::collect(errors) {
+        return Err(error);
+    }
+    let (Some(listen), Some(shutdown_timeout), Some(access), Some(limits)) = (listen, shutdown_timeout, access, limits)
+    else {
+        unreachable!("every missing value recorded an error");
+    };
     Ok(Config {
         origin: source.name.to_string(),
         server: ServerConfig {
@@ -289,12 +412,30 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
             static_site,
             shutdown_timeout,
             access,
-            limits: access::limits(&raw.server, source)?,
+            limits,
         },
         secrets,
         routes,
         webhooks,
     })
+}
+
+/// True when two matchit paths differ only in their parameter names (`/a/{id}`, `/a/{x}`).
+fn same_shape(a: &str, b: &str) -> bool {
+    let shape = |p: &str| -> Vec<String> {
+        p.split('/')
+            .map(|segment| {
+                if segment.starts_with("{*") {
+                    "{*}".to_string()
+                } else if segment.starts_with('{') {
+                    "{}".to_string()
+                } else {
+                    segment.to_string()
+                }
+            })
+            .collect()
+    };
+    shape(a) == shape(b)
 }
 
 fn secret_source(
@@ -387,8 +528,16 @@ mod tests {
         let message = err(
             "[routes.a]\npath = \"/a/{id}\"\nupstream = \"https://x/\"\n[routes.b]\npath = \"/a/{other}\"\nupstream = \"https://y/\"\n",
         );
+        assert_eq!(
+            message,
+            "proxy.toml:5:8: routes.b.path: conflicts with route `a` (`/a/{id}`): a request could match both\n  help: give one of them a distinct literal segment, e.g. `/api/a/{*rest}` and `/api/b/{*rest}`"
+        );
+        // The route written later is the one blamed, whatever the names.
+        let message = err(
+            "[routes.b]\npath = \"/a/{id}\"\nupstream = \"https://x/\"\n[routes.a]\npath = \"/a/{other}\"\nupstream = \"https://y/\"\n",
+        );
         assert!(
-            message.contains("routes.b.path: conflicts with another route"),
+            message.starts_with("proxy.toml:5:8: routes.a.path: conflicts with route `b`"),
             "{message}"
         );
     }

@@ -83,6 +83,8 @@ pub struct RawRoute {
     pub auth: Option<Spanned<RawAuth>>,
     #[serde(default)]
     pub forward_headers: Vec<Spanned<String>>,
+    /// Client headers never sent upstream; `None`: [`crate::config::DEFAULT_STRIPPED`].
+    pub strip_headers: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub keep_set_cookie: bool,
     #[serde(default)]

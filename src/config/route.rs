@@ -218,6 +218,16 @@ pub(super) fn validate_route(
         forward_headers.push(parsed);
     }
 
+    let strip_headers = super::strip::strip_headers(raw.strip_headers.as_ref(), &key("strip-headers"), source)?;
+    if let Some(both) = forward_headers.iter().find(|h| strip_headers.strips(h)) {
+        let span = raw.strip_headers.as_ref().map_or(span.clone(), |l| l.span());
+        return Err(source.error(
+            span,
+            key("strip-headers"),
+            format!("`{both}` is both in `forward-headers` and stripped; keep one"),
+        ));
+    }
+
     let timeout = |value: &Option<toml::Spanned<String>>, field: &str, default| match value {
         None => Ok(default),
         Some(text) => duration(
@@ -252,6 +262,7 @@ pub(super) fn validate_route(
         headers,
         query,
         forward_headers,
+        strip_headers,
         keep_set_cookie: raw.keep_set_cookie,
         ca_file,
         connect_timeout: timeout(&raw.connect_timeout, "connect-timeout", DEFAULT_CONNECT_TIMEOUT)?,

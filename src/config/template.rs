@@ -144,6 +144,12 @@ impl UrlTemplate {
         };
         // Everything up to the first parameter must already hold the whole authority and the
         // start of the path, so no parameter can reach the host.
+        if !text.contains("://") {
+            return Err(format!(
+                "`{text}` has no scheme; write \"https://{}\"",
+                text.trim_start_matches('/')
+            ));
+        }
         let prefix = Url::parse(first_literal).map_err(|e| format!("not a valid URL: {e}"))?;
         let after_scheme = first_literal.split_once("://").map_or("", |(_, rest)| rest);
         if parts.len() > 1 && !after_scheme.contains('/') {

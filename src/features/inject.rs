@@ -93,7 +93,8 @@ pub fn build_query(
     (real, logged)
 }
 
-/// Client headers as they go upstream: hop-by-hop and withheld ones removed, injected ones set.
+/// Client headers as they go upstream: hop-by-hop, withheld and `strip-headers` ones removed,
+/// injected ones set.
 pub fn upstream_headers(
     mut headers: HeaderMap,
     route: &Route,
@@ -107,6 +108,8 @@ pub fn upstream_headers(
     }
     // The proxy does not implement 100-continue towards the upstream; the body is streamed.
     headers.remove(http::header::EXPECT);
+    // Browser-only headers (the calling page, fetch metadata, client hints) stay behind.
+    route.strip_headers.apply(&mut headers);
     for (name, value) in injected {
         // `insert` replaces every value the client sent under the name.
         headers.insert(name, value);

@@ -93,20 +93,39 @@ impl Generation {
             .collect()
     }
 
-    /// Logs one line per secret that could not be read: its name, source and how to set it.
+    /// Logs one line per secret that could not be read: its name, who uses it (routes and
+    /// webhooks) and what to do. A source that cannot exist outside systemd (a credential) gets
+    /// one short line without a how-to: a terminal user cannot and should not provide it.
     pub fn log_missing_secrets(&self) -> usize {
         let mut missing = 0;
         for (name, source, error) in self.secrets.status() {
-            if let Some(error) = error {
-                missing += 1;
-                let users: Vec<&str> = self.config.routes_using(&name).map(|r| r.name.as_str()).collect();
+            let Some(error) = error else { continue };
+            missing += 1;
+            let users: Vec<String> = self
+                .config
+                .routes_using(&name)
+                .map(|r| format!("route {}", r.name))
+                .chain(
+                    self.config
+                        .webhooks
+                        .iter()
+                        .filter(|w| w.secret == name)
+                        .map(|w| format!("webhook {}", w.name)),
+                )
+                .collect();
+            let used_by = if users.is_empty() {
+                "nothing".to_string()
+            } else {
+                users.join(", ")
+            };
+            if !source.available_here() {
+                tracing::warn!(secret = %name, used_by = %used_by, "secret unavailable: `{name}` is a systemd credential, given only to a systemd service");
+            } else {
                 tracing::warn!(
                     secret = %name,
-                    source = %source,
-                    reason = %error,
-                    routes = %users.join(","),
-                    hint = %source.how_to_set(&name),
-                    "secret unavailable; routes using it answer 503 until it is set"
+                    used_by = %used_by,
+                    "secret unavailable: `{name}` ({error}); {}; used by {used_by} (503 until it is set)",
+                    source.how_to_fix(&name, &error)
                 );
             }
         }

@@ -46,10 +46,43 @@ impl SecretSource {
                 "store it with `secretproxy secret set {name}` or `secret-tool store --label='secretproxy {name}' service {service} username {account}`"
             ),
             SecretSource::Env(var) => format!("set `{var}` in the daemon's environment"),
+            SecretSource::File(path) if path.starts_with("/run/credentials") => format!(
+                "`{}` is written by systemd (`LoadCredential=`) for its service only; outside that service use `env = \"VAR\"` or a file of your own",
+                path.display()
+            ),
             SecretSource::File(path) => format!("write the secret to `{}`", path.display()),
             SecretSource::Credential(id) => format!(
                 "pass it to the service with `LoadCredential={id}:/path/to/file` or `LoadCredentialEncrypted={id}:/path/to/{id}.cred` (made with `systemd-creds encrypt --name={id} plain {id}.cred`)"
             ),
+        }
+    }
+}
+
+impl SecretSource {
+    /// What to do about `error`: [`SecretSource::how_to_set`], unless the store itself is the
+    /// problem (an unreachable keyring cannot take `secret set` either) or the source cannot
+    /// exist here (a systemd credential outside a systemd service).
+    pub fn how_to_fix(&self, name: &str, error: &LookupError) -> String {
+        match (self, error) {
+            (SecretSource::Keyring { .. }, LookupError::Unreachable { .. }) => format!(
+                "the keyring itself is unreachable, so `secretproxy secret set {name}` would fail too: unlock it, or start a Secret Service (e.g. gnome-keyring) in this session; without one, declare the secret with `env` or `file` instead"
+            ),
+            (SecretSource::Credential(_), _) if !self.available_here() => {
+                "only a systemd service gets credentials; when running by hand, use `env` or `file` for this secret"
+                    .to_string()
+            }
+            _ => self.how_to_set(name),
+        }
+    }
+
+    /// False when the source cannot exist in this process at all: a systemd credential without
+    /// `$CREDENTIALS_DIRECTORY`, or a file under `/run/credentials` (systemd's) outside systemd.
+    pub fn available_here(&self) -> bool {
+        let under_systemd = std::env::var_os(CREDENTIALS_DIRECTORY).is_some_and(|d| !d.is_empty());
+        match self {
+            SecretSource::Credential(_) => under_systemd,
+            SecretSource::File(path) => under_systemd || !path.starts_with("/run/credentials"),
+            _ => true,
         }
     }
 }

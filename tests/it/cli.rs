@@ -37,7 +37,25 @@ fn init_then_check_round_trip() {
     let written = std::fs::read_to_string(&path).unwrap();
     assert!(written.starts_with("# secretproxy configuration."), "{written}");
 
-    // Valid, but the keyring is out of reach here: exit 1 and say so per secret.
+    // Valid, with no routes yet: check says what to do next.
+    let check = binary()
+        .args(["check", "--config"])
+        .arg(&path)
+        .env(NO_BUS.0, NO_BUS.1)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
+    assert_eq!(
+        stdout(&check),
+        format!(
+            "{} is valid\nlisten 127.0.0.1:8787\n\nno routes yet; add one with `secretproxy route add NAME --preset PRESET` (see `route add --help`)\n\nno secrets declared\n",
+            path.display()
+        )
+    );
+
+    // A preset route; the keyring is out of reach here: exit 1 and say so per secret.
+    let added = run(&["route", "add", "github", "--preset", "github"], &path);
+    assert_eq!(added.status.code(), Some(0), "{added:?}");
     let check = binary()
         .args(["check", "--config"])
         .arg(&path)
@@ -56,7 +74,7 @@ fn init_then_check_round_trip() {
         path.display()
     );
     assert!(out.starts_with(&expected_head), "{out}");
-    assert!(out.contains("secretproxy secret set github"), "{out}");
+    assert!(out.contains("the keyring itself is unreachable"), "{out}");
     assert_eq!(stderr(&check), "error: 1 of 1 secrets is not available: github\n");
 
     // No overwrite without --force; the file is untouched.
@@ -201,6 +219,7 @@ fn route_add_then_remove_leaves_a_commented_file_byte_identical() {
         "route             items\npath              /api/items/{id}\nmethods           GET, PUT\n\
          upstream          https://items.example.com/v1/items/{id}\nheader            accept: application/json\n\
          header            x-api-key: ${gh}\nquery             token=${gh}\n\
+         strips            origin, referer, sec-gpc, dnt, sec-fetch-*, sec-ch-*\n\
          connect-timeout   10s\nresponse-timeout  1m\nsecret            gh: environment variable `GH_TOKEN`\n"
     );
 
@@ -257,7 +276,11 @@ fn invalid_route_edits_are_refused_and_the_file_is_unchanged() {
 
     let conflict = route_add(&path, "bad", "/api/weather", "https://x.example/", &[]);
     assert_eq!(conflict.status.code(), Some(78));
-    assert!(stderr(&conflict).contains(".path: conflicts with another route"));
+    assert!(
+        stderr(&conflict).contains("routes.bad.path: conflicts with route `weather` (`/api/weather`)"),
+        "{}",
+        stderr(&conflict)
+    );
 
     let exists = route_add(&path, "github", "/x", "https://x.example/", &[]);
     assert_eq!(exists.status.code(), Some(1));

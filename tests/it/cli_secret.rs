@@ -125,9 +125,34 @@ fn secret_set_list_delete_through_the_secret_service() {
         stderr(&env),
         "error: secret `stripe` comes from environment variable `TEST_CLI_STRIPE`, which secretproxy does not write; set `TEST_CLI_STRIPE` in the daemon's environment\n"
     );
-    let undeclared = run_with_stdin(&["secret", "set", "nope"], &path, "x");
-    assert_eq!(undeclared.status.code(), Some(1));
-    assert!(stderr(&undeclared).contains("the config declares no secret `nope` (declared: gh, owm, shared, stripe)"));
+    // A secret the config lacks is declared (comments and the rest of the file kept), then stored.
+    let fresh_account = unique("cli-fresh");
+    let fresh_value = format!("fresh_{account}_value");
+    let before = std::fs::read_to_string(&path).unwrap();
+    let undeclared = run_with_stdin(
+        &["secret", "set", "fresh", "--keyring", &fresh_account],
+        &path,
+        &fresh_value,
+    );
+    keep(&undeclared);
+    assert_eq!(undeclared.status.code(), Some(0), "{undeclared:?}");
+    assert_eq!(
+        stdout(&undeclared).lines().next().unwrap(),
+        format!(
+            "declared secret `fresh` in {} (keyring (service `secretproxy`, account `{fresh_account}`))",
+            path.display()
+        )
+    );
+    let after = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        after.contains(&format!("[secrets.fresh]\nkeyring = \"{fresh_account}\"\n")) && after.len() > before.len(),
+        "{after}"
+    );
+    assert_eq!(
+        secret_tool_lookup("secretproxy", &fresh_account).as_deref(),
+        Some(fresh_value.as_str())
+    );
+    run(&["secret", "delete", "fresh"], &path);
     let in_argv = binary()
         .args(["secret", "set", "gh", "argv-value-never-stored", "--config"])
         .arg(&path)
@@ -170,7 +195,13 @@ fn secret_set_list_delete_through_the_secret_service() {
 
     assert_no_secret(
         &outputs,
-        &[&value, &other_value, "file-secret-value", "sk_test_cli_env"],
+        &[
+            &value,
+            &other_value,
+            &fresh_value,
+            "file-secret-value",
+            "sk_test_cli_env",
+        ],
         "command output",
     );
 }

@@ -1,0 +1,196 @@
+//! Provider presets for `route add NAME --preset PRESET`: the upstream, methods and the way each
+//! API expects its key, so a user does not have to look them up. The README's presets table
+//! lists the same data; a test per preset checks that the written route injects as the provider
+//! expects.
+
+use crate::config::edit::NewRoute;
+
+/// How a provider takes its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// `Authorization: Bearer KEY`.
+    Bearer,
+    /// A header holding the bare key.
+    Header(&'static str),
+    /// A query parameter holding the key.
+    Query(&'static str),
+}
+
+/// One provider.
+#[derive(Debug, Clone, Copy)]
+pub struct Preset {
+    pub id: &'static str,
+    pub provider: &'static str,
+    /// The upstream with `{rest}` where the client path's tail goes.
+    pub upstream: &'static str,
+    pub methods: &'static [&'static str],
+    pub auth: Auth,
+    /// Headers the provider requires besides the key (versions).
+    pub headers: &'static [(&'static str, &'static str)],
+    /// A path under the route to try first, for the hint after `route add`.
+    pub example: &'static str,
+}
+
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        id: "openai",
+        provider: "OpenAI",
+        upstream: "https://api.openai.com/{rest}",
+        methods: &["GET", "POST"],
+        auth: Auth::Bearer,
+        headers: &[],
+        example: "v1/models",
+    },
+    Preset {
+        id: "anthropic",
+        provider: "Anthropic",
+        upstream: "https://api.anthropic.com/{rest}",
+        methods: &["GET", "POST"],
+        auth: Auth::Header("x-api-key"),
+        headers: &[("anthropic-version", "2023-06-01")],
+        example: "v1/models",
+    },
+    Preset {
+        id: "github",
+        provider: "GitHub",
+        upstream: "https://api.github.com/{rest}",
+        methods: &["GET", "HEAD"],
+        auth: Auth::Bearer,
+        headers: &[("X-GitHub-Api-Version", "2022-11-28")],
+        example: "user",
+    },
+    Preset {
+        id: "stripe",
+        provider: "Stripe",
+        upstream: "https://api.stripe.com/{rest}",
+        methods: &["GET", "POST", "DELETE"],
+        auth: Auth::Bearer,
+        headers: &[],
+        example: "v1/balance",
+    },
+    Preset {
+        id: "gemini",
+        provider: "Google Gemini",
+        upstream: "https://generativelanguage.googleapis.com/{rest}",
+        methods: &["GET", "POST"],
+        auth: Auth::Header("x-goog-api-key"),
+        headers: &[],
+        example: "v1beta/models",
+    },
+    Preset {
+        id: "mistral",
+        provider: "Mistral",
+        upstream: "https://api.mistral.ai/{rest}",
+        methods: &["GET", "POST"],
+        auth: Auth::Bearer,
+        headers: &[],
+        example: "v1/models",
+    },
+    Preset {
+        id: "sendgrid",
+        provider: "SendGrid",
+        upstream: "https://api.sendgrid.com/{rest}",
+        methods: &["GET", "POST"],
+        auth: Auth::Bearer,
+        headers: &[],
+        example: "v3/scopes",
+    },
+    Preset {
+        id: "openweathermap",
+        provider: "OpenWeather",
+        upstream: "https://api.openweathermap.org/{rest}",
+        methods: &["GET"],
+        auth: Auth::Query("appid"),
+        headers: &[],
+        example: "data/2.5/weather?q=Berlin",
+    },
+];
+
+/// The preset called `id`, or an error that lists them all.
+pub fn find(id: &str) -> anyhow::Result<&'static Preset> {
+    PRESETS.iter().find(|p| p.id.eq_ignore_ascii_case(id)).ok_or_else(|| {
+        let ids: Vec<&str> = PRESETS.iter().map(|p| p.id).collect();
+        anyhow::anyhow!(
+            "no preset `{id}`; presets are {}. For another API give --path, --upstream and --bearer/--header/--query",
+            ids.join(", ")
+        )
+    })
+}
+
+impl Preset {
+    /// The client path for a route called `route`.
+    pub fn path(&self, route: &str) -> String {
+        format!("/api/{route}/{{*rest}}")
+    }
+
+    /// The route as `route add` writes it, injecting secret `secret`.
+    pub fn route(&self, route: &str, secret: &str) -> NewRoute {
+        let reference = format!("${{{secret}}}");
+        let mut headers = Vec::new();
+        let mut query = Vec::new();
+        match self.auth {
+            Auth::Bearer => headers.push(("Authorization".to_string(), format!("Bearer {reference}"))),
+            Auth::Header(name) => headers.push((name.to_string(), reference)),
+            Auth::Query(name) => query.push((name.to_string(), reference)),
+        }
+        headers.extend(self.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+        NewRoute {
+            name: route.to_string(),
+            path: self.path(route),
+            upstream: self.upstream.to_string(),
+            methods: self.methods.iter().map(|m| m.to_string()).collect(),
+            headers,
+            query,
+            allow_http: false,
+        }
+    }
+
+    /// How the key is sent, for the README table and `--help`.
+    pub fn auth_text(&self) -> String {
+        match self.auth {
+            Auth::Bearer => "`Authorization: Bearer KEY`".to_string(),
+            Auth::Header(name) => format!("`{name}: KEY`"),
+            Auth::Query(name) => format!("`?{name}=KEY`"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_makes_a_valid_route() {
+        for preset in PRESETS {
+            let route = preset.route(preset.id, preset.id);
+            let text = format!(
+                "[secrets.{id}]\nenv = \"K\"\n[routes.{id}]\npath = \"{path}\"\nupstream = \"{up}\"\nmethods = {methods:?}\nheaders = {{ {headers} }}\nquery = {{ {query} }}\n",
+                id = preset.id,
+                path = route.path,
+                up = route.upstream,
+                methods = route.methods,
+                headers = route
+                    .headers
+                    .iter()
+                    .map(|(n, v)| format!("{n} = \"{v}\""))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                query = route
+                    .query
+                    .iter()
+                    .map(|(n, v)| format!("{n} = \"{v}\""))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
+            let config = crate::config::Config::parse(&text, "t").unwrap_or_else(|e| panic!("{}: {e}", preset.id));
+            assert!(config.routes[0].secrets.contains(preset.id), "{}", preset.id);
+        }
+        assert!(find("OpenAI").is_ok());
+        assert!(
+            find("nope")
+                .unwrap_err()
+                .to_string()
+                .contains("presets are openai, anthropic")
+        );
+    }
+}

@@ -1,0 +1,335 @@
+//! `secretproxy route test NAME [PATH] [--method M] [--send]`: the request a call would send
+//! upstream — method, URL, headers — built by the same functions the proxy injects with
+//! ([`crate::features::inject::render_value`], [`build_query`], [`upstream_headers`]), with
+//! every secret shown as `****` and each injected value's source named. Nothing is sent unless
+//! `--send`; then the response status and headers are printed with every injected value
+//! redacted, as the proxy itself would.
+
+use std::fmt::Write as _;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use http::{HeaderMap, HeaderValue, Method};
+use http_body_util::BodyExt;
+use zeroize::Zeroizing;
+
+use crate::cli::RouteTestArgs;
+use crate::config::template::ValueTemplate;
+use crate::config::{self, Config, Route};
+use crate::features::inject::{build_query, error_chain, render_value, upstream_headers};
+use crate::pipeline::client::{UpstreamBody, Upstreams};
+use crate::secrets::{SecretStore, SecretString, SystemStore};
+
+/// What a masked secret looks like in the printed request.
+const MASK: &str = "****";
+
+pub fn run(args: RouteTestArgs) -> anyhow::Result<()> {
+    let path = config::locate(args.config.config.as_deref())?;
+    let config = config::load(&path)?;
+    let route = config.route(&args.name).ok_or_else(|| no_route(&config, &args.name))?;
+    let method = match &args.method {
+        Some(text) => Method::from_bytes(text.to_ascii_uppercase().as_bytes())
+            .map_err(|_| anyhow::anyhow!("`{text}` is not an HTTP method"))?,
+        None => route.methods[0].clone(),
+    };
+    if !route.methods.contains(&method) {
+        let allowed: Vec<&str> = route.methods.iter().map(Method::as_str).collect();
+        anyhow::bail!(
+            "route `{}` answers {method} with 405: it allows {}; add the method with `methods = [...]` in [routes.{}]",
+            route.name,
+            allowed.join(", "),
+            route.name
+        );
+    }
+    let (client_path, client_query) = match &args.path {
+        Some(text) => match text.split_once('?') {
+            Some((p, q)) => (Some(p.to_string()), Some(q.to_string())),
+            None => (Some(text.clone()), None),
+        },
+        None => (None, None),
+    };
+
+    let masked = |_: &str| SecretString::from(MASK.to_string());
+    let request = outbound(route, &method, client_path.as_deref(), client_query.as_deref(), &masked)?;
+    out!("{}", describe(route, &config, &request));
+    if !args.send {
+        outln!("\nnot sent; add --send to send it (without a body) and see the response");
+        return Ok(());
+    }
+    send(route, &config, &method, client_path.as_deref(), client_query.as_deref())
+}
+
+/// A request as it would leave the proxy.
+struct Outbound {
+    method: Method,
+    /// The URL, with the injected query values as the secret function gave them.
+    url: String,
+    headers: HeaderMap,
+}
+
+/// Builds the upstream request the way the proxy does, with `secret` supplying the values.
+fn outbound(
+    route: &Route,
+    method: &Method,
+    client_path: Option<&str>,
+    client_query: Option<&str>,
+    secret: &dyn Fn(&str) -> SecretString,
+) -> anyhow::Result<Outbound> {
+    let injected_query: Vec<(String, Zeroizing<String>)> = route
+        .query
+        .iter()
+        .map(|(name, template)| (name.clone(), render_value(template, |n| Arc::new(secret(n)))))
+        .collect();
+    let url = match client_path {
+        Some(client_path) => {
+            let mut router = matchit::Router::new();
+            router.insert(route.path.clone(), ()).context("the route's path")?;
+            let matched = router.at(client_path).map_err(|_| {
+                anyhow::anyhow!(
+                    "`{client_path}` is not a path of route `{}` (`{}`); give one it matches, e.g. `{}`",
+                    route.name,
+                    route.path,
+                    route.path.replace("{*rest}", "x").replace(['{', '}'], "")
+                )
+            })?;
+            let params: Vec<(&str, &str)> = matched.params.iter().collect();
+            let mut url = route
+                .upstream
+                .render(|name| params.iter().find(|(p, _)| *p == name).map(|(_, v)| *v));
+            if !route.upstream.contains(&url) {
+                anyhow::bail!(
+                    "`{client_path}` does not map to a URL under the route's upstream; the proxy answers 400"
+                );
+            }
+            let (query, _) = build_query(url.query(), client_query, &injected_query);
+            url.set_query((!query.is_empty()).then_some(query.as_str()));
+            url.to_string()
+        }
+        None => {
+            // No client path: the upstream template itself, parameters left as `{name}`.
+            let (query, _) = build_query(route.upstream.base.query(), client_query, &injected_query);
+            let template = route.upstream.to_string();
+            let bare = template.split_once('?').map_or(template.as_str(), |(b, _)| b);
+            if query.is_empty() {
+                bare.to_string()
+            } else {
+                format!("{bare}?{}", query.as_str())
+            }
+        }
+    };
+    let mut injected = Vec::new();
+    for (name, template) in &route.headers {
+        let text = render_value(template, |n| Arc::new(secret(n)));
+        let mut value = HeaderValue::from_str(&text)
+            .map_err(|_| anyhow::anyhow!("the value of `{name}` cannot be a header value (control characters)"))?;
+        value.set_sensitive(true);
+        injected.push((name.clone(), value));
+    }
+    let headers = upstream_headers(HeaderMap::new(), route, injected);
+    Ok(Outbound {
+        method: method.clone(),
+        url,
+        headers,
+    })
+}
+
+/// The masked request, with the source of every injected value.
+fn describe(route: &Route, config: &Config, request: &Outbound) -> String {
+    let mut text = String::new();
+    // The mask is percent-encoded in a query; shown as written.
+    let url = request.url.replace("%2A%2A%2A%2A", MASK);
+    let _ = writeln!(text, "{} {url}", request.method);
+    for (name, value) in &request.headers {
+        let shown = value.to_str().unwrap_or("(not text)");
+        let origin = route
+            .headers
+            .iter()
+            .find(|(h, _)| h == name)
+            .map(|(_, template)| sources(template, config))
+            .unwrap_or_default();
+        let _ = writeln!(text, "{}: {shown}{origin}", title_case(name.as_str()));
+    }
+    for (param, template) in &route.query {
+        let from = sources(template, config);
+        if !from.is_empty() {
+            let _ = writeln!(text, "query {param}={}{from}", mask(template));
+        }
+    }
+    let _ = writeln!(
+        text,
+        "\nclient headers: Authorization, Cookie and Host are withheld{}; stripped: {}",
+        if route.forward_headers.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<&str> = route.forward_headers.iter().map(|h| h.as_str()).collect();
+            format!(" (except {}, forwarded)", names.join(", "))
+        },
+        {
+            let entries = route.strip_headers.entries();
+            if entries.is_empty() {
+                "none".to_string()
+            } else {
+                entries.join(", ")
+            }
+        }
+    );
+    text
+}
+
+/// `  (secret NAME, SOURCE: present)` for each secret of `template`; empty for a literal.
+fn sources(template: &ValueTemplate, config: &Config) -> String {
+    let parts: Vec<String> = template
+        .secrets()
+        .map(|name| {
+            let source = &config.secrets[name];
+            let status = match SystemStore.fetch(source) {
+                Ok(_) => "present".to_string(),
+                Err(error) if error.is_unreachable() => "store unreachable".to_string(),
+                Err(_) => "missing".to_string(),
+            };
+            format!("secret {name}, {source}: {status}")
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("  ({})", parts.join("; "))
+    }
+}
+
+/// A template with each secret as `****`.
+fn mask(template: &ValueTemplate) -> String {
+    render_value(template, |_| Arc::new(SecretString::from(MASK.to_string()))).to_string()
+}
+
+/// `x-api-key` -> `X-Api-Key`: how people write header names.
+fn title_case(name: &str) -> String {
+    name.split('-')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+fn no_route(config: &Config, name: &str) -> anyhow::Error {
+    let known: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+    anyhow::anyhow!(
+        "no route named `{name}`{}",
+        if known.is_empty() {
+            "; the config has no routes".to_string()
+        } else {
+            format!("; routes are {}", known.join(", "))
+        }
+    )
+}
+
+/// Sends the request with the real secrets and prints the response status and headers, with
+/// every injected value redacted.
+fn send(
+    route: &Route,
+    config: &Config,
+    method: &Method,
+    client_path: Option<&str>,
+    client_query: Option<&str>,
+) -> anyhow::Result<()> {
+    if client_path.is_none() && route.upstream.params().next().is_some() {
+        anyhow::bail!("give a PATH to send: the upstream has parameters ({})", route.upstream);
+    }
+    let mut values: Vec<(String, SecretString)> = Vec::new();
+    for name in &route.secrets {
+        let source = &config.secrets[name];
+        let value = SystemStore
+            .fetch(source)
+            .map_err(|error| anyhow::anyhow!("secret `{name}`: {error}; {}", source.how_to_fix(name, &error)))?;
+        values.push((name.clone(), value));
+    }
+    let secret = |name: &str| -> SecretString {
+        values
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .expect("route.secrets lists every used secret")
+    };
+    let client_path = client_path.map_or_else(|| route.path.clone(), str::to_string);
+    let request = outbound(route, method, Some(&client_path), client_query, &secret)?;
+    let redactor = crate::features::scrub::Redactor::for_route(route, secret);
+    let upstream = Upstreams::default()
+        .for_route(route)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let url = url::Url::parse(&request.url).context("the upstream URL")?;
+    let target = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_string(),
+    };
+    let target = http::uri::PathAndQuery::try_from(target).context("the upstream URL")?;
+    let body: UpstreamBody = http_body_util::Empty::new().map_err(|never| match never {}).boxed();
+    let mut outbound = http::Request::new(body);
+    *outbound.method_mut() = request.method.clone();
+    *outbound.headers_mut() = request.headers;
+    let timeout = route.response_timeout;
+    let response = runtime.block_on(async { tokio::time::timeout(timeout, upstream.send(target, outbound)).await });
+    let mut response = match response {
+        Err(_) => anyhow::bail!("no response within {}", humantime::format_duration(timeout)),
+        Ok(Err(error)) => {
+            let text = error_chain(&error);
+            let text = redactor.as_ref().map_or(text.clone(), |r| r.text(&text));
+            anyhow::bail!("the request failed: {text}");
+        }
+        Ok(Ok(response)) => response,
+    };
+    if let Some(redactor) = &redactor {
+        redactor.headers(response.headers_mut());
+    }
+    outln!("\nsent; the upstream answered {}", response.status());
+    for (name, value) in response.headers() {
+        outln!(
+            "{}: {}",
+            title_case(name.as_str()),
+            value.to_str().unwrap_or("(not text)")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masked_request_never_holds_the_value() {
+        let config = Config::parse(
+            "[secrets.k]\nenv = \"ROUTE_TEST_UNIT_NOT_SET\"\n[routes.a]\npath = \"/a/{*rest}\"\nupstream = \"https://x.example/v1/{rest}?fixed=1\"\nheaders = { Authorization = \"Bearer ${k}\" }\nquery = { key = \"${k}\" }\n",
+            "t",
+        )
+        .unwrap();
+        let route = &config.routes[0];
+        let real = |_: &str| SecretString::from("s3cret-value".to_string());
+        let sent = outbound(route, &Method::GET, Some("/a/items/7"), Some("q=1"), &real).unwrap();
+        assert_eq!(sent.url, "https://x.example/v1/items/7?fixed=1&q=1&key=s3cret-value");
+        let masked = |_: &str| SecretString::from(MASK.to_string());
+        let shown = outbound(route, &Method::GET, Some("/a/items/7"), Some("q=1"), &masked).unwrap();
+        let text = describe(route, &config, &shown);
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(
+            text.starts_with("GET https://x.example/v1/items/7?fixed=1&q=1&key=****\nAuthorization: Bearer ****  (secret k, environment variable `ROUTE_TEST_UNIT_NOT_SET`: missing)\n"),
+            "{text}"
+        );
+        let Err(unmatched) = outbound(route, &Method::GET, Some("/b"), None, &masked) else {
+            panic!("`/b` matched");
+        };
+        assert!(
+            unmatched.to_string().contains("is not a path of route `a`"),
+            "{unmatched}"
+        );
+    }
+}
