@@ -459,6 +459,50 @@ async fn upstream_connections_are_reused_and_h2_is_used_when_offered() {
     proxy.shutdown().await;
 }
 
+/// Browser-only headers (the calling page, fetch metadata, client hints) do not reach the third
+/// party by default; a route's own `strip-headers` replaces the default list.
+#[tokio::test]
+async fn browser_headers_are_stripped_before_the_upstream() {
+    let upstream = Upstream::echo().await;
+    let proxy = TestProxy::builder()
+        .secret("k", SECRET)
+        .toml(&format!(
+            "[server]\nallowed-origins = [\"http://localhost:5173\"]\n\
+             [routes.default]\npath = \"/d/{{*rest}}\"\nupstream = \"{u}/{{rest}}\"\nauth = {{ bearer = \"k\" }}\n\
+             [routes.custom]\npath = \"/c/{{*rest}}\"\nupstream = \"{u}/{{rest}}\"\nauth = {{ bearer = \"k\" }}\n\
+             strip-headers = [\"User-Agent\", \"X-Debug-*\"]\nheaders = {{ User-Agent = \"my-app/1.0\" }}\n",
+            u = upstream.url()
+        ))
+        .start()
+        .await;
+    let browser = |url: String| {
+        client()
+            .get(url)
+            .header("origin", "http://localhost:5173")
+            .header("referer", "http://localhost:5173/page?user=42")
+            .header("sec-fetch-site", "same-site")
+            .header("sec-fetch-mode", "cors")
+            .header("sec-ch-ua-platform", "\"Linux\"")
+            .header("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Chrome/156")
+            .header("x-debug-trace", "1")
+            .header("accept-language", "nb-NO")
+    };
+    assert_eq!(browser(proxy.url("/d/x")).send().await.unwrap().status(), 200);
+    assert_eq!(browser(proxy.url("/c/x")).send().await.unwrap().status(), 200);
+    let received = upstream.received();
+    let default = &received[0];
+    for gone in ["origin", "referer", "sec-fetch-site", "sec-fetch-mode", "sec-ch-ua-platform"] {
+        assert_eq!(default.header(gone), None, "default route forwarded {gone}");
+    }
+    assert_eq!(default.header("accept-language"), Some("nb-NO"));
+    assert!(default.header("user-agent").unwrap().contains("Chrome"));
+    let custom = &received[1];
+    assert_eq!(custom.header("user-agent"), Some("my-app/1.0"), "the injected one wins");
+    assert_eq!(custom.header("x-debug-trace"), None);
+    assert_eq!(custom.header("origin"), Some("http://localhost:5173"), "its own list replaced the default");
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn example_config_is_valid() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml.example")).unwrap();
