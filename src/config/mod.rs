@@ -54,6 +54,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Inbound, signed endpoints (`[webhooks.NAME]`).
     pub webhooks: Vec<crate::features::webhooks::Webhook>,
+    /// `[oauth2.NAME]` token sources.
+    pub oauth2: Vec<crate::features::oauth2::OAuth2Config>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +107,8 @@ pub struct Route {
     /// Replace injected values echoed in the upstream's response headers and body by
     /// `[REDACTED]` (default on).
     pub scrub_response: bool,
+    /// `auth = { oauth2 = "NAME" }`: the token source whose bearer token is injected.
+    pub oauth2: Option<String>,
 }
 
 impl Config {
@@ -258,6 +262,20 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
             )
             .with_help("keep secret files outside the served directory (e.g. in ~/.config/secretproxy)"));
     }
+    let mut oauth2 = Vec::new();
+    for (name, table) in &raw.oauth2 {
+        oauth2.push(crate::features::oauth2::OAuth2Config::from_raw(name, table, &secrets, source)?);
+    }
+    for route in &routes {
+        if let Some(name) = &route.oauth2
+            && !oauth2.iter().any(|o| o.name == *name)
+        {
+            let span = raw.routes[&route.name].get_ref().auth.as_ref().map_or(0..0, |a| a.span());
+            return Err(source
+                .error(span, format!("routes.{}.auth", route.name), format!("unknown token source `{name}`"))
+                .with_help(format!("declare it in an `[oauth2.{name}]` table")));
+        }
+    }
     let access = access::access(&raw.server, &secrets, source)?;
     if let Some(message) = access.listen_refusal(listen) {
         let span = raw.server.listen.as_ref().map_or(0..0, |l| l.span());
@@ -294,6 +312,7 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
         secrets,
         routes,
         webhooks,
+        oauth2,
     })
 }
 

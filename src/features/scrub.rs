@@ -88,6 +88,16 @@ impl std::fmt::Debug for Redactor {
 impl Redactor {
     /// The redactor for a route's injected secrets; `None` when the route injects none.
     pub fn for_route(route: &Route, secret: impl Fn(&str) -> SecretString) -> Option<Redactor> {
+        Redactor::for_route_and(route, secret, &[])
+    }
+
+    /// Like [`Redactor::for_route`], also finding `extra` values the route injects that are not
+    /// named secrets (its OAuth2 token).
+    pub fn for_route_and(
+        route: &Route,
+        secret: impl Fn(&str) -> SecretString,
+        extra: &[&SecretString],
+    ) -> Option<Redactor> {
         let mut patterns: Vec<Zeroizing<Vec<u8>>> = Vec::new();
         let mut add = |value: &str| {
             if value.is_empty() {
@@ -110,6 +120,9 @@ impl Redactor {
         };
         for name in &route.secrets {
             add(secret(name).expose_secret());
+        }
+        for value in extra {
+            add(value.expose_secret());
         }
         for (_, template) in &route.headers {
             for part in &template.parts {

@@ -14,6 +14,7 @@ mod config_fuzz;
 mod daemon;
 mod harness;
 mod keyring;
+mod oauth2;
 mod proxy;
 mod redteam;
 mod redteam_limits;
