@@ -159,7 +159,11 @@ pub fn token_sources_table(config: &Config, report: &SecretReport) -> Table {
             source.name.clone(),
             source.token_url.to_string(),
             states.join(", "),
-            if routes.is_empty() { "-".to_string() } else { routes.join(",") },
+            if routes.is_empty() {
+                "-".to_string()
+            } else {
+                routes.join(",")
+            },
         ]);
     }
     table

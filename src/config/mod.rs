@@ -264,15 +264,25 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
     }
     let mut oauth2 = Vec::new();
     for (name, table) in &raw.oauth2 {
-        oauth2.push(crate::features::oauth2::OAuth2Config::from_raw(name, table, &secrets, source)?);
+        oauth2.push(crate::features::oauth2::OAuth2Config::from_raw(
+            name, table, &secrets, source,
+        )?);
     }
     for route in &routes {
         if let Some(name) = &route.oauth2
             && !oauth2.iter().any(|o| o.name == *name)
         {
-            let span = raw.routes[&route.name].get_ref().auth.as_ref().map_or(0..0, |a| a.span());
+            let span = raw.routes[&route.name]
+                .get_ref()
+                .auth
+                .as_ref()
+                .map_or(0..0, |a| a.span());
             return Err(source
-                .error(span, format!("routes.{}.auth", route.name), format!("unknown token source `{name}`"))
+                .error(
+                    span,
+                    format!("routes.{}.auth", route.name),
+                    format!("unknown token source `{name}`"),
+                )
                 .with_help(format!("declare it in an `[oauth2.{name}]` table")));
         }
     }

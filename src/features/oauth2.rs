@@ -97,14 +97,21 @@ impl OAuth2Config {
         let token_url = url::Url::parse(url_text)
             .ok()
             .filter(|url| matches!(url.scheme(), "https" | "http") && url.host().is_some())
-            .ok_or_else(|| source.error(raw.token_url.span(), key("token-url"), format!("`{url_text}` is not an http(s) URL")))?;
+            .ok_or_else(|| {
+                source.error(
+                    raw.token_url.span(),
+                    key("token-url"),
+                    format!("`{url_text}` is not an http(s) URL"),
+                )
+            })?;
         if !token_url.username().is_empty() || token_url.password().is_some() || token_url.fragment().is_some() {
-            return Err(source.error(
-                raw.token_url.span(),
-                key("token-url"),
-                "the token URL may not hold credentials or a fragment",
-            )
-            .with_help("put the client id and secret in `client-id` and `client-secret`"));
+            return Err(source
+                .error(
+                    raw.token_url.span(),
+                    key("token-url"),
+                    "the token URL may not hold credentials or a fragment",
+                )
+                .with_help("put the client id and secret in `client-id` and `client-secret`"));
         }
         if token_url.scheme() == "http" && !is_loopback(&token_url) {
             return Err(source
@@ -458,7 +465,10 @@ pub fn build_sources(
 ) -> Result<TokenSources, crate::pipeline::client::ClientError> {
     let mut sources = TokenSources::new();
     for config in configs {
-        if let Some(kept) = previous.and_then(|p| p.get(&config.name)).filter(|s| s.config == *config) {
+        if let Some(kept) = previous
+            .and_then(|p| p.get(&config.name))
+            .filter(|s| s.config == *config)
+        {
             sources.insert(config.name.clone(), kept.clone());
             continue;
         }
@@ -599,7 +609,9 @@ impl TokenSource {
             let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE)
                 .collect()
                 .await
-                .map_err(|_| MintError::Unavailable(format!("the token endpoint's answer ({status}) could not be read")))?
+                .map_err(|_| {
+                    MintError::Unavailable(format!("the token endpoint's answer ({status}) could not be read"))
+                })?
                 .to_bytes();
             Ok::<_, MintError>((status, Zeroizing::new(body.to_vec())))
         };
@@ -627,7 +639,9 @@ impl TokenSource {
 /// Error text holds the status and the RFC 6749 `error` code only, never the body.
 pub fn parse_token_response(status: StatusCode, body: &[u8], requested: Instant) -> Result<Token, MintError> {
     if status.is_server_error() {
-        return Err(MintError::Unavailable(format!("the token endpoint failed with {status}")));
+        return Err(MintError::Unavailable(format!(
+            "the token endpoint failed with {status}"
+        )));
     }
     if !status.is_success() {
         let code = serde_json::from_slice::<ErrorResponse>(body)
@@ -636,7 +650,9 @@ pub fn parse_token_response(status: StatusCode, body: &[u8], requested: Instant)
             .filter(|code| code.len() <= 64 && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
         return Err(MintError::Refused(match code {
             Some(code) => format!("the token endpoint refused with {status} `{code}`"),
-            None if status.is_redirection() => format!("the token endpoint redirected ({status}); redirects are not followed"),
+            None if status.is_redirection() => {
+                format!("the token endpoint redirected ({status}); redirects are not followed")
+            }
             None => format!("the token endpoint refused with {status}"),
         }));
     }
@@ -651,11 +667,16 @@ pub fn parse_token_response(status: StatusCode, body: &[u8], requested: Instant)
     {
         return Err(MintError::Refused(format!(
             "the token endpoint issued a `{}` token; only bearer tokens are supported",
-            kind.chars().filter(char::is_ascii_alphanumeric).take(32).collect::<String>()
+            kind.chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(32)
+                .collect::<String>()
         )));
     }
     if token.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
-        return Err(MintError::Refused("the access token holds characters a header cannot carry".into()));
+        return Err(MintError::Refused(
+            "the access token holds characters a header cannot carry".into(),
+        ));
     }
     // Some providers send `expires_in` as a string.
     let lifetime = match parsed.expires_in {
@@ -702,7 +723,11 @@ mod tests {
             "grant_type=client_credentials&scope=read%3Aa+write+b&audience=https%3A%2F%2Fapi.example%2F&resource=x%26y%3Dz"
         );
         let form = token_form(&config(ClientAuth::Body), Some(("my id", "s3c:r&t+")));
-        assert!(form.ends_with("&client_id=my+id&client_secret=s3c%3Ar%26t%2B"), "{}", form.as_str());
+        assert!(
+            form.ends_with("&client_id=my+id&client_secret=s3c%3Ar%26t%2B"),
+            "{}",
+            form.as_str()
+        );
     }
 
     #[test]
@@ -764,8 +789,79 @@ mod tests {
         assert!(matches!(mac, Err(MintError::Refused(text)) if !text.contains("tok-9")));
     }
 
+    const SECRETS: &str = "[secrets.id]\nenv = \"ID\"\n[secrets.sec]\nenv = \"SEC\"\n";
+
+    fn parse(extra: &str) -> Result<crate::config::Config, String> {
+        crate::config::Config::parse(&format!("{SECRETS}{extra}"), "proxy.toml").map_err(|e| e.to_string())
+    }
+
+    fn source(fields: &str) -> String {
+        format!(
+            "[oauth2.pay]\ntoken-url = \"https://auth.example/token\"\nclient-id = \"${{id}}\"\nclient-secret = \"${{sec}}\"\n{fields}"
+        )
+    }
+
+    const ROUTE: &str = "[routes.r]\npath = \"/r\"\nupstream = \"https://api.example/\"\nauth = { oauth2 = \"pay\" }\n";
+
+    #[test]
+    fn config_tables_validate() {
+        let config = parse(&format!(
+            "{}{ROUTE}",
+            source("scopes = [\"a\"]\naudience = \"x\"\nparams = { resource = \"r\" }\nclient-auth = \"body\"\ntimeout = \"5s\"\n")
+        ))
+        .unwrap();
+        let pay = &config.oauth2[0];
+        assert_eq!(
+            (pay.client_auth, pay.timeout),
+            (ClientAuth::Body, Duration::from_secs(5))
+        );
+        assert_eq!(config.routes[0].oauth2.as_deref(), Some("pay"));
+        assert!(config.routes[0].headers.is_empty());
+        assert_eq!(pay.secrets().collect::<Vec<_>>(), ["id", "sec"]);
+        // Loopback http is fine.
+        parse("[oauth2.l]\ntoken-url = \"http://127.0.0.1:9/token\"\nclient-id = \"me\"\nclient-secret = \"${sec}\"\n")
+            .unwrap();
+
+        let cases = [
+            (
+                source("").replace("https://auth.example", "http://auth.example"),
+                "plain http",
+            ),
+            (source("").replace("${sec}", "${nope}"), "unknown secret `nope`"),
+            (source("").replace("${sec}", "literal"), "must come from a secret"),
+            (source("client-auth = \"jwt\"\n"), "not a client authentication method"),
+            (source("params = { grant_type = \"password\" }\n"), "set by the proxy"),
+            (source("tokenurl = \"x\"\n"), "unknown field"),
+            (ROUTE.to_string(), "unknown token source `pay`"),
+            (
+                format!(
+                    "{}{}",
+                    source(""),
+                    ROUTE.replace("oauth2 = \"pay\"", "oauth2 = \"pay\", bearer = \"id\"")
+                ),
+                "exactly one of",
+            ),
+            (
+                format!("{}{ROUTE}headers = {{ Authorization = \"x\" }}\n", source("")),
+                "both set the same header",
+            ),
+            (
+                format!("{}{ROUTE}forward-headers = [\"authorization\"]\n", source("")),
+                "injected by this route",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = parse(&text).expect_err(&text);
+            assert!(message.contains(expected), "{expected:?} not in {message}");
+        }
+    }
+
     fn minted(value: &str, lifetime: u64) -> Token {
-        Token::new(SecretString::from(value.to_string()), Instant::now(), Duration::from_secs(lifetime))
+        Token::new(
+            SecretString::from(value.to_string()),
+            Instant::now(),
+            Duration::from_secs(lifetime),
+        )
     }
 
     #[tokio::test(start_paused = true)]

@@ -219,8 +219,12 @@ impl ProxyError {
                 }
             }
             ProxyError::Invalid { reasons, .. } => body["reasons"] = Value::from(reasons.clone()),
-            ProxyError::TokenUnavailable { token_source: source, .. }
-            | ProxyError::TokenRefused { token_source: source, .. } => {
+            ProxyError::TokenUnavailable {
+                token_source: source, ..
+            }
+            | ProxyError::TokenRefused {
+                token_source: source, ..
+            } => {
                 body["token_source"] = Value::from(source.as_str());
                 body["hint"] = Value::from(format!(
                     "check `[oauth2.{source}]` and `secretproxy check`; the daemon's log has the details"

@@ -184,9 +184,9 @@ impl Line<'_> {
                     json_str(out, error)?;
                 }
                 let millis = (duration.as_secs_f64() * 1_000_000.0).round() / 1000.0;
-                write!(
+                writeln!(
                     out,
-                    ",\"duration_ms\":{millis},\"bytes_in\":{},\"bytes_out\":{},\"outcome\":\"{}\",\"target\":\"secretproxy::access\"}}\n",
+                    ",\"duration_ms\":{millis},\"bytes_in\":{},\"bytes_out\":{},\"outcome\":\"{}\",\"target\":\"secretproxy::access\"}}",
                     self.bytes_in, self.bytes_out, self.outcome
                 )
             }

@@ -217,7 +217,10 @@ async fn token_minted_once_for_100_concurrent_requests_and_kept_across_a_reload(
     let text = std::fs::read_to_string(&daemon.config_path).unwrap();
     std::fs::write(
         &daemon.config_path,
-        format!("{text}\n[routes.other]\npath = \"/other\"\nupstream = \"{}\"\n", server.url("/x")),
+        format!(
+            "{text}\n[routes.other]\npath = \"/other\"\nupstream = \"{}\"\n",
+            server.url("/x")
+        ),
     )
     .unwrap();
     daemon.signal("HUP");
@@ -294,7 +297,10 @@ async fn upstream_401_triggers_exactly_one_remint_and_retry() {
     bodies.push_str(&response.text().await.unwrap());
     let after = server.stats().await;
     assert_eq!(after["mints"].as_u64().unwrap(), before["mints"].as_u64().unwrap() + 1);
-    assert_eq!(after["api_401"].as_u64().unwrap(), before["api_401"].as_u64().unwrap() + 2);
+    assert_eq!(
+        after["api_401"].as_u64().unwrap(),
+        before["api_401"].as_u64().unwrap() + 2
+    );
 
     // A streamed (chunked) body is not sent twice: the client gets the 401, the next request
     // gets a fresh token.
@@ -417,7 +423,10 @@ auth = { oauth2 = "pay" }
         .lines()
         .find(|line| line.starts_with("pay ") && line.contains("auth.example"))
         .unwrap_or_else(|| panic!("no token source row:\n{stdout}"));
-    assert!(row.contains("pay-id: present") && row.contains("pay-secret: missing"), "{row}");
+    assert!(
+        row.contains("pay-id: present") && row.contains("pay-secret: missing"),
+        "{row}"
+    );
     assert!(stdout.contains("oauth2:pay"), "{stdout}");
     assert_no_secret(&format!("{stdout}{stderr}"), &["id-value-123"], "check output");
 }
