@@ -87,7 +87,17 @@ impl SecretReport {
             .iter()
             .map(|(name, source)| {
                 let status = store.fetch(source).map(drop);
-                let users = config.routes_using(name).map(|r| r.name.clone()).collect();
+                let users = config
+                    .routes_using(name)
+                    .map(|r| r.name.clone())
+                    .chain(
+                        config
+                            .oauth2
+                            .iter()
+                            .filter(|source| source.secrets().any(|s| s == name))
+                            .map(|source| format!("oauth2:{}", source.name)),
+                    )
+                    .collect();
                 SecretRow {
                     name: name.clone(),
                     source: source.clone(),

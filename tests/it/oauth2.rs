@@ -234,8 +234,9 @@ async fn token_minted_once_for_100_concurrent_requests_and_kept_across_a_reload(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_is_renewed_before_it_expires() {
-    // Two-second tokens, client credentials in the form body this time.
-    let server = AuthServer::start(&["--expires-in", "2", "--auth", "post"]);
+    // Three-second tokens (renewed after 1.5 s, leaving a loaded machine 1.5 s to deliver the
+    // request), client credentials in the form body this time.
+    let server = AuthServer::start(&["--expires-in", "3", "--auth", "post"]);
     let daemon = start_daemon(config(&server, "body")).await;
     let http = client();
     let mut bodies = String::new();
