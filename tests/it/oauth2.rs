@@ -431,3 +431,27 @@ auth = { oauth2 = "pay" }
     assert!(stdout.contains("oauth2:pay"), "{stdout}");
     assert_no_secret(&format!("{stdout}{stderr}"), &["id-value-123"], "check output");
 }
+
+#[test]
+fn reload_keeps_an_unchanged_source_and_replaces_a_changed_one() {
+    use secretproxy::pipeline::generation::Generation;
+    use std::sync::Arc;
+    let text = |scope: &str| {
+        format!(
+            "[secrets.s]\nfile = \"/nonexistent/secretproxy-oauth2-test\"\n[oauth2.pay]\ntoken-url = \"https://auth.example/token\"\nclient-id = \"me\"\nclient-secret = \"${{s}}\"\nscopes = [\"{scope}\"]\n[oauth2.other]\ntoken-url = \"https://auth.example/token\"\nclient-id = \"me\"\nclient-secret = \"${{s}}\"\n"
+        )
+    };
+    let build = |text: &str, previous: Option<&Generation>| {
+        let config = secretproxy::config::Config::parse(text, "t").unwrap();
+        Generation::build_after(config, Arc::new(secretproxy::secrets::SystemStore), 1, previous).unwrap()
+    };
+    let first = build(&text("a"), None);
+    let same = build(&text("a"), Some(&first));
+    assert!(Arc::ptr_eq(&first.oauth2["pay"], &same.oauth2["pay"]));
+    let changed = build(&text("b"), Some(&same));
+    assert!(!Arc::ptr_eq(&same.oauth2["pay"], &changed.oauth2["pay"]));
+    assert!(Arc::ptr_eq(&same.oauth2["other"], &changed.oauth2["other"]));
+    // Debug output names the source and its endpoint only.
+    let debug = format!("{:?}", changed.oauth2["pay"]);
+    assert!(debug.contains("pay") && debug.contains("auth.example"), "{debug}");
+}
