@@ -40,6 +40,10 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
     } else {
         out!("{}", report.table());
     }
+    if !config.oauth2.is_empty() {
+        outln!();
+        out!("{}", token_sources_table(&config, &report));
+    }
     let problems = report.problems();
     if !problems.is_empty() {
         outln!();
@@ -82,7 +86,10 @@ pub fn routes_table(config: &Config) -> Table {
     let mut table = Table::new(["ROUTE", "METHODS", "PATH", "UPSTREAM", "SECRETS"]);
     for route in &config.routes {
         let methods: Vec<&str> = route.methods.iter().map(http::Method::as_str).collect();
-        let secrets: Vec<&str> = route.secrets.iter().map(String::as_str).collect();
+        let mut secrets: Vec<String> = route.secrets.iter().cloned().collect();
+        if let Some(source) = &route.oauth2 {
+            secrets.push(format!("oauth2:{source}"));
+        }
         table.row([
             route.name.clone(),
             methods.join(","),
@@ -130,6 +137,13 @@ impl SecretReport {
                             .map(|w| format!("webhook:{}", w.name)),
                     )
                     .chain(
+                        config
+                            .oauth2
+                            .iter()
+                            .filter(|source| source.secrets().any(|s| s == name))
+                            .map(|source| format!("oauth2:{}", source.name)),
+                    )
+                    .chain(
                         (config.server.access.client_token.as_deref() == Some(name.as_str()))
                             .then(|| "client-token".to_string()),
                     )
@@ -174,6 +188,45 @@ impl SecretReport {
             })
             .collect()
     }
+}
+
+/// Each `[oauth2.NAME]` token source: its endpoint, the routes using it and the state of each
+/// secret it reads (present/missing), never a value. No token is minted.
+pub fn token_sources_table(config: &Config, report: &SecretReport) -> Table {
+    let mut table = Table::new(["TOKEN SOURCE", "TOKEN URL", "SECRETS", "ROUTES"]);
+    for source in &config.oauth2 {
+        let mut secrets: Vec<&str> = source.secrets().collect();
+        secrets.sort_unstable();
+        secrets.dedup();
+        let states: Vec<String> = secrets
+            .iter()
+            .map(|name| {
+                let state = report
+                    .rows
+                    .iter()
+                    .find(|row| row.name == *name)
+                    .map_or_else(|| "undeclared".to_string(), |row| status_text(&row.status));
+                format!("{name}: {state}")
+            })
+            .collect();
+        let routes: Vec<&str> = config
+            .routes
+            .iter()
+            .filter(|route| route.oauth2.as_deref() == Some(source.name.as_str()))
+            .map(|route| route.name.as_str())
+            .collect();
+        table.row([
+            source.name.clone(),
+            source.token_url.to_string(),
+            states.join(", "),
+            if routes.is_empty() {
+                "-".to_string()
+            } else {
+                routes.join(",")
+            },
+        ]);
+    }
+    table
 }
 
 fn status_text(status: &Result<(), LookupError>) -> String {

@@ -57,6 +57,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Inbound, signed endpoints (`[webhooks.NAME]`).
     pub webhooks: Vec<crate::features::webhooks::Webhook>,
+    /// `[oauth2.NAME]` token sources.
+    pub oauth2: Vec<crate::features::oauth2::OAuth2Config>,
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +112,8 @@ pub struct Route {
     /// Replace injected values echoed in the upstream's response headers and body by
     /// `[REDACTED]` (default on).
     pub scrub_response: bool,
+    /// `auth = { oauth2 = "NAME" }`: the token source whose bearer token is injected.
+    pub oauth2: Option<String>,
 }
 
 impl Config {
@@ -367,6 +371,35 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
                 .with_help("keep secret files outside the served directory (e.g. in ~/.config/secretproxy)"),
         );
     }
+    let mut oauth2 = Vec::new();
+    for (name, table) in &raw.oauth2 {
+        if let Some(config) = keep(
+            &mut errors,
+            crate::features::oauth2::OAuth2Config::from_raw(name, table, &secrets, source),
+        ) {
+            oauth2.push(config);
+        }
+    }
+    for route in &routes {
+        if let Some(name) = &route.oauth2
+            && !raw.oauth2.contains_key(name)
+        {
+            let span = raw.routes[&route.name]
+                .get_ref()
+                .auth
+                .as_ref()
+                .map_or(0..0, |a| a.span());
+            errors.push(
+                source
+                    .error(
+                        span,
+                        format!("routes.{}.auth", route.name),
+                        format!("unknown token source `{name}`"),
+                    )
+                    .with_help(format!("declare it in an `[oauth2.{name}]` table")),
+            );
+        }
+    }
     let access = keep(&mut errors, access::access(&raw.server, &secrets, source));
     if let (Some(access), Some(listen)) = (&access, listen)
         && let Some(message) = access.listen_refusal(listen)
@@ -417,6 +450,7 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
         secrets,
         routes,
         webhooks,
+        oauth2,
     })
 }
 

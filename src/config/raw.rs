@@ -17,6 +17,9 @@ pub struct RawConfig {
     pub routes: BTreeMap<String, Spanned<RawRoute>>,
     #[serde(default)]
     pub webhooks: BTreeMap<String, Spanned<RawWebhook>>,
+    /// `[oauth2.NAME]` token sources (validated in `features::oauth2`).
+    #[serde(default)]
+    pub oauth2: BTreeMap<String, Spanned<RawOAuth2>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +111,8 @@ pub struct RawAuth {
     pub bearer: Option<String>,
     /// `Authorization: Basic base64(username:<secret>)`.
     pub basic: Option<RawBasic>,
+    /// `Authorization: Bearer <token>` from the `[oauth2.NAME]` token source.
+    pub oauth2: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,4 +196,24 @@ pub struct RawWebhook {
     /// The signature header for `verify = "hmac-sha256"`.
     pub header: Option<Spanned<String>>,
     pub max_body: Option<Spanned<RawSize>>,
+}
+
+/// `[oauth2.NAME]`: an OAuth2 client-credentials token source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawOAuth2 {
+    pub token_url: Spanned<String>,
+    /// A template: may take `${secret}`.
+    pub client_id: Spanned<String>,
+    /// A template naming at least one secret.
+    pub client_secret: Spanned<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub params: BTreeMap<String, Spanned<String>>,
+    /// `"basic"` (default) or `"body"`.
+    pub client_auth: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
 }

@@ -155,13 +155,15 @@ pub(super) fn validate_route(
         headers.push((header_name, template));
     }
 
+    let mut oauth2 = None;
     if let Some(auth) = &raw.auth {
         let field = key("auth");
-        let template = match (&auth.get_ref().bearer, &auth.get_ref().basic) {
-            (Some(secret), None) => ValueTemplate {
+        let shorthand = auth.get_ref();
+        let template = match (&shorthand.bearer, &shorthand.basic, &shorthand.oauth2) {
+            (Some(secret), None, None) => Some(ValueTemplate {
                 parts: vec![ValuePart::Literal("Bearer ".into()), ValuePart::Secret(secret.clone())],
-            },
-            (None, Some(basic)) => ValueTemplate {
+            }),
+            (None, Some(basic), None) => Some(ValueTemplate {
                 parts: vec![
                     ValuePart::Literal("Basic ".into()),
                     ValuePart::Basic {
@@ -169,11 +171,16 @@ pub(super) fn validate_route(
                         secret: basic.password.clone(),
                     },
                 ],
-            },
+            }),
+            // The token source is checked to exist with the `[oauth2]` tables (`config::mod`).
+            (None, None, Some(source_name)) => {
+                oauth2 = Some(source_name.clone());
+                None
+            }
             _ => {
                 return Err(source
-                    .error(auth.span(), field, "give exactly one of `bearer` or `basic`")
-                    .with_help("e.g. `auth = { bearer = \"github\" }` or `auth = { basic = { username = \"me\", password = \"secret-name\" } }`"));
+                    .error(auth.span(), field, "give exactly one of `bearer`, `basic` or `oauth2`")
+                    .with_help("e.g. `auth = { bearer = \"github\" }`, `auth = { basic = { username = \"me\", password = \"secret-name\" } }` or `auth = { oauth2 = \"paypal\" }`"));
             }
         };
         if headers.iter().any(|(h, _)| h == http::header::AUTHORIZATION) {
@@ -183,8 +190,10 @@ pub(super) fn validate_route(
                 "`auth` and an `Authorization` header both set the same header; keep one",
             ));
         }
-        check_secrets(&template, auth.span(), field)?;
-        headers.push((http::header::AUTHORIZATION, template));
+        if let Some(template) = template {
+            check_secrets(&template, auth.span(), field)?;
+            headers.push((http::header::AUTHORIZATION, template));
+        }
     }
 
     let mut query = Vec::new();
@@ -208,7 +217,9 @@ pub(super) fn validate_route(
                 format!("`{}` is not a valid header name", header.get_ref()),
             )
         })?;
-        if headers.iter().any(|(injected, _)| *injected == parsed) {
+        if headers.iter().any(|(injected, _)| *injected == parsed)
+            || (oauth2.is_some() && parsed == http::header::AUTHORIZATION)
+        {
             return Err(source.error(
                 header.span(),
                 key("forward-headers"),
@@ -277,6 +288,7 @@ pub(super) fn validate_route(
         },
         max_body: access::max_body(&raw.max_body, &key("max-body"), source)?,
         scrub_response: raw.scrub_response.unwrap_or(true),
+        oauth2,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod guard;
 pub mod inject;
 pub mod jq;
 pub mod limit;
+pub mod oauth2;
 pub mod path;
 pub mod ratelimit;
 pub mod scrub;

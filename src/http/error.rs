@@ -108,6 +108,13 @@ pub enum ProxyError {
     AdminNotLocal { forwarded: bool },
     #[error("unknown endpoint; the proxy serves /_secretproxy/health and /_secretproxy/metrics")]
     NoEndpoint,
+    /// The route's OAuth2 token source could not get a token: the endpoint is unreachable,
+    /// timed out or failed (5xx). Names the source, never its credentials.
+    #[error("no token from OAuth2 token source `{token_source}`: {reason}")]
+    TokenUnavailable { token_source: String, reason: String },
+    /// The token endpoint refused the client's credentials or answered with no usable token.
+    #[error("OAuth2 token source `{token_source}` got no token: {reason}")]
+    TokenRefused { token_source: String, reason: String },
     /// The route's transform failed or passed a bound.
     #[error("{message}")]
     Transform { code: &'static str, message: String },
@@ -171,6 +178,10 @@ impl ProxyError {
                 ..
             } => (StatusCode::SERVICE_UNAVAILABLE, *code, Internal, false),
             ProxyError::Transform { code, .. } => (StatusCode::BAD_GATEWAY, *code, Upstream, false),
+            ProxyError::TokenUnavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "token_unavailable", Upstream, false)
+            }
+            ProxyError::TokenRefused { .. } => (StatusCode::BAD_GATEWAY, "token_refused", Upstream, false),
             ProxyError::AdminNotLocal { .. } => (StatusCode::FORBIDDEN, "forbidden", Client, false),
             ProxyError::NoEndpoint => (StatusCode::NOT_FOUND, "no_endpoint", Client, false),
         };
@@ -212,6 +223,17 @@ impl ProxyError {
                 }
             }
             ProxyError::Invalid { reasons, .. } => body["reasons"] = Value::from(reasons.clone()),
+            ProxyError::TokenUnavailable {
+                token_source: source, ..
+            }
+            | ProxyError::TokenRefused {
+                token_source: source, ..
+            } => {
+                body["token_source"] = Value::from(source.as_str());
+                body["hint"] = Value::from(format!(
+                    "check `[oauth2.{source}]` and `secretproxy check`; the daemon's log has the details"
+                ));
+            }
             ProxyError::RateLimited { retry_after: after, .. } => {
                 let seconds = (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1);
                 body["retry_after"] = Value::from(seconds);

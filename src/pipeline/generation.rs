@@ -31,6 +31,8 @@ pub struct Generation {
     pub limits: crate::features::ratelimit::Limiters,
     /// `[webhooks.NAME]` endpoints by path.
     pub hooks: crate::features::webhooks::Hooks,
+    /// `[oauth2.NAME]` token sources (carried over across reloads while their config is equal).
+    pub oauth2: crate::features::oauth2::TokenSources,
     /// The static site, when `static-dir` is set.
     pub site: Option<crate::features::static_site::Site>,
 }
@@ -42,7 +44,8 @@ impl Generation {
     }
 
     /// Like [`Generation::build`], carrying over from `previous` the state the new config did not
-    /// change: the rate-limit buckets and quotas of routes whose limit is equal.
+    /// change: the rate-limit buckets and quotas of routes whose limit is equal, and the OAuth2
+    /// token sources (with their tokens) whose table is equal.
     pub fn build_after(
         config: Config,
         store: Arc<dyn SecretStore>,
@@ -51,11 +54,16 @@ impl Generation {
     ) -> Result<Generation, ClientError> {
         let limits = crate::features::ratelimit::Limiters::build(&config.routes, previous.map(|p| &p.limits));
         let mut upstreams = Upstreams::default();
-        let plans = config
+        let mut plans = config
             .routes
             .iter()
             .map(|route| RoutePlan::build(route, &mut upstreams, &limits))
             .collect::<Result<Vec<_>, _>>()?;
+        let oauth2 =
+            crate::features::oauth2::build_sources(&config.oauth2, previous.map(|p| &p.oauth2), &mut upstreams)?;
+        for plan in &mut plans {
+            plan.oauth2 = plan.route.oauth2.as_ref().and_then(|name| oauth2.get(name).cloned());
+        }
         let hook_metrics = config
             .webhooks
             .iter()
@@ -70,6 +78,7 @@ impl Generation {
             unrouted: Arc::new(RouteMetrics::new(crate::daemon::metrics::NO_ROUTE)),
             hook_metrics,
             limits,
+            oauth2,
             hooks: crate::features::webhooks::Hooks::build(&config.webhooks)?,
             site: config
                 .server

@@ -296,6 +296,12 @@ async fn forward(
         values[index].clone()
     };
 
+    // OAuth2: the route's bearer token, minted or renewed as needed (single flight).
+    let token = match &plan.oauth2 {
+        Some(source) => Some(source.token(&generation.secrets).await?),
+        None => None,
+    };
+
     // Inject: the request target and headers as the upstream gets them.
     let target = route
         .upstream
@@ -342,68 +348,64 @@ async fn forward(
             }
         }
     }
+    if let Some(token) = &token {
+        injected_headers.push((header::AUTHORIZATION, bearer(plan, token)?));
+        // The token is scrubbed like the route's secrets.
+        values.push(token.value.clone());
+    }
     let mut headers = inject::upstream_headers(std::mem::take(&mut parts.headers), route, injected_headers);
-    let redactor = route.scrub_response.then(|| plan.redactor(&values)).flatten();
+    let mut redactor = route.scrub_response.then(|| plan.redactor(&values)).flatten();
     if redactor.is_some() || route.response.transform.is_some() {
         // Scrubbing and transforms read the body: ask for it unencoded.
         headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     }
 
-    // Send: the response timeout counts from the end of the request body, so an upload that
-    // keeps going is never cut.
-    let upload = Arc::new(Upload::default());
-    let overrun = limit::Overrun::default();
-    let mut outbound = Request::new(body.into_upstream(bytes_in.clone(), route.max_body, &overrun, upload.clone()));
-    *outbound.method_mut() = parts.method.clone();
-    *outbound.headers_mut() = headers;
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        let query = context.query.as_deref().or(path_and_query.query());
-        tracing::debug!(
-            route = %route.name,
-            "sending upstream: {} {}://{}{}{}{} headers: {}",
-            parts.method,
-            route.upstream.base.scheme(),
-            plan.upstream_host,
-            path_and_query.path(),
-            if query.is_some() { "?" } else { "" },
-            query.unwrap_or(""),
-            Outbound { headers: outbound.headers(), route }
-        );
+    // A 401 to a token is retried once with a fresh one when the body can be sent again.
+    let (body, replay) = match &plan.oauth2 {
+        Some(_) => replayable(body, &headers).await?,
+        None => (body, None),
+    };
+    let retry = replay.map(|bytes| (bytes, headers.clone(), path_and_query.clone()));
+    let query = context.query.clone();
+    let mut upstream_response = send_upstream(
+        plan,
+        metrics,
+        &parts.method,
+        headers,
+        body,
+        path_and_query,
+        query.as_deref(),
+        bytes_in.clone(),
+        &values,
+        redactor.as_ref(),
+    )
+    .await?;
+    if upstream_response.status() == http::StatusCode::UNAUTHORIZED
+        && let (Some(source), Some(token)) = (&plan.oauth2, &token)
+    {
+        source.rejected(token);
+        if let Some((bytes, mut headers, path_and_query)) = retry {
+            drop(upstream_response);
+            let fresh = source.token(&generation.secrets).await?;
+            headers.insert(header::AUTHORIZATION, bearer(plan, &fresh)?);
+            values.push(fresh.value.clone());
+            redactor = route.scrub_response.then(|| plan.redactor(&values)).flatten();
+            // The body's bytes were counted on the first attempt.
+            upstream_response = send_upstream(
+                plan,
+                metrics,
+                &parts.method,
+                headers,
+                validate::RequestBody::Buffered(bytes),
+                path_and_query,
+                query.as_deref(),
+                Arc::new(AtomicU64::new(0)),
+                &values,
+                redactor.as_ref(),
+            )
+            .await?;
+        }
     }
-    let sent_at = Instant::now();
-    let timeout = route.response_timeout;
-    let exchange = plan.upstream.send(path_and_query, outbound);
-    let deadline = async {
-        upload.ended().await;
-        tokio::time::sleep(timeout).await;
-    };
-    let sent = tokio::select! {
-        sent = exchange => Some(sent),
-        () = deadline => None,
-    };
-    let upstream_response = match sent {
-        None => return Err(ProxyError::Timeout(timeout)),
-        Some(Ok(response)) => {
-            plan.metrics.upstream_answered(metrics, sent_at.elapsed());
-            response
-        }
-        Some(Err(_)) if overrun.happened() => {
-            return Err(ProxyError::BodyTooLarge {
-                limit: route.max_body.unwrap_or_default(),
-            });
-        }
-        Some(Err(_)) if upload.failed() => return Err(ProxyError::BadBody),
-        Some(Err(client::SendError::ConnectTimeout(after))) => return Err(ProxyError::Timeout(after)),
-        Some(Err(err)) => {
-            // Error text is scrubbed like a response, whether or not the route scrubs those.
-            let text = err.chain();
-            let text = match redactor.clone().or_else(|| plan.redactor(&values)) {
-                Some(redactor) => redactor.text(&text),
-                None => text,
-            };
-            return Err(ProxyError::Unreachable(text));
-        }
-    };
 
     let upstream_status = upstream_response.status().as_u16();
     context.upstream_status = Some(upstream_status);
@@ -437,6 +439,118 @@ async fn forward(
         return Ok(response);
     }
     Ok(response)
+}
+
+/// The largest request body kept in memory so an OAuth2 route can send it again after a 401.
+const REPLAY_LIMIT: u64 = 64 * 1024;
+
+/// The body and, when it can be sent twice, its bytes: no body, a body the schema check already
+/// buffered, or one that declares at most [`REPLAY_LIMIT`] bytes (read here). A chunked or larger
+/// body streams and is not retried: its 401 goes to the client (the token is still renewed).
+async fn replayable(
+    body: validate::RequestBody,
+    headers: &http::HeaderMap,
+) -> Result<(validate::RequestBody, Option<bytes::Bytes>), ProxyError> {
+    match body {
+        validate::RequestBody::Buffered(bytes) => Ok((validate::RequestBody::Buffered(bytes.clone()), Some(bytes))),
+        validate::RequestBody::Stream(stream) if http_body::Body::is_end_stream(&stream) => {
+            Ok((validate::RequestBody::Stream(stream), Some(bytes::Bytes::new())))
+        }
+        validate::RequestBody::Stream(stream) => {
+            let declared = headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            match declared {
+                Some(length) if length <= REPLAY_LIMIT => {
+                    let bytes = http_body_util::Limited::new(stream, REPLAY_LIMIT as usize)
+                        .collect()
+                        .await
+                        .map_err(|_| ProxyError::BadBody)?
+                        .to_bytes();
+                    Ok((validate::RequestBody::Buffered(bytes.clone()), Some(bytes)))
+                }
+                _ => Ok((validate::RequestBody::Stream(stream), None)),
+            }
+        }
+    }
+}
+
+/// `Authorization: Bearer <token>` for the route's token.
+fn bearer(plan: &RoutePlan, token: &crate::features::oauth2::Token) -> Result<HeaderValue, ProxyError> {
+    crate::features::oauth2::bearer_header(token).ok_or_else(|| ProxyError::TokenRefused {
+        token_source: plan.route.oauth2.clone().unwrap_or_default(),
+        reason: "the token cannot be sent in a header".into(),
+    })
+}
+
+/// Send: one exchange with the upstream. The response timeout counts from the end of the
+/// request body, so an upload that keeps going is never cut.
+#[allow(clippy::too_many_arguments)]
+async fn send_upstream(
+    plan: &RoutePlan,
+    metrics: &crate::daemon::metrics::Metrics,
+    method: &http::Method,
+    headers: http::HeaderMap,
+    body: validate::RequestBody,
+    path_and_query: PathAndQuery,
+    logged_query: Option<&str>,
+    bytes_in: Arc<AtomicU64>,
+    values: &[Arc<SecretString>],
+    redactor: Option<&Arc<crate::features::scrub::Redactor>>,
+) -> Result<Response<client::PooledBody>, ProxyError> {
+    let route = &plan.route;
+    let upload = Arc::new(Upload::default());
+    let overrun = limit::Overrun::default();
+    let mut outbound = Request::new(body.into_upstream(bytes_in, route.max_body, &overrun, upload.clone()));
+    *outbound.method_mut() = method.clone();
+    *outbound.headers_mut() = headers;
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let query = logged_query.or(path_and_query.query());
+        tracing::debug!(
+            route = %route.name,
+            "sending upstream: {} {}://{}{}{}{} headers: {}",
+            method,
+            route.upstream.base.scheme(),
+            plan.upstream_host,
+            path_and_query.path(),
+            if query.is_some() { "?" } else { "" },
+            query.unwrap_or(""),
+            Outbound { headers: outbound.headers(), route }
+        );
+    }
+    let sent_at = Instant::now();
+    let timeout = route.response_timeout;
+    let exchange = plan.upstream.send(path_and_query, outbound);
+    let deadline = async {
+        upload.ended().await;
+        tokio::time::sleep(timeout).await;
+    };
+    let sent = tokio::select! {
+        sent = exchange => Some(sent),
+        () = deadline => None,
+    };
+    match sent {
+        None => Err(ProxyError::Timeout(timeout)),
+        Some(Ok(response)) => {
+            plan.metrics.upstream_answered(metrics, sent_at.elapsed());
+            Ok(response)
+        }
+        Some(Err(_)) if overrun.happened() => Err(ProxyError::BodyTooLarge {
+            limit: route.max_body.unwrap_or_default(),
+        }),
+        Some(Err(_)) if upload.failed() => Err(ProxyError::BadBody),
+        Some(Err(client::SendError::ConnectTimeout(after))) => Err(ProxyError::Timeout(after)),
+        Some(Err(err)) => {
+            // Error text is scrubbed like a response, whether or not the route scrubs those.
+            let text = err.chain();
+            let text = match redactor.cloned().or_else(|| plan.redactor(values)) {
+                Some(redactor) => redactor.text(&text),
+                None => text,
+            };
+            Err(ProxyError::Unreachable(text))
+        }
+    }
 }
 
 /// An upstream answer with both `Content-Length` and `Transfer-Encoding`, or a transfer coding

@@ -32,6 +32,9 @@ pub struct RoutePlan {
     pub metrics: Arc<RouteMetrics>,
     /// The route's rate-limit counters (carried over across reloads while the limit is equal).
     pub limiter: Option<Arc<LimitState>>,
+    /// The route's OAuth2 token source (`auth = { oauth2 = "NAME" }`), shared by the routes
+    /// naming it.
+    pub oauth2: Option<Arc<crate::features::oauth2::TokenSource>>,
     redactor: ArcSwapOption<CachedRedactor>,
 }
 
@@ -62,13 +65,15 @@ impl RoutePlan {
             allow,
             metrics: Arc::new(RouteMetrics::new(&route.name)),
             limiter: limits.for_route(&route.name),
+            oauth2: None,
             redactor: ArcSwapOption::empty(),
             route: route.clone(),
         })
     }
 
     /// The route's scrubber for these secret values (`None` when it injects none); built on the
-    /// first request and again only when a value changed.
+    /// first request and again only when a value changed. Values past the route's named secrets
+    /// are extra injected values (the OAuth2 token), scrubbed too.
     pub fn redactor(&self, values: &[Arc<SecretString>]) -> Option<Arc<Redactor>> {
         let same = |cached: &CachedRedactor| {
             cached.identity.len() == values.len()
@@ -84,13 +89,18 @@ impl RoutePlan {
             return cached.redactor.clone();
         }
         let names: Vec<&String> = self.route.secrets.iter().collect();
-        let redactor = Redactor::for_route(&self.route, |name| {
-            let index = names
-                .iter()
-                .position(|n| *n == name)
-                .expect("route.secrets lists every used secret");
-            SecretString::clone(&values[index])
-        })
+        let extra: Vec<&SecretString> = values[names.len().min(values.len())..].iter().map(|v| &**v).collect();
+        let redactor = Redactor::for_route_and(
+            &self.route,
+            |name| {
+                let index = names
+                    .iter()
+                    .position(|n| *n == name)
+                    .expect("route.secrets lists every used secret");
+                SecretString::clone(&values[index])
+            },
+            &extra,
+        )
         .map(Arc::new);
         self.redactor.store(Some(Arc::new(CachedRedactor {
             identity: values.iter().map(|value| Arc::as_ptr(value) as usize).collect(),

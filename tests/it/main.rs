@@ -18,6 +18,7 @@ mod daemon;
 mod harness;
 mod jq_conformance;
 mod keyring;
+mod oauth2;
 mod presets;
 mod proxy;
 mod quickstart;

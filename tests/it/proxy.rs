@@ -491,7 +491,13 @@ async fn browser_headers_are_stripped_before_the_upstream() {
     assert_eq!(browser(proxy.url("/c/x")).send().await.unwrap().status(), 200);
     let received = upstream.received();
     let default = &received[0];
-    for gone in ["origin", "referer", "sec-fetch-site", "sec-fetch-mode", "sec-ch-ua-platform"] {
+    for gone in [
+        "origin",
+        "referer",
+        "sec-fetch-site",
+        "sec-fetch-mode",
+        "sec-ch-ua-platform",
+    ] {
         assert_eq!(default.header(gone), None, "default route forwarded {gone}");
     }
     assert_eq!(default.header("accept-language"), Some("nb-NO"));
@@ -499,7 +505,11 @@ async fn browser_headers_are_stripped_before_the_upstream() {
     let custom = &received[1];
     assert_eq!(custom.header("user-agent"), Some("my-app/1.0"), "the injected one wins");
     assert_eq!(custom.header("x-debug-trace"), None);
-    assert_eq!(custom.header("origin"), Some("http://localhost:5173"), "its own list replaced the default");
+    assert_eq!(
+        custom.header("origin"),
+        Some("http://localhost:5173"),
+        "its own list replaced the default"
+    );
     proxy.shutdown().await;
 }
 

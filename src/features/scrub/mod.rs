@@ -86,9 +86,22 @@ impl std::fmt::Debug for Redactor {
 impl Redactor {
     /// The redactor for a route's injected secrets; `None` when the route injects none.
     pub fn for_route(route: &Route, secret: impl Fn(&str) -> SecretString) -> Option<Redactor> {
+        Redactor::for_route_and(route, secret, &[])
+    }
+
+    /// Like [`Redactor::for_route`], also finding `extra` values the route injects that are not
+    /// named secrets (its OAuth2 token).
+    pub fn for_route_and(
+        route: &Route,
+        secret: impl Fn(&str) -> SecretString,
+        extra: &[&SecretString],
+    ) -> Option<Redactor> {
         let mut forms: Vec<Zeroizing<Vec<u8>>> = Vec::new();
         for name in &route.secrets {
             forms::add_forms(&mut forms, secret(name).expose_secret().as_bytes());
+        }
+        for value in extra {
+            forms::add_forms(&mut forms, value.expose_secret().as_bytes());
         }
         Redactor::new(&forms)
     }
