@@ -135,15 +135,25 @@ impl Redactor {
     /// Drops every header whose name holds a form of a secret (in either case), and scrubs every
     /// header value in place.
     pub fn headers(&self, headers: &mut HeaderMap) {
-        let named: Vec<http::HeaderName> = headers
+        // Most headers hold no escape and no raw form: one automaton pass each, no allocation.
+        let dirty = |engine: &Engine, bytes: &[u8]| !engine.clean(bytes) && engine.scrub(bytes).1;
+        if headers
             .keys()
-            .filter(|name| self.caseless.scrub(name.as_str().as_bytes()).1)
-            .cloned()
-            .collect();
-        for name in named {
-            headers.remove(name);
+            .any(|name| dirty(&self.caseless, name.as_str().as_bytes()))
+        {
+            let named: Vec<http::HeaderName> = headers
+                .keys()
+                .filter(|name| dirty(&self.caseless, name.as_str().as_bytes()))
+                .cloned()
+                .collect();
+            for name in named {
+                headers.remove(name);
+            }
         }
         for value in headers.values_mut() {
+            if self.exact.clean(value.as_bytes()) {
+                continue;
+            }
             let (scrubbed, redacted) = self.exact.scrub(value.as_bytes());
             if redacted {
                 *value = HeaderValue::from_bytes(&scrubbed).unwrap_or(HeaderValue::from_static("[REDACTED]"));

@@ -103,8 +103,20 @@ impl Engine {
         if decoding.percent() { &self.plus } else { &self.raw }
     }
 
+    /// True when `bytes` certainly holds no form of a secret: nothing a view would decode (no
+    /// `%` or `\\`, and no `+` or space when those matter to the patterns), so every view reads
+    /// the raw bytes, and the raw patterns do not occur. One automaton pass, no allocation.
+    pub fn clean(&self, bytes: &[u8]) -> bool {
+        let escapes = memchr::memchr2(b'%', b'\\', bytes).is_some()
+            || (!self.same_sets && memchr::memchr2(b'+', b' ', bytes).is_some());
+        !escapes && !self.raw.automaton.is_match(bytes)
+    }
+
     /// `bytes` scrubbed whole, and whether anything was redacted.
     pub fn scrub(&self, bytes: &[u8]) -> (Vec<u8>, bool) {
+        if self.clean(bytes) {
+            return (bytes.to_vec(), false);
+        }
         let mut scanner = Scanner::default();
         let mut out = scanner.push(self, bytes).to_vec();
         out.extend_from_slice(&scanner.finish(self));
