@@ -186,6 +186,16 @@ pub(crate) fn relative_to_config(source: &Source<'_>, path: &Path) -> PathBuf {
     }
 }
 
+/// A `ca-file` key: a PEM file, relative paths taken from the config file's directory (like
+/// `static-dir` and schema files).
+pub(crate) fn ca_file(path: &toml::Spanned<String>, key: String, source: &Source<'_>) -> Result<PathBuf, ConfigError> {
+    let resolved = relative_to_config(source, Path::new(path.get_ref()));
+    if !resolved.is_file() {
+        return Err(source.error(path.span(), key, format!("`{}` is not a readable file", path.get_ref())));
+    }
+    Ok(resolved)
+}
+
 /// `listen` as users write it: `IP:PORT`, `[::1]:PORT`, `localhost:PORT` (127.0.0.1), or a port
 /// alone (`8787`, `:8787`), which means 127.0.0.1. Used by `[server] listen` and `--listen`.
 pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
@@ -537,6 +547,24 @@ fn secret_source(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relative_ca_file_is_read_next_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "not checked here").unwrap();
+        let config_path = dir.path().join("proxy.toml");
+        let text = "[routes.a]\npath = \"/a\"\nupstream = \"https://x.example/\"\nca-file = \"ca.pem\"\n";
+        let config = Config::parse(text, config_path.to_str().unwrap()).unwrap();
+        assert_eq!(
+            config.routes[0].ca_file.as_deref(),
+            Some(dir.path().join("ca.pem").as_path())
+        );
+        let error = Config::parse(text, "elsewhere/proxy.toml").unwrap_err().to_string();
+        assert!(
+            error.contains("routes.a.ca-file: `ca.pem` is not a readable file"),
+            "{error}"
+        );
+    }
 
     /// The error `text` fails with, as printed (file `proxy.toml`).
     pub(super) fn err(text: &str) -> String {

@@ -4,7 +4,6 @@
 //! they name is declared; headers that belong to the connection cannot be set).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
 use http::{HeaderName, Method};
 
@@ -252,17 +251,7 @@ pub(super) fn validate_route(
 
     let ca_file = match &raw.ca_file {
         None => None,
-        Some(path) => {
-            let path_buf = PathBuf::from(path.get_ref());
-            if !path_buf.is_file() {
-                return Err(source.error(
-                    path.span(),
-                    key("ca-file"),
-                    format!("`{}` is not a readable file", path.get_ref()),
-                ));
-            }
-            Some(path_buf)
-        }
+        Some(path) => Some(super::ca_file(path, key("ca-file"), source)?),
     };
 
     Ok(Route {

@@ -182,17 +182,7 @@ impl OAuth2Config {
         }
         let ca_file = match &raw.ca_file {
             None => None,
-            Some(path) => {
-                let path_buf = crate::config::relative_to_config(source, std::path::Path::new(path.get_ref()));
-                if !path_buf.is_file() {
-                    return Err(source.error(
-                        path.span(),
-                        key("ca-file"),
-                        format!("`{}` is not a readable file", path.get_ref()),
-                    ));
-                }
-                Some(path_buf)
-            }
+            Some(path) => Some(crate::config::ca_file(path, key("ca-file"), source)?),
         };
         let timeout = match &raw.timeout {
             None => DEFAULT_TIMEOUT,
