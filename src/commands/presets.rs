@@ -3,7 +3,7 @@
 //! lists the same data; a test per preset checks that the written route injects as the provider
 //! expects.
 
-use crate::config::edit::NewRoute;
+use crate::config::edit::{NewRoute, NewTokenSource};
 
 /// How a provider takes its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +14,9 @@ pub enum Auth {
     Header(&'static str),
     /// A query parameter holding the key.
     Query(&'static str),
+    /// An OAuth2 client-credentials token minted from a client id and secret at `token_url`
+    /// (`[oauth2.NAME]`), sent as `Authorization: Bearer TOKEN`.
+    OAuth2 { token_url: &'static str },
 }
 
 /// One provider.
@@ -104,6 +107,17 @@ pub const PRESETS: &[Preset] = &[
         headers: &[],
         example: "data/2.5/weather?q=Berlin",
     },
+    Preset {
+        id: "paypal",
+        provider: "PayPal",
+        upstream: "https://api-m.paypal.com/{rest}",
+        methods: &["GET", "POST", "PATCH", "DELETE"],
+        auth: Auth::OAuth2 {
+            token_url: "https://api-m.paypal.com/v1/oauth2/token",
+        },
+        headers: &[],
+        example: "v2/checkout/orders/ORDER-ID",
+    },
 ];
 
 /// The preset called `id`, or an error that lists them all.
@@ -132,6 +146,7 @@ impl Preset {
             Auth::Bearer => headers.push(("Authorization".to_string(), format!("Bearer {reference}"))),
             Auth::Header(name) => headers.push((name.to_string(), reference)),
             Auth::Query(name) => query.push((name.to_string(), reference)),
+            Auth::OAuth2 { .. } => {}
         }
         headers.extend(self.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())));
         NewRoute {
@@ -142,7 +157,30 @@ impl Preset {
             headers,
             query,
             allow_http: false,
+            oauth2: matches!(self.auth, Auth::OAuth2 { .. }).then(|| route.to_string()),
         }
+    }
+
+    /// The secrets the route needs, for `secret`: the key itself, or an OAuth2 client's id and
+    /// secret (`SECRET-client-id`, `SECRET-client-secret`).
+    pub fn secrets(&self, secret: &str) -> Vec<String> {
+        match self.auth {
+            Auth::OAuth2 { .. } => vec![format!("{secret}-client-id"), format!("{secret}-client-secret")],
+            _ => vec![secret.to_string()],
+        }
+    }
+
+    /// The `[oauth2.ROUTE]` token source an OAuth2 preset needs.
+    pub fn token_source(&self, route: &str, secret: &str) -> Option<NewTokenSource> {
+        let Auth::OAuth2 { token_url } = self.auth else {
+            return None;
+        };
+        Some(NewTokenSource {
+            name: route.to_string(),
+            token_url: token_url.to_string(),
+            client_id: format!("${{{secret}-client-id}}"),
+            client_secret: format!("${{{secret}-client-secret}}"),
+        })
     }
 
     /// How the key is sent, for the README table and `--help`.
@@ -151,6 +189,7 @@ impl Preset {
             Auth::Bearer => "`Authorization: Bearer KEY`".to_string(),
             Auth::Header(name) => format!("`{name}: KEY`"),
             Auth::Query(name) => format!("`?{name}=KEY`"),
+            Auth::OAuth2 { .. } => "`Authorization: Bearer TOKEN`, an OAuth2 client-credentials token".to_string(),
         }
     }
 }
@@ -163,8 +202,23 @@ mod tests {
     fn every_preset_makes_a_valid_route() {
         for preset in PRESETS {
             let route = preset.route(preset.id, preset.id);
+            let secrets: String = preset
+                .secrets(preset.id)
+                .iter()
+                .map(|s| format!("[secrets.{s}]\nenv = \"K\"\n"))
+                .collect();
+            let oauth2 = preset.token_source(preset.id, preset.id).map_or(String::new(), |t| {
+                format!(
+                    "[oauth2.{}]\ntoken-url = \"{}\"\nclient-id = \"{}\"\nclient-secret = \"{}\"\n",
+                    t.name, t.token_url, t.client_id, t.client_secret
+                )
+            });
+            let auth = route
+                .oauth2
+                .as_ref()
+                .map_or(String::new(), |name| format!("auth = {{ oauth2 = \"{name}\" }}\n"));
             let text = format!(
-                "[secrets.{id}]\nenv = \"K\"\n[routes.{id}]\npath = \"{path}\"\nupstream = \"{up}\"\nmethods = {methods:?}\nheaders = {{ {headers} }}\nquery = {{ {query} }}\n",
+                "{secrets}{oauth2}[routes.{id}]\n{auth}path = \"{path}\"\nupstream = \"{up}\"\nmethods = {methods:?}\nheaders = {{ {headers} }}\nquery = {{ {query} }}\n",
                 id = preset.id,
                 path = route.path,
                 up = route.upstream,
@@ -182,8 +236,12 @@ mod tests {
                     .collect::<Vec<_>>()
                     .join(", "),
             );
-            let config = crate::config::Config::parse(&text, "t").unwrap_or_else(|e| panic!("{}: {e}", preset.id));
-            assert!(config.routes[0].secrets.contains(preset.id), "{}", preset.id);
+            let config =
+                crate::config::Config::parse(&text, "t").unwrap_or_else(|e| panic!("{}: {e}\n{text}", preset.id));
+            match preset.auth {
+                Auth::OAuth2 { .. } => assert_eq!(config.routes[0].oauth2.as_deref(), Some(preset.id)),
+                _ => assert!(config.routes[0].secrets.contains(preset.id), "{}", preset.id),
+            }
         }
         assert!(find("OpenAI").is_ok());
         assert!(

@@ -42,11 +42,13 @@ fn add(args: RouteAddArgs) -> anyhow::Result<()> {
     let path = config::locate(args.config.config.as_deref())?;
     let mut file = ConfigFile::open(&path)?;
     let mut to_declare = Vec::new();
+    let mut token_source = None;
     let mut route = match &args.preset {
         Some(id) => {
             let preset = presets::find(id)?;
             let secret = args.secret.clone().unwrap_or_else(|| preset.id.to_string());
-            to_declare.push(secret.clone());
+            to_declare.extend(preset.secrets(&secret));
+            token_source = preset.token_source(&args.name, &secret);
             preset.route(&args.name, &secret)
         }
         None => NewRoute {
@@ -90,6 +92,9 @@ fn add(args: RouteAddArgs) -> anyhow::Result<()> {
             file.declare_secret(&secret, &NewSecret::Keyring(secret.clone()))?;
             declared.push(secret);
         }
+    }
+    if let Some(source) = &token_source {
+        file.add_token_source(source)?;
     }
     file.add_route(&route)?;
     let config = file.save()?;

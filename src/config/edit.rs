@@ -77,6 +77,18 @@ pub struct NewRoute {
     pub query: Vec<(String, String)>,
     /// Write `allow-http = true` (plain HTTP to a non-loopback upstream).
     pub allow_http: bool,
+    /// Write `auth = { oauth2 = "NAME" }`.
+    pub oauth2: Option<String>,
+}
+
+/// An `[oauth2.NAME]` token source to add (client-credentials grant, Basic client auth).
+#[derive(Debug, Clone)]
+pub struct NewTokenSource {
+    pub name: String,
+    pub token_url: String,
+    /// Templates, e.g. `${paypal-client-id}`.
+    pub client_id: String,
+    pub client_secret: String,
 }
 
 /// Where a secret declared from the command line comes from.
@@ -140,7 +152,35 @@ impl ConfigFile {
         if route.allow_http {
             table.insert("allow-http", value(true));
         }
+        if let Some(source) = &route.oauth2 {
+            let mut auth = InlineTable::new();
+            auth.insert("oauth2", source.as_str().into());
+            table.insert("auth", value(auth));
+        }
         routes.insert(&route.name, Item::Table(table));
+        Ok(())
+    }
+
+    /// Adds `[oauth2.NAME]` unless a token source of that name exists.
+    pub fn add_token_source(&mut self, source: &NewTokenSource) -> Result<(), EditError> {
+        let first_table = self.doc.as_table().is_empty();
+        if !self.doc.contains_key("oauth2") {
+            let mut parent = Table::new();
+            parent.set_implicit(true);
+            self.doc.insert("oauth2", Item::Table(parent));
+        }
+        let Some(sources) = self.doc.get_mut("oauth2").and_then(Item::as_table_mut) else {
+            return Err(EditError::Shape(self.path.clone()));
+        };
+        if sources.contains_key(&source.name) {
+            return Ok(());
+        }
+        let mut table = Table::new();
+        table.decor_mut().set_prefix(if first_table { "" } else { "\n" });
+        table.insert("token-url", value(&source.token_url));
+        table.insert("client-id", value(&source.client_id));
+        table.insert("client-secret", value(&source.client_secret));
+        sources.insert(&source.name, Item::Table(table));
         Ok(())
     }
 
@@ -297,6 +337,7 @@ mod tests {
             headers: vec![("X-Key".into(), "${gh}".into())],
             query: vec![("k".into(), "v".into())],
             allow_http: false,
+            oauth2: None,
         })
         .unwrap();
         let config = file.save().unwrap();

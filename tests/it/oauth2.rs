@@ -455,3 +455,50 @@ fn reload_keeps_an_unchanged_source_and_replaces_a_changed_one() {
     let debug = format!("{:?}", changed.oauth2["pay"]);
     assert!(debug.contains("pay") && debug.contains("auth.example"), "{debug}");
 }
+
+/// `route add NAME --preset paypal` writes the token source and the route, and — pointed at the
+/// Authlib server standing in for PayPal — the daemon mints a token and calls the API with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_paypal_preset_writes_a_token_source_that_works() {
+    let server = AuthServer::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(
+        &path,
+        "[secrets.pay-client-id]\nenv = \"PAY_ID\"\n[secrets.pay-client-secret]\nenv = \"PAY_SECRET\"\n",
+    )
+    .unwrap();
+    let added = crate::cli::run(&["route", "add", "pay", "--preset", "paypal", "--secret", "pay"], &path);
+    assert_eq!(added.status.code(), Some(0), "{}", crate::cli::stderr(&added));
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        written.contains(
+            "[oauth2.pay]\ntoken-url = \"https://api-m.paypal.com/v1/oauth2/token\"\nclient-id = \"${pay-client-id}\"\nclient-secret = \"${pay-client-secret}\"\n"
+        ),
+        "{written}"
+    );
+    assert!(
+        written.contains("upstream = \"https://api-m.paypal.com/{rest}\""),
+        "{written}"
+    );
+    assert!(written.contains("auth = { oauth2 = \"pay\" }"), "{written}");
+    assert!(
+        !crate::cli::stdout(&added).contains("declared secret"),
+        "the secrets existed"
+    );
+
+    let served = written
+        .replace("https://api-m.paypal.com/v1/oauth2/token", &server.url("/token"))
+        .replace("https://api-m.paypal.com", &server.url("/api"));
+    let daemon = start_daemon(served).await;
+    let response = client()
+        .get(daemon.url("/api/pay/v2/checkout/orders/1"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.count("mints").await, 1);
+    assert_nothing_leaked(&server, &daemon, &body).await;
+}

@@ -195,7 +195,7 @@ fn an_unknown_preset_lists_the_known_ones() {
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(
         stderr(&output),
-        "error: no preset `openapi`; presets are openai, anthropic, github, stripe, gemini, mistral, sendgrid, openweathermap. For another API give --path, --upstream and --bearer/--header/--query\n"
+        "error: no preset `openapi`; presets are openai, anthropic, github, stripe, gemini, mistral, sendgrid, openweathermap, paypal. For another API give --path, --upstream and --bearer/--header/--query\n"
     );
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
 }
