@@ -94,17 +94,25 @@ fn outbound(
                 )
             })?;
             let params: Vec<(&str, &str)> = matched.params.iter().collect();
-            let mut url = route
+            // The same target the proxy builds (see `pipeline::forward`).
+            let target = route
                 .upstream
-                .render(|name| params.iter().find(|(p, _)| *p == name).map(|(_, v)| *v));
-            if !route.upstream.contains(&url) {
-                anyhow::bail!(
-                    "`{client_path}` does not map to a URL under the route's upstream; the proxy answers 400"
-                );
+                .render_target(|name| params.iter().find(|(p, _)| *p == name).map(|(_, v)| *v))
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "`{client_path}` does not map to a URL under the route's upstream; the proxy answers 400"
+                    )
+                })?;
+            let (path, template_query) = target
+                .split_once('?')
+                .map_or((target.as_str(), None), |(p, q)| (p, Some(q)));
+            let (query, _) = build_query(template_query, client_query, &injected_query);
+            let origin = route.upstream.base.origin().ascii_serialization();
+            if query.is_empty() {
+                format!("{origin}{path}")
+            } else {
+                format!("{origin}{path}?{}", query.as_str())
             }
-            let (query, _) = build_query(url.query(), client_query, &injected_query);
-            url.set_query((!query.is_empty()).then_some(query.as_str()));
-            url.to_string()
         }
         None => {
             // No client path: the upstream template itself, parameters left as `{name}`.

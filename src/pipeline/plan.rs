@@ -109,3 +109,33 @@ impl RoutePlan {
         redactor
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn redactors_are_built_once_per_set_of_secret_values() {
+        let config = crate::config::Config::parse(
+            "[secrets.k]\nenv = \"K\"\n[routes.r]\npath = \"/r\"\nupstream = \"https://x.example/\"\nauth = { bearer = \"k\" }\n",
+            "t",
+        )
+        .unwrap();
+        let limits = crate::features::ratelimit::Limiters::build(&config.routes, None);
+        let plan = RoutePlan::build(&config.routes[0], &mut Upstreams::default(), &limits).unwrap();
+        let first = Arc::new(SecretString::from("value-one".to_string()));
+        let a = plan.redactor(std::slice::from_ref(&first)).unwrap();
+        let b = plan.redactor(std::slice::from_ref(&first)).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        // A new value (a secret that arrived later) gets a new redactor that knows it.
+        let second = Arc::new(SecretString::from("value-two".to_string()));
+        let c = plan.redactor(std::slice::from_ref(&second)).unwrap();
+        assert!(!Arc::ptr_eq(&a, &c));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-echo", HeaderValue::from_static("value-two"));
+        c.headers(&mut headers);
+        assert_eq!(headers["x-echo"], "[REDACTED]");
+        assert!(!format!("{plan:?}{c:?}").contains("value"));
+    }
+}

@@ -9,7 +9,7 @@ use crate::cli::{NO_BUS, run, stderr, stdout};
 use crate::harness::{assert_no_secret, binary, require_session_bus, unique};
 
 /// Runs `secretproxy ARGS --config PATH` with `input` on a piped stdin.
-fn run_with_stdin(args: &[&str], config: &Path, input: &str) -> Output {
+pub fn run_with_stdin(args: &[&str], config: &Path, input: &str) -> Output {
     use std::io::Write;
     let mut child = binary()
         .args(args)

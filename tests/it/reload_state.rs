@@ -3,7 +3,7 @@
 //! when their own limit changes; `secret set` and `secret delete` reach a running daemon within
 //! seconds (the real Secret Service). Values never show in logs, outputs or responses.
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
@@ -99,21 +99,10 @@ async fn buckets_and_quotas_survive_an_unrelated_reload_and_reset_when_changed()
     assert_no_secret(&bodies, &[SECRET], "responses");
 }
 
-/// `secretproxy secret ARGS --config PATH`, with `input` on a piped stdin.
+/// `secretproxy secret ARGS --config PATH`, with `input` on a piped stdin; must succeed.
 fn secret_command(args: &[&str], config: &std::path::Path, input: &str) -> Output {
-    use std::io::Write;
-    let mut child = binary()
-        .arg("secret")
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
-    let output = child.wait_with_output().unwrap();
+    let args: Vec<&str> = std::iter::once("secret").chain(args.iter().copied()).collect();
+    let output = crate::cli_secret::run_with_stdin(&args, config, input);
     assert!(output.status.success(), "secret {args:?}: {output:?}");
     output
 }

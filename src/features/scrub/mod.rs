@@ -37,46 +37,6 @@ pub struct Redactor {
     caseless: Engine,
 }
 
-/// The redactors of one generation, by route, built once per set of secret values.
-///
-/// Building the automaton is the expensive part of scrubbing; a route's secrets only change when
-/// a missing one arrives (a new `Arc` in the secret cache), so the key is the identity of the
-/// value `Arc`s the request read.
-#[derive(Default)]
-pub struct Redactors {
-    by_route: std::sync::Mutex<std::collections::HashMap<String, CachedRedactor>>,
-}
-
-/// The identities of the secret values a redactor was built from, and the redactor.
-type CachedRedactor = (Vec<usize>, Option<Arc<Redactor>>);
-
-impl std::fmt::Debug for Redactors {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Redactors([REDACTED])")
-    }
-}
-
-impl Redactors {
-    /// The route's redactor for these secret values, built on first use.
-    pub fn get(
-        &self,
-        route: &Route,
-        values: &[(&str, Arc<SecretString>)],
-        secret: impl Fn(&str) -> SecretString,
-    ) -> Option<Arc<Redactor>> {
-        let identity: Vec<usize> = values.iter().map(|(_, value)| Arc::as_ptr(value) as usize).collect();
-        let mut by_route = self.by_route.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((known, redactor)) = by_route.get(&route.name)
-            && *known == identity
-        {
-            return redactor.clone();
-        }
-        let redactor = Redactor::for_route(route, secret).map(Arc::new);
-        by_route.insert(route.name.clone(), (identity, redactor.clone()));
-        redactor
-    }
-}
-
 impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Redactor([REDACTED])")
