@@ -310,6 +310,19 @@ pub fn assert_no_secret(haystack: &str, secrets: &[&str], what: &str) {
 }
 
 /// Panics with a pointer to the test script when no session bus (and so no keyring) is around.
+/// The Python of `tests/.venv`, where scripts/test installs `tests/requirements.txt` (the real
+/// peers some tests run: Authlib, ...).
+pub fn python() -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/.venv/bin/python");
+    assert!(
+        path.exists(),
+        "this test needs the Python packages of tests/requirements.txt in tests/.venv: run \
+         scripts/test, which creates it (or: python3 -m venv tests/.venv && \
+         tests/.venv/bin/pip install -r tests/requirements.txt)"
+    );
+    path
+}
+
 pub fn require_session_bus() {
     assert!(
         std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some(),

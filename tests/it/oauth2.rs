@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Daemon, assert_no_secret, binary, client};
+use crate::harness::{Daemon, assert_no_secret, binary, client, python};
 
 const CLIENT_ID: &str = "shop-app";
 /// Characters RFC 6749 2.3.1 makes the client form-encode before Basic auth.
@@ -30,16 +30,6 @@ struct AuthServer {
     child: Child,
     port: u16,
     args: Vec<String>,
-}
-
-fn python() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oauth2/.venv/bin/python");
-    assert!(
-        path.exists(),
-        "the OAuth2 tests need Authlib in tests/oauth2/.venv: run scripts/test, which creates it \
-         (or: python3 -m venv tests/oauth2/.venv && tests/oauth2/.venv/bin/pip install Authlib Flask)"
-    );
-    path
 }
 
 impl AuthServer {
