@@ -69,6 +69,12 @@ impl Set {
         })
     }
 
+    /// Whether `bytes` ends in a proper prefix of a pattern (as [`View::settle`] looks for one).
+    pub(super) fn ends_in_prefix(&self, bytes: &[u8]) -> bool {
+        let from = bytes.len().saturating_sub(self.longest - 1);
+        (from..bytes.len()).any(|q| self.first[bytes[q] as usize] && self.starts_pattern(&bytes[q..]))
+    }
+
     /// Whether `tail` is a proper prefix of a pattern: more bytes could complete a match.
     pub(super) fn starts_pattern(&self, tail: &[u8]) -> bool {
         self.patterns.iter().any(|p| {
@@ -118,7 +124,7 @@ impl Engine {
             return (bytes.to_vec(), false);
         }
         let mut scanner = Scanner::default();
-        let mut out = scanner.push(self, bytes).to_vec();
+        let mut out = scanner.scan(self, bytes).to_vec();
         out.extend_from_slice(&scanner.finish(self));
         (out, scanner.redacted)
     }
@@ -163,7 +169,28 @@ impl Default for Scanner {
 
 impl Scanner {
     /// Takes the next chunk; returns what may be sent now (possibly nothing).
-    pub fn push(&mut self, engine: &Engine, chunk: &[u8]) -> Bytes {
+    pub fn push(&mut self, engine: &Engine, chunk: &Bytes) -> Bytes {
+        // Nothing held, and nothing in this chunk that a view would decode, that matches, or that
+        // the next chunk could complete: every view would pass it through unchanged and keep
+        // nothing, so it goes out as it is, uncopied (most chunks of most bodies).
+        if self.at_rest() && engine.clean(chunk) && !engine.raw.ends_in_prefix(chunk) {
+            let end = self.base + chunk.len() as u64;
+            self.base = end;
+            for view in &mut self.views {
+                view.fed = end;
+            }
+            return chunk.clone();
+        }
+        self.scan(engine, chunk)
+    }
+
+    /// Whether no byte is held back and no view has a tail or a pending escape.
+    fn at_rest(&self) -> bool {
+        self.held.is_empty() && self.spans.is_empty() && self.views.iter().all(View::at_rest)
+    }
+
+    /// [`Scanner::push`] through every view.
+    pub(super) fn scan(&mut self, engine: &Engine, chunk: &[u8]) -> Bytes {
         let at = self.base + self.held.len() as u64;
         self.held.extend_from_slice(chunk);
         let end = at + chunk.len() as u64;
