@@ -20,14 +20,17 @@ use crate::config::access::Access;
 use crate::http::error::ProxyError;
 use crate::pipeline::generation::Generation;
 
-/// The local address of the connection a request came in on; inserted by the server.
+/// What the server knows of the connection a request came in on (passed along with the request,
+/// not in its extensions: that would cost a map allocation per request).
 #[derive(Debug, Clone, Copy)]
-pub struct LocalAddr(pub SocketAddr);
-
-/// Marks a request whose head had both `Content-Length` and `Transfer-Encoding`; inserted by the
-/// server, which saw the raw bytes (hyper drops one of the two before the request gets here).
-#[derive(Debug, Clone, Copy)]
-pub struct AmbiguousFraming;
+pub struct Connection {
+    pub peer: SocketAddr,
+    /// The address the connection was accepted on.
+    pub local: Option<SocketAddr>,
+    /// The request's head had both `Content-Length` and `Transfer-Encoding` (the server saw the
+    /// raw bytes; hyper drops one of the two before the request gets here).
+    pub ambiguous_framing: bool,
+}
 
 /// The header a client may use for the client token instead of `Authorization: Bearer`.
 pub static TOKEN_HEADER: HeaderName = HeaderName::from_static("x-secretproxy-token");
@@ -36,15 +39,14 @@ pub static TOKEN_HEADER: HeaderName = HeaderName::from_static("x-secretproxy-tok
 const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
 
 /// Runs every server-wide check; on success the request may be matched and forwarded.
-pub async fn admit(generation: &Generation, parts: &mut Parts) -> Result<(), ProxyError> {
-    if parts.extensions.get::<AmbiguousFraming>().is_some() {
+pub async fn admit(generation: &Generation, parts: &mut Parts, connection: &Connection) -> Result<(), ProxyError> {
+    if connection.ambiguous_framing {
         return Err(ProxyError::AmbiguousFraming);
     }
     super::path::check(&parts.method, &parts.uri)?;
     normalise_uri(&mut parts.uri)?;
     let access = &generation.config.server.access;
-    let local = parts.extensions.get::<LocalAddr>().map(|local| local.0);
-    check_host(access, &parts.headers, local)?;
+    check_host(access, &parts.headers, connection.local)?;
     check_caller(access, &parts.headers)?;
     if let Some(name) = &access.client_token
         && !super::cors::is_preflight(parts)
@@ -177,8 +179,15 @@ fn check_host(access: &Access, headers: &HeaderMap, local: Option<SocketAddr>) -
     let (Some(host), None) = (hosts.next(), hosts.next()) else {
         return Err(refused());
     };
-    let host = host.to_str().map_err(|_| refused())?.to_ascii_lowercase();
-    let (name, port) = split_host(&host).ok_or_else(refused)?;
+    let host = host.to_str().map_err(|_| refused())?;
+    // Lower-cased only when it has to be (clients send `localhost:PORT` as it is).
+    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    };
+    let host = &*host;
+    let (name, port) = split_host(host).ok_or_else(refused)?;
     let port_matches = local.is_none_or(|local| port.unwrap_or(80) == local.port());
     if LOOPBACK_NAMES.contains(&name) && port_matches {
         return Ok(());

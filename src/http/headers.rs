@@ -34,12 +34,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     if found[0] {
+        // Names in `Connection` that are hop-by-hop anyway (`keep-alive`) cost nothing; only
+        // other names are collected and removed.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|name| {
+                !HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop.as_str()))
+            })
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
             .collect();
         for name in &named {
             headers.remove(name);

@@ -69,9 +69,11 @@ impl Proxy {
         &self.live
     }
 
-    /// Answers one client request from `peer`. Never fails: errors become JSON responses.
+    /// Answers one client request that came in on `connection`. Never fails: errors become JSON
+    /// responses.
     #[instrument(skip_all, name = "request", level = "debug")]
-    pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Logged> {
+    pub async fn handle(&self, request: Request<Incoming>, connection: guard::Connection) -> Response<Logged> {
+        let peer = connection.peer;
         let started = Instant::now();
         let in_flight = self.live.metrics().request_started();
         let generation = self.live.current();
@@ -85,7 +87,7 @@ impl Proxy {
             self.live.metrics(),
             &mut parts,
             body,
-            peer,
+            &connection,
             &bytes_in,
             &mut context,
         )
@@ -167,11 +169,12 @@ async fn dispatch(
     metrics: &crate::daemon::metrics::Metrics,
     parts: &mut Parts,
     body: Incoming,
-    peer: SocketAddr,
+    connection: &guard::Connection,
     bytes_in: &Arc<AtomicU64>,
     context: &mut Context,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    guard::admit(generation, parts).await?;
+    let peer = connection.peer;
+    guard::admit(generation, parts, connection).await?;
     if admin::is_reserved(parts.uri.path()) {
         return admin::answer(
             &parts.method,

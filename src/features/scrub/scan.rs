@@ -118,6 +118,16 @@ impl Engine {
         !escapes && !self.raw.automaton.is_match(bytes)
     }
 
+    /// True when every view would read `bytes` as they are (nothing to decode), find no pattern in
+    /// them and keep no tail: what a scanner at rest may pass on untouched. Spaces are fine when
+    /// the patterns hold no `+` or space; otherwise the percent views' spelling is checked too.
+    fn passes(&self, bytes: &[u8]) -> bool {
+        let plain = |set: &Set| !set.automaton.is_match(bytes) && !set.ends_in_prefix(bytes);
+        memchr::memchr2(b'%', b'\\', bytes).is_none()
+            && plain(&self.raw)
+            && (self.same_sets || memchr::memchr(b'+', bytes).is_none() && plain(&self.plus))
+    }
+
     /// `bytes` scrubbed whole, and whether anything was redacted.
     pub fn scrub(&self, bytes: &[u8]) -> (Vec<u8>, bool) {
         if self.clean(bytes) {
@@ -137,7 +147,9 @@ pub(super) fn plus_to_space(b: u8) -> u8 {
 /// Scrubs one stream: raw bytes in, scrubbed bytes out, holding back only what may still turn
 /// out to be part of a secret.
 pub struct Scanner {
-    views: [View; 4],
+    /// Made on the first chunk that needs them (a body whose chunks all pass untouched never
+    /// does).
+    views: Option<Box<[View; 4]>>,
     /// Raw bytes not yet sent; the first is at stream offset `base`.
     held: BytesMut,
     base: u64,
@@ -152,12 +164,7 @@ pub struct Scanner {
 impl Default for Scanner {
     fn default() -> Scanner {
         Scanner {
-            views: [
-                View::new(Decoding::Raw),
-                View::new(Decoding::Percent),
-                View::new(Decoding::Json),
-                View::new(Decoding::JsonPercent),
-            ],
+            views: None,
             held: BytesMut::new(),
             base: 0,
             spans: Vec::new(),
@@ -173,10 +180,10 @@ impl Scanner {
         // Nothing held, and nothing in this chunk that a view would decode, that matches, or that
         // the next chunk could complete: every view would pass it through unchanged and keep
         // nothing, so it goes out as it is, uncopied (most chunks of most bodies).
-        if self.at_rest() && engine.clean(chunk) && !engine.raw.ends_in_prefix(chunk) {
+        if self.at_rest() && engine.passes(chunk) {
             let end = self.base + chunk.len() as u64;
             self.base = end;
-            for view in &mut self.views {
+            for view in self.views.iter_mut().flat_map(|views| views.iter_mut()) {
                 view.fed = end;
             }
             return chunk.clone();
@@ -186,7 +193,9 @@ impl Scanner {
 
     /// Whether no byte is held back and no view has a tail or a pending escape.
     fn at_rest(&self) -> bool {
-        self.held.is_empty() && self.spans.is_empty() && self.views.iter().all(View::at_rest)
+        self.held.is_empty()
+            && self.spans.is_empty()
+            && self.views.as_ref().is_none_or(|views| views.iter().all(View::at_rest))
     }
 
     /// [`Scanner::push`] through every view.
@@ -195,17 +204,25 @@ impl Scanner {
         self.held.extend_from_slice(chunk);
         let end = at + chunk.len() as u64;
         let mut hold = end;
+        // Views start where scanning starts: everything before went out untouched at rest.
+        let views = self.views.get_or_insert_with(|| {
+            Box::new([Decoding::Raw, Decoding::Percent, Decoding::Json, Decoding::JsonPercent].map(|decoding| {
+                let mut view = View::new(decoding);
+                view.fed = at;
+                view
+            }))
+        });
         // A view whose state equals an earlier view's, and that sees none of its escapes in this
         // chunk, would decode and match exactly as that one does: it takes that one's result
         // instead of scanning again (most chunks of most bodies have no escapes at all).
         let twins = if self.share {
-            self.twins(engine, chunk)
+            Scanner::twins(views, engine, chunk)
         } else {
             [None; 4]
         };
         let mut holds = [end; 4];
-        for i in 0..self.views.len() {
-            let (done, rest) = self.views.split_at_mut(i);
+        for i in 0..views.len() {
+            let (done, rest) = views.split_at_mut(i);
             let view = &mut rest[0];
             if let Some(twin) = twins[i] {
                 view.copy_from(&done[twin]);
@@ -223,8 +240,8 @@ impl Scanner {
     }
 
     /// For each view, an earlier view it may copy for this chunk (see [`Scanner::push`]).
-    fn twins(&self, engine: &Engine, chunk: &[u8]) -> [Option<usize>; 4] {
-        let [raw, percent, json, json_percent] = &self.views;
+    fn twins(views: &[View; 4], engine: &Engine, chunk: &[u8]) -> [Option<usize>; 4] {
+        let [raw, percent, json, json_percent] = views;
         let no_backslash = memchr::memchr(b'\\', chunk).is_none();
         // Percent decoding changes nothing without `%`; its `+`/space spelling matters only if the
         // patterns or the text hold one.
@@ -242,7 +259,10 @@ impl Scanner {
 
     /// Ends the stream: returns everything still held, scrubbed.
     pub fn finish(&mut self, engine: &Engine) -> Bytes {
-        for view in &mut self.views {
+        if self.at_rest() {
+            return Bytes::new();
+        }
+        for view in self.views.iter_mut().flat_map(|views| views.iter_mut()) {
             view.finish();
             view.matches(engine.set(view.decoding), &mut self.spans);
             view.decoded.clear();
