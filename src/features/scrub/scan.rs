@@ -33,6 +33,8 @@ pub struct Engine {
     plus: Set,
     /// Whether both sets are the same (no pattern holds `+` or a space).
     same_sets: bool,
+    /// The shortest pattern's length.
+    shortest: usize,
 }
 
 pub(super) struct Set {
@@ -98,7 +100,9 @@ impl Engine {
             .map(|f| Zeroizing::new(f.iter().map(|&b| plus_to_space(b)).collect::<Vec<u8>>()))
             .collect();
         let same_sets = !raw.iter().any(|f| f.contains(&b'+') || f.contains(&b' '));
+        let shortest = raw.iter().map(|f| f.len()).min()?;
         Some(Engine {
+            shortest,
             raw: Set::new(raw, caseless)?,
             plus: Set::new(plus, caseless)?,
             same_sets,
@@ -109,10 +113,16 @@ impl Engine {
         if decoding.percent() { &self.plus } else { &self.raw }
     }
 
-    /// True when `bytes` certainly holds no form of a secret: nothing a view would decode (no
-    /// `%` or `\\`, and no `+` or space when those matter to the patterns), so every view reads
-    /// the raw bytes, and the raw patterns do not occur. One automaton pass, no allocation.
+    /// True when `bytes` certainly holds no form of a secret: too short for any, or nothing a view
+    /// would decode (no `%` or `\\`, and no `+` or space when those matter to the patterns), so
+    /// every view reads the raw bytes, and the raw patterns do not occur. At most one automaton
+    /// pass, no allocation.
     pub fn clean(&self, bytes: &[u8]) -> bool {
+        // Decoding never lengthens: bytes shorter than every pattern cannot hold one in any view
+        // (most header names and many values).
+        if bytes.len() < self.shortest {
+            return true;
+        }
         let escapes = memchr::memchr2(b'%', b'\\', bytes).is_some()
             || (!self.same_sets && memchr::memchr2(b'+', b' ', bytes).is_some());
         !escapes && !self.raw.automaton.is_match(bytes)
