@@ -2,11 +2,6 @@
 
 use clap::Parser;
 
-/// Short-lived allocations dominate the request path; mimalloc serves them from per-thread pages
-/// (README, Performance, has the numbers).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     quiet_broken_pipe();
     secretproxy::run(secretproxy::cli::Cli::parse())
