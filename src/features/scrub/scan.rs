@@ -114,25 +114,24 @@ impl Engine {
     }
 
     /// True when `bytes` certainly holds no form of a secret: too short for any, or nothing a view
-    /// would decode (no `%` or `\\`, and no `+` or space when those matter to the patterns), so
-    /// every view reads the raw bytes, and the raw patterns do not occur. At most one automaton
-    /// pass, no allocation.
+    /// would decode and no pattern found as they are. No allocation.
     pub fn clean(&self, bytes: &[u8]) -> bool {
         // Decoding never lengthens: bytes shorter than every pattern cannot hold one in any view
         // (most header names and many values).
-        if bytes.len() < self.shortest {
-            return true;
-        }
-        let escapes = memchr::memchr2(b'%', b'\\', bytes).is_some()
-            || (!self.same_sets && memchr::memchr2(b'+', b' ', bytes).is_some());
-        !escapes && !self.raw.automaton.is_match(bytes)
+        bytes.len() < self.shortest || self.undecoded(bytes, |set| !set.automaton.is_match(bytes))
     }
 
     /// True when every view would read `bytes` as they are (nothing to decode), find no pattern in
-    /// them and keep no tail: what a scanner at rest may pass on untouched. Spaces are fine when
-    /// the patterns hold no `+` or space; otherwise the percent views' spelling is checked too.
+    /// them and keep no tail: what a scanner at rest may pass on untouched.
     fn passes(&self, bytes: &[u8]) -> bool {
-        let plain = |set: &Set| !set.automaton.is_match(bytes) && !set.ends_in_prefix(bytes);
+        self.undecoded(bytes, |set| !set.automaton.is_match(bytes) && !set.ends_in_prefix(bytes))
+    }
+
+    /// Whether no view decodes anything in `bytes` (no `%` or `\\`; no `+`, which the percent
+    /// views read as a space, when that matters to the patterns) and `plain` holds for each set
+    /// the views read them with. A space needs no decoding: with patterns that hold `+` or a space,
+    /// the percent views' set is checked as well as the raw one.
+    fn undecoded(&self, bytes: &[u8], plain: impl Fn(&Set) -> bool) -> bool {
         memchr::memchr2(b'%', b'\\', bytes).is_none()
             && plain(&self.raw)
             && (self.same_sets || memchr::memchr(b'+', bytes).is_none() && plain(&self.plus))
