@@ -35,6 +35,14 @@ fn hop_by_hop_index(name: &str) -> Option<usize> {
     })
 }
 
+/// Whether `name`, in any case, is one of [`HOP_BY_HOP`] (`Connection` tokens are usually
+/// lower-case already: `keep-alive`, `upgrade`).
+fn is_hop_by_hop_in_any_case(name: &str) -> bool {
+    hop_by_hop_index(name).is_some()
+        || name.bytes().any(|b| b.is_ascii_uppercase())
+            && HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop.as_str()))
+}
+
 /// Client headers withheld from the upstream unless the route lists them in `forward-headers`.
 pub static WITHHELD_FROM_UPSTREAM: [HeaderName; 3] = [header::AUTHORIZATION, header::COOKIE, header::HOST];
 
@@ -59,9 +67,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(','))
             .map(str::trim)
-            .filter(|name| {
-                !HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop.as_str()))
-            })
+            .filter(|name| !is_hop_by_hop_in_any_case(name))
             .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
             .collect();
         for name in &named {
