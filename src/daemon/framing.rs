@@ -193,7 +193,11 @@ impl<IO> Sniffed<IO> {
                 .next()
                 .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
         });
-        let length = |h: &httparse::Header<'_>| std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
+        let length = |h: &httparse::Header<'_>| {
+            std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
         let first_length = named("content-length").next().map(length);
         self.verdicts.push(chunked.is_some() && first_length.is_some());
         match (chunked, first_length) {
@@ -218,7 +222,10 @@ fn head_end(buf: &[u8], bytes: &[u8]) -> Option<usize> {
         let new = bytes.len().min(3);
         joint[..overlap].copy_from_slice(&buf[buf.len() - overlap..]);
         joint[overlap..overlap + new].copy_from_slice(&bytes[..new]);
-        if let Some(at) = joint[..overlap + new].windows(4).position(|window| window == b"\r\n\r\n") {
+        if let Some(at) = joint[..overlap + new]
+            .windows(4)
+            .position(|window| window == b"\r\n\r\n")
+        {
             return Some(at + 4 - overlap);
         }
     }

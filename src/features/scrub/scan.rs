@@ -124,7 +124,9 @@ impl Engine {
     /// True when every view would read `bytes` as they are (nothing to decode), find no pattern in
     /// them and keep no tail: what a scanner at rest may pass on untouched.
     fn passes(&self, bytes: &[u8]) -> bool {
-        self.undecoded(bytes, |set| !set.automaton.is_match(bytes) && !set.ends_in_prefix(bytes))
+        self.undecoded(bytes, |set| {
+            !set.automaton.is_match(bytes) && !set.ends_in_prefix(bytes)
+        })
     }
 
     /// Whether no view decodes anything in `bytes` (no `%` or `\\`; no `+`, which the percent
@@ -215,11 +217,13 @@ impl Scanner {
         let mut hold = end;
         // Views start where scanning starts: everything before went out untouched at rest.
         let views = self.views.get_or_insert_with(|| {
-            Box::new([Decoding::Raw, Decoding::Percent, Decoding::Json, Decoding::JsonPercent].map(|decoding| {
-                let mut view = View::new(decoding);
-                view.fed = at;
-                view
-            }))
+            Box::new(
+                [Decoding::Raw, Decoding::Percent, Decoding::Json, Decoding::JsonPercent].map(|decoding| {
+                    let mut view = View::new(decoding);
+                    view.fed = at;
+                    view
+                }),
+            )
         });
         // A view whose state equals an earlier view's, and that sees none of its escapes in this
         // chunk, would decode and match exactly as that one does: it takes that one's result

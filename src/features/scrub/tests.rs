@@ -392,10 +392,19 @@ fn a_chunk_that_cannot_begin_a_secret_goes_out_at_once() {
     let event = b"data: {\"token\": \"hello\"}\n\n";
     assert_eq!(&scanner.push(&redactor.exact, &Bytes::from_static(event))[..], event);
     // A tail that may begin a secret (raw, or as an escape) waits for the next chunk.
-    assert_eq!(&scanner.push(&redactor.exact, &Bytes::from_static(b"data: sk_li"))[..], b"data: ");
-    assert_eq!(&scanner.push(&redactor.exact, &Bytes::from_static(b"ve_abcdef!\n"))[..], b"[REDACTED]!\n");
+    assert_eq!(
+        &scanner.push(&redactor.exact, &Bytes::from_static(b"data: sk_li"))[..],
+        b"data: "
+    );
+    assert_eq!(
+        &scanner.push(&redactor.exact, &Bytes::from_static(b"ve_abcdef!\n"))[..],
+        b"[REDACTED]!\n"
+    );
     assert_eq!(&scanner.push(&redactor.exact, &Bytes::from_static(b"x %7"))[..], b"x ");
-    assert_eq!(&scanner.push(&redactor.exact, &Bytes::from_static(b"3k_live_abcdef"))[..], b"[REDACTED]");
+    assert_eq!(
+        &scanner.push(&redactor.exact, &Bytes::from_static(b"3k_live_abcdef"))[..],
+        b"[REDACTED]"
+    );
     assert_eq!(&scanner.finish(&redactor.exact)[..], b"");
 }
 
@@ -417,11 +426,20 @@ fn a_clean_chunk_at_rest_is_passed_on_uncopied() {
     let out = scanner.push(&redactor.exact, &chunk);
     assert_eq!(out.as_ptr(), chunk.as_ptr());
     // The stream offsets moved on: a secret split over the next chunks is still found whole.
-    assert_eq!(&scanner.push(&redactor.exact, &Bytes::from_static(b" sk_live"))[..], b" ");
-    assert_eq!(&scanner.push(&redactor.exact, &Bytes::from_static(b"_abcdef."))[..], b"[REDACTED].");
+    assert_eq!(
+        &scanner.push(&redactor.exact, &Bytes::from_static(b" sk_live"))[..],
+        b" "
+    );
+    assert_eq!(
+        &scanner.push(&redactor.exact, &Bytes::from_static(b"_abcdef."))[..],
+        b"[REDACTED]."
+    );
     // Not at rest (an escape begun): scanned, even though the chunk itself is clean.
     assert_eq!(&scanner.push(&redactor.exact, &Bytes::from_static(b"%"))[..], b"");
-    assert_eq!(&scanner.push(&redactor.exact, &Bytes::from_static(b"73k_live_abcdef"))[..], b"[REDACTED]");
+    assert_eq!(
+        &scanner.push(&redactor.exact, &Bytes::from_static(b"73k_live_abcdef"))[..],
+        b"[REDACTED]"
+    );
     assert_eq!(&scanner.finish(&redactor.exact)[..], b"");
 }
 
