@@ -555,3 +555,56 @@ mod watch {
         }))
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    #[test]
+    fn links_follow_a_configmap_mount() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().canonicalize().unwrap();
+        std::fs::create_dir(dir.join("..2026_12_01_00_00_00.1")).unwrap();
+        std::fs::write(dir.join("..2026_12_01_00_00_00.1/proxy.toml"), "").unwrap();
+        symlink("..2026_12_01_00_00_00.1", dir.join("..data")).unwrap();
+        symlink("..data/proxy.toml", dir.join("proxy.toml")).unwrap();
+        let found = links(&dir.join("proxy.toml")).unwrap();
+        let entry = |d: &Path, n: &str| (d.to_path_buf(), std::ffi::OsString::from(n));
+        assert_eq!(
+            found,
+            Links {
+                entries: vec![
+                    entry(&dir, "proxy.toml"),
+                    entry(&dir, "..data"),
+                    entry(&dir.join("..2026_12_01_00_00_00.1"), "proxy.toml"),
+                ],
+                file: dir.join("..2026_12_01_00_00_00.1/proxy.toml"),
+            }
+        );
+    }
+
+    #[test]
+    fn links_of_a_plain_file_an_absolute_link_and_a_missing_file() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().canonicalize().unwrap();
+        std::fs::create_dir(dir.join("etc")).unwrap();
+        std::fs::write(dir.join("etc/real.toml"), "").unwrap();
+        let plain = links(&dir.join("etc/real.toml")).unwrap();
+        assert_eq!(plain.entries, vec![(dir.join("etc"), "real.toml".into())]);
+        assert_eq!(plain.file, dir.join("etc/real.toml"));
+
+        symlink(dir.join("etc/real.toml"), dir.join("abs.toml")).unwrap();
+        symlink("etc/../etc", dir.join("up")).unwrap();
+        let linked = links(&dir.join("up/../abs.toml")).unwrap();
+        assert_eq!(linked.file, dir.join("etc/real.toml"));
+        assert_eq!(linked.entries.len(), 3, "{linked:?}");
+
+        let missing = links(&dir.join("none.toml")).unwrap();
+        assert_eq!(missing.entries, vec![(dir.clone(), "none.toml".into())]);
+
+        symlink("loop", dir.join("loop")).unwrap();
+        assert!(links(&dir.join("loop")).is_err());
+    }
+}

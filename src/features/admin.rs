@@ -243,9 +243,110 @@ mod tests {
         }
     }
 
+    /// A generation with two declared secrets, one of them set (in memory).
+    fn generation() -> Generation {
+        let store = std::sync::Arc::new(crate::secrets::memory::MemoryStore::default());
+        store
+            .values
+            .lock()
+            .unwrap()
+            .insert("environment variable `SET_KEY`".into(), "sk-probe-value".into());
+        let config = crate::config::Config::parse(
+            "[secrets.present-key]\nenv = \"SET_KEY\"\n[secrets.absent-key]\nenv = \"UNSET_KEY\"\n\
+             [routes.a]\npath = \"/a\"\nupstream = \"https://example.com/a\"\nheaders = { x-a = \"${present-key}\", x-b = \"${absent-key}\" }\n",
+            "t",
+        )
+        .unwrap();
+        Generation::build(config, store, 7).unwrap()
+    }
+
+    async fn get(path: &str, ip: &str, live: &Live) -> (u16, String) {
+        use http_body_util::BodyExt;
+        let generation = live.current();
+        let response = answer(&Method::GET, path, &http::HeaderMap::new(), peer(ip), &generation, live)
+            .map_err(|e| e.code())
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn probes_answer_any_peer_with_states_only() {
+        let live = Live::new(generation());
+        for ip in ["127.0.0.1", "10.1.2.3"] {
+            let (status, body) = get(LIVE, ip, &live).await;
+            assert_eq!((status, body.as_str()), (200, r#"{"status":"live"}"#));
+            let (status, body) = get(READY, ip, &live).await;
+            assert_eq!(status, 503, "a secret is missing: {body}");
+            let document: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(document["status"], "not_ready");
+            let secrets = &document["checks"][1];
+            assert_eq!(
+                (&secrets["name"], &secrets["ready"], &secrets["missing"], &secrets["resolved"]),
+                (&json!("secrets"), &json!(false), &json!(1), &json!(1))
+            );
+            assert_eq!(document["checks"][0]["generation"], 7);
+            for word in ["sk-probe-value", "absent-key", "present-key", "SET_KEY", "UNSET_KEY", "/a"] {
+                assert!(!body.contains(word), "{word} in {body}");
+            }
+        }
+        // `health` and `metrics` still answer loopback only.
+        let refused = answer(
+            &Method::GET,
+            "/_secretproxy/health",
+            &http::HeaderMap::new(),
+            peer("10.1.2.3"),
+            &live.current(),
+            &live,
+        );
+        assert!(matches!(refused, Err(ProxyError::AdminNotLocal { forwarded: false })));
+        let post = answer(&Method::POST, READY, &http::HeaderMap::new(), peer("10.1.2.3"), &live.current(), &live);
+        assert!(matches!(post, Err(ProxyError::MethodNotAllowed { .. })));
+    }
+
+    #[test]
+    fn draining_is_not_ready() {
+        let checks = |draining: bool| {
+            let readiness = Readiness::default();
+            if draining {
+                readiness.begin_draining();
+            }
+            vec![
+                Check {
+                    name: "config",
+                    ready: true,
+                    state: "loaded",
+                    detail: json!({ "generation": 1 }),
+                },
+                Check {
+                    name: "shutdown",
+                    ready: !readiness.is_draining(),
+                    state: if readiness.is_draining() { "draining" } else { "serving" },
+                    detail: json!({}),
+                },
+            ]
+        };
+        let (ready, document) = ready_document(&checks(false));
+        assert!(ready);
+        assert_eq!(
+            document,
+            json!({ "status": "ready", "checks": [
+                { "name": "config", "ready": true, "state": "loaded", "generation": 1 },
+                { "name": "shutdown", "ready": true, "state": "serving" },
+            ]})
+        );
+        let (ready, document) = ready_document(&checks(true));
+        assert!(!ready);
+        assert_eq!(document["status"], "not_ready");
+        assert_eq!(document["checks"][1]["state"], "draining");
+    }
+
     #[test]
     fn reserved_paths() {
         assert!(is_reserved("/_secretproxy/health"));
+        assert!(is_probe("/_secretproxy/health/ready") && is_probe("/_secretproxy/health/live"));
+        assert!(!is_probe("/_secretproxy/health") && !is_probe("/_secretproxy/health/ready/"));
         assert!(is_reserved("/_secretproxy"));
         assert!(is_reserved("/_secretproxyfoo"));
         assert!(!is_reserved("/api/_secretproxy/health"));

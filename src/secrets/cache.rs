@@ -409,6 +409,23 @@ mod tests {
         assert!(cache.status()[0].2.is_none());
     }
 
+    #[tokio::test]
+    async fn refresh_stale_reads_old_entries_without_waiting() {
+        let store = Arc::new(MemoryStore::default());
+        let source = SecretSource::File("/x".into());
+        let cache = one(store.clone(), &source);
+        assert!(cache.status()[0].2.is_some());
+        store.values.lock().unwrap().insert(source.to_string(), "v1".into());
+        // Fresh: nothing is read.
+        cache.refresh_stale();
+        assert!(cache.slots["x"].state.lock().unwrap().flight.is_none());
+        age(&cache);
+        let mut done = cache.slots["x"].done.subscribe();
+        cache.refresh_stale();
+        done.changed().await.unwrap();
+        assert!(cache.status()[0].2.is_none(), "resolved by the background read");
+    }
+
     #[test]
     fn debug_names_no_value() {
         let store = Arc::new(MemoryStore::default());
