@@ -164,7 +164,11 @@ pub fn answer(
             (StatusCode::OK, json!({ "status": "live" }))
         } else {
             let (ready, document) = ready_document(&readiness_checks(generation, live.readiness()));
-            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             (status, document)
         };
         let mut response = respond(method, "application/json", document.to_string());
@@ -283,11 +287,23 @@ mod tests {
             assert_eq!(document["status"], "not_ready");
             let secrets = &document["checks"][1];
             assert_eq!(
-                (&secrets["name"], &secrets["ready"], &secrets["missing"], &secrets["resolved"]),
+                (
+                    &secrets["name"],
+                    &secrets["ready"],
+                    &secrets["missing"],
+                    &secrets["resolved"]
+                ),
                 (&json!("secrets"), &json!(false), &json!(1), &json!(1))
             );
             assert_eq!(document["checks"][0]["generation"], 7);
-            for word in ["sk-probe-value", "absent-key", "present-key", "SET_KEY", "UNSET_KEY", "/a"] {
+            for word in [
+                "sk-probe-value",
+                "absent-key",
+                "present-key",
+                "SET_KEY",
+                "UNSET_KEY",
+                "/a",
+            ] {
                 assert!(!body.contains(word), "{word} in {body}");
             }
         }
@@ -301,7 +317,14 @@ mod tests {
             &live,
         );
         assert!(matches!(refused, Err(ProxyError::AdminNotLocal { forwarded: false })));
-        let post = answer(&Method::POST, READY, &http::HeaderMap::new(), peer("10.1.2.3"), &live.current(), &live);
+        let post = answer(
+            &Method::POST,
+            READY,
+            &http::HeaderMap::new(),
+            peer("10.1.2.3"),
+            &live.current(),
+            &live,
+        );
         assert!(matches!(post, Err(ProxyError::MethodNotAllowed { .. })));
     }
 

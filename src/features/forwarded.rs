@@ -185,7 +185,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
-            map.append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
         }
         map
     }
@@ -204,7 +207,11 @@ mod tests {
         let one = Cidr::parse("127.0.0.1").unwrap();
         assert!(one.contains("127.0.0.1".parse().unwrap()));
         assert!(!one.contains("127.0.0.2".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("203.0.113.1".parse().unwrap()));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("203.0.113.1".parse().unwrap())
+        );
         assert!(Cidr::parse("fd00::/8").unwrap().contains("fd12::1".parse().unwrap()));
         assert!(Cidr::parse("::/0").unwrap().contains("2001:db8::1".parse().unwrap()));
         for bad in ["10.1.2.3/8", "10.0.0.0/33", "nope", "10.0.0.0/", "fd00::/129"] {
@@ -216,7 +223,10 @@ mod tests {
     fn headers_from_an_untrusted_peer_are_ignored() {
         let list = trusted(&["10.0.0.0/8"]);
         let h = headers(&[("x-forwarded-for", "203.0.113.9"), ("forwarded", "for=198.51.100.1")]);
-        assert_eq!(list.client(peer("192.0.2.1"), &h), "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            list.client(peer("192.0.2.1"), &h),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(
             TrustedProxies::default().client(peer("10.0.0.1"), &h),
             "10.0.0.1".parse::<IpAddr>().unwrap()
@@ -228,10 +238,16 @@ mod tests {
         let list = trusted(&["10.0.0.0/8"]);
         // The client wrote a fake first entry; the balancer appended the real one.
         let h = headers(&[("x-forwarded-for", "1.2.3.4, 203.0.113.9, 10.0.0.7")]);
-        assert_eq!(list.client(peer("10.0.0.1"), &h), "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            list.client(peer("10.0.0.1"), &h),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
         // Several header lines are one list.
         let h = headers(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-for", "203.0.113.9")]);
-        assert_eq!(list.client(peer("10.0.0.1"), &h), "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            list.client(peer("10.0.0.1"), &h),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
         // Every hop trusted: the leftmost.
         let h = headers(&[("x-forwarded-for", "10.1.1.1, 10.2.2.2")]);
         assert_eq!(list.client(peer("10.0.0.1"), &h), "10.1.1.1".parse::<IpAddr>().unwrap());
@@ -254,7 +270,10 @@ mod tests {
         ]);
         assert_eq!(list.client(peer("::1"), &h), "2001:db8::7".parse::<IpAddr>().unwrap());
         let h = headers(&[("forwarded", "for=192.0.2.60:8080;by=203.0.113.43")]);
-        assert_eq!(list.client(peer("10.0.0.1"), &h), "192.0.2.60".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            list.client(peer("10.0.0.1"), &h),
+            "192.0.2.60".parse::<IpAddr>().unwrap()
+        );
         let h = headers(&[("forwarded", "for=unknown")]);
         assert_eq!(list.client(peer("10.0.0.1"), &h), "10.0.0.1".parse::<IpAddr>().unwrap());
     }

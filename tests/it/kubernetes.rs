@@ -91,7 +91,9 @@ fn manifests() -> BTreeMap<String, Value> {
         for document in serde_norway::Deserializer::from_str(&text) {
             let value: Value = serde::Deserialize::deserialize(document)
                 .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()));
-            let kind = value["kind"].as_str().unwrap_or_else(|| panic!("{}: no kind", path.display()));
+            let kind = value["kind"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: no kind", path.display()));
             let name = value["metadata"]["name"].as_str().unwrap_or("");
             objects.insert(format!("{kind}/{name}"), value);
         }
@@ -100,11 +102,15 @@ fn manifests() -> BTreeMap<String, Value> {
 }
 
 fn str_of<'a>(value: &'a Value, what: &str) -> &'a str {
-    value.as_str().unwrap_or_else(|| panic!("{what} is not a string: {value:?}"))
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("{what} is not a string: {value:?}"))
 }
 
 fn seq_of<'a>(value: &'a Value, what: &str) -> &'a Vec<Value> {
-    value.as_sequence().unwrap_or_else(|| panic!("{what} is not a list: {value:?}"))
+    value
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{what} is not a list: {value:?}"))
 }
 
 /// The port number a probe or Service names: a number, or the name of a container port.
@@ -157,7 +163,11 @@ async fn manifests_match_the_daemon() {
         "Secret/secretproxy-secrets",
         "PodDisruptionBudget/secretproxy",
     ] {
-        assert!(objects.contains_key(kind), "{kind} missing from deploy/kubernetes: {:?}", objects.keys());
+        assert!(
+            objects.contains_key(kind),
+            "{kind} missing from deploy/kubernetes: {:?}",
+            objects.keys()
+        );
     }
     let deployment = &objects["Deployment/secretproxy"];
     let pod = &deployment["spec"]["template"]["spec"];
@@ -187,8 +197,14 @@ async fn manifests_match_the_daemon() {
         str_of(&volume["name"], "volume name").to_string()
     };
     let config_mount = mount_of(&volume_with("configMap", "secretproxy-config"));
-    assert!(config_mount.get("subPath").is_none(), "a subPath mount never sees ConfigMap updates");
-    let args: Vec<&str> = seq_of(&container["args"], "args").iter().map(|a| str_of(a, "arg")).collect();
+    assert!(
+        config_mount.get("subPath").is_none(),
+        "a subPath mount never sees ConfigMap updates"
+    );
+    let args: Vec<&str> = seq_of(&container["args"], "args")
+        .iter()
+        .map(|a| str_of(a, "arg"))
+        .collect();
     let config_arg = args[args.iter().position(|a| *a == "--config").unwrap() + 1];
     assert_eq!(
         config_arg,
@@ -215,7 +231,9 @@ async fn manifests_match_the_daemon() {
         .collect();
 
     // Labels: the Service and the PodDisruptionBudget select the Deployment's pods.
-    let labels = deployment["spec"]["template"]["metadata"]["labels"].as_mapping().unwrap();
+    let labels = deployment["spec"]["template"]["metadata"]["labels"]
+        .as_mapping()
+        .unwrap();
     for (key, value) in service["spec"]["selector"].as_mapping().unwrap() {
         assert_eq!(labels.get(key), Some(value), "service selector");
     }
@@ -253,7 +271,10 @@ async fn manifests_match_the_daemon() {
     assert_eq!(security["runAsNonRoot"], Value::Bool(true));
     assert_eq!(security["readOnlyRootFilesystem"], Value::Bool(true));
     assert_eq!(security["allowPrivilegeEscalation"], Value::Bool(false));
-    assert_eq!(seq_of(&security["capabilities"]["drop"], "drop"), &vec![Value::from("ALL")]);
+    assert_eq!(
+        seq_of(&security["capabilities"]["drop"], "drop"),
+        &vec![Value::from("ALL")]
+    );
     let secret_volume = volumes
         .iter()
         .find(|v| v["secret"]["secretName"].as_str() == Some("secretproxy-secrets"))
@@ -267,16 +288,26 @@ async fn manifests_match_the_daemon() {
     let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
     let delay = seconds(server["shutdown-delay"].as_str().unwrap());
     let drain = seconds(server["shutdown-timeout"].as_str().unwrap());
-    assert!(grace > delay + drain, "grace {grace}s <= delay {delay}s + drain {drain}s");
+    assert!(
+        grace > delay + drain,
+        "grace {grace}s <= delay {delay}s + drain {drain}s"
+    );
     let period = container["readinessProbe"]["periodSeconds"].as_u64().unwrap();
     let failures = container["readinessProbe"]["failureThreshold"].as_u64().unwrap();
-    assert!(period * failures < delay, "the readiness probe notices the delay in time");
+    assert!(
+        period * failures < delay,
+        "the readiness probe notices the delay in time"
+    );
 
     // The Containerfile builds the binary the Deployment runs, as a non-root user.
     let containerfile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Containerfile")).unwrap();
     let from: Vec<&str> = containerfile.lines().filter(|l| l.starts_with("FROM ")).collect();
     assert!(from.first().is_some_and(|l| l.contains("rust:1-bookworm")), "{from:?}");
-    assert!(from.last().is_some_and(|l| l.contains("distroless/cc-debian12:nonroot")), "{from:?}");
+    assert!(
+        from.last()
+            .is_some_and(|l| l.contains("distroless/cc-debian12:nonroot")),
+        "{from:?}"
+    );
     assert!(containerfile.contains("\nUSER 65532:65532\n"));
     assert!(containerfile.contains(&format!("EXPOSE {container_port}")));
 
@@ -293,7 +324,11 @@ async fn manifests_match_the_daemon() {
     let http = client();
     let mut bodies = String::new();
     for (path, get) in probes {
-        assert_eq!(get.get("httpHeaders"), None, "the probes need no header (no Host, no token)");
+        assert_eq!(
+            get.get("httpHeaders"),
+            None,
+            "the probes need no header (no Host, no token)"
+        );
         let response = http
             .get(daemon.url(path))
             .header("host", format!("10.244.1.17:{}", daemon.addr.port()))
@@ -346,17 +381,26 @@ async fn a_rotated_secret_volume_is_picked_up() {
     std::fs::write(&config_path, config).unwrap();
     let daemon = Daemon::start_at(root, config_path, &[]);
     let http = client();
-    let seen = |upstream: &Upstream| upstream.received().last().and_then(|r| r.header("authorization").map(str::to_string));
+    let seen = |upstream: &Upstream| {
+        upstream
+            .received()
+            .last()
+            .and_then(|r| r.header("authorization").map(str::to_string))
+    };
 
     assert_eq!(http.get(daemon.url("/api")).send().await.unwrap().status(), 200);
     assert_eq!(seen(&upstream).as_deref(), Some(format!("Bearer {OLD_KEY}").as_str()));
 
     secrets.write(&[("api-key", &format!("{NEW_KEY}\n"))]);
     let expected = format!("Bearer {NEW_KEY}");
-    eventually(Duration::from_secs(15), "the rotated secret reaching the upstream", async || {
-        http.get(daemon.url("/api")).send().await.unwrap().status() == 200
-            && seen(&upstream).as_deref() == Some(expected.as_str())
-    })
+    eventually(
+        Duration::from_secs(15),
+        "the rotated secret reaching the upstream",
+        async || {
+            http.get(daemon.url("/api")).send().await.unwrap().status() == 200
+                && seen(&upstream).as_deref() == Some(expected.as_str())
+        },
+    )
     .await;
     let logs = daemon.wait_for_log("secret changed; the new value is in use", 1, Duration::from_secs(5));
     assert!(!logs.contains("config reloaded"), "a secret rotation is not a reload");
@@ -366,7 +410,7 @@ async fn a_rotated_secret_volume_is_picked_up() {
 }
 
 fn routes_config(upstream: &str, routes: &[&str]) -> String {
-    let mut text = format!("[secrets.key]\nenv = \"K8S_TEST_KEY\"\n");
+    let mut text = "[secrets.key]\nenv = \"K8S_TEST_KEY\"\n".to_string();
     for route in routes {
         text += &format!(
             "[routes.{route}]\npath = \"/{route}\"\nupstream = \"{upstream}/{route}\"\nheaders = {{ x-key = \"${{key}}\" }}\n"
@@ -394,12 +438,20 @@ async fn a_configmap_update_reloads_the_config() {
         let logs = daemon.wait_for_log("config reloaded", generation - 1, Duration::from_secs(15));
         assert!(logs.contains(&format!("\"generation\":{generation}")), "{logs}");
         let newest = format!("/{}", routes.last().unwrap());
-        assert_eq!(http.get(daemon.url(&newest)).send().await.unwrap().status(), 200, "{newest}");
+        assert_eq!(
+            http.get(daemon.url(&newest)).send().await.unwrap().status(),
+            200,
+            "{newest}"
+        );
     }
     assert_eq!(upstream.received().last().unwrap().header("x-key"), Some(OLD_KEY));
     let (status, logs) = daemon.terminate();
     assert!(status.success());
-    assert_eq!(logs.matches("config reloaded").count(), 2, "one reload per swap:\n{logs}");
+    assert_eq!(
+        logs.matches("config reloaded").count(),
+        2,
+        "one reload per swap:\n{logs}"
+    );
     assert_no_secret(&logs, &[OLD_KEY], "daemon logs");
 }
 
@@ -460,8 +512,14 @@ async fn sigterm_reports_not_ready_and_serves_through_the_delay() {
 
     let (status, logs) = daemon.wait(Duration::from_secs(30));
     assert!(status.success(), "{logs}");
-    assert!(started.elapsed() >= Duration::from_secs(5), "exited before the delay ended");
-    assert!(logs.contains("not ready: still serving during the shutdown delay"), "{logs}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "exited before the delay ended"
+    );
+    assert!(
+        logs.contains("not ready: still serving during the shutdown delay"),
+        "{logs}"
+    );
     assert_no_secret(&documents, &[OLD_KEY], "probe documents");
     for name in ["K8S_TEST_KEY", "\"key\"", "/a"] {
         assert!(!documents.contains(name), "{name} in {documents}");
@@ -561,10 +619,20 @@ impl Netns {
             .stderr(Stdio::null())
             .status();
         ns.ip(&["netns", "add", &ns.name]);
-        ns.ip(&["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns.name]);
+        ns.ip(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ]);
         ns.ip(&["addr", "add", &format!("{}/30", ns.host), "dev", &veth]);
         ns.ip(&["link", "set", &veth, "up"]);
-        ns.ip(&["-n", &ns.name, "addr", "add", &format!("{}/30", ns.inner), "dev", "eth0"]);
+        ns.ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{}/30", ns.inner),
+            "dev",
+            "eth0",
+        ]);
         ns.ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
         ns.ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
         ns
@@ -651,12 +719,16 @@ async fn probes_answer_the_pod_network_without_a_token() {
     bodies += &document.to_string();
 
     secrets.write(&[("client-token", CLIENT_TOKEN), ("api-key", OLD_KEY)]);
-    eventually(Duration::from_secs(15), "readiness after the secret appeared", async || {
-        let response = http.get(url(READY)).send().await.unwrap();
-        let ok = response.status() == 200;
-        bodies += &response.text().await.unwrap();
-        ok
-    })
+    eventually(
+        Duration::from_secs(15),
+        "readiness after the secret appeared",
+        async || {
+            let response = http.get(url(READY)).send().await.unwrap();
+            let ok = response.status() == 200;
+            bodies += &response.text().await.unwrap();
+            ok
+        },
+    )
     .await;
 
     let health = http.get(url("/_secretproxy/health")).send().await.unwrap();
