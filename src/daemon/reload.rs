@@ -520,7 +520,7 @@ mod watch {
     ) -> std::io::Result<tokio::task::JoinHandle<()>> {
         let links = super::links(config)?;
         let names: Vec<_> = links.entries.iter().map(|(_, name)| name.clone()).collect();
-        let dirs: Vec<_> = links.entries.iter().map(|(dir, _)| dir.clone()).collect();
+        let dirs: std::collections::BTreeSet<_> = links.entries.iter().map(|(dir, _)| dir.clone()).collect();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
             let writes = matches!(

@@ -119,6 +119,9 @@ pub fn readiness_checks(generation: &Generation, readiness: &Readiness) -> Vec<C
             state: if draining { "draining" } else { "serving" },
             detail: json!({}),
         },
+        // The shared store's check goes here (`[state]`): `name: "store"`, ready unless a route
+        // with `on-error = "deny"` needs it and it is unreachable; a fail-open store only
+        // reports its state (`ready: true, state: "down"`).
     ]
 }
 
