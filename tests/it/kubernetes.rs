@@ -731,6 +731,13 @@ async fn probes_answer_the_pod_network_without_a_token() {
     )
     .await;
 
+    let head = http.head(url(READY)).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    // A page of another site may not read the probes either.
+    for (name, value) in [("origin", "https://evil.example"), ("sec-fetch-site", "cross-site")] {
+        let refused = http.get(url(READY)).header(name, value).send().await.unwrap();
+        assert_eq!(refused.status(), 403, "{name}");
+    }
     let health = http.get(url("/_secretproxy/health")).send().await.unwrap();
     assert_eq!(health.status(), 403, "health stays loopback-only");
     let routed = http.get(url("/a")).send().await.unwrap();
