@@ -3,10 +3,16 @@
 //! Checks run in this order, and the first refusal answers: ambiguous framing (`400`, connection
 //! closed), the request target ([`super::path`], `400`), the `Host` header against the loopback
 //! names and `allowed-hosts` (`403`, DNS rebinding), `Origin` against `allowed-origins` or the
-//! proxy's own origin (`403`, every method), `Sec-Fetch-Site` on requests without `Origin` (`403` for `cross-site` and
-//! `same-site`: `<img>`, `<script>`, navigations, no-cors posts), the non-browser policy, and the
-//! client token (`401`). None of these contacts an upstream. The client token is compared in
-//! constant time and removed from the request before it is forwarded.
+//! proxy's own origin (`403`, every method), `Sec-Fetch-Site` on requests without `Origin` (`403`
+//! for `cross-site` and `same-site`: `<img>`, `<script>`, navigations, no-cors posts), the
+//! non-browser policy, and the client token (`401`). None of these contacts an upstream. The
+//! client token is compared in constant time and removed from the request before it is forwarded.
+//!
+//! The readiness and liveness probes (`features::admin`) pass the browser rules only (`Origin`,
+//! `Sec-Fetch-Site`): a kubelet calls them with the pod's IP as `Host`, without a token. Every
+//! other path, `/_secretproxy/health` included, goes through all of them. Forwarding headers play
+//! no part here: `Host` and `Origin` are judged as the request carries them, also behind a load
+//! balancer (see `features::forwarded`).
 
 use std::net::SocketAddr;
 
@@ -46,8 +52,13 @@ pub async fn admit(generation: &Generation, parts: &mut Parts, connection: &Conn
     super::path::check(&parts.method, &parts.uri)?;
     normalise_uri(&mut parts.uri)?;
     let access = &generation.config.server.access;
+    if super::admin::is_probe(parts.uri.path()) {
+        // A kubelet sends the pod's IP as `Host` and cannot hold the client token; the probes
+        // spend no secret and say nothing secret, so only the browser rules apply to them.
+        return check_caller(access, &parts.headers, true);
+    }
     check_host(access, &parts.headers, connection.local)?;
-    check_caller(access, &parts.headers)?;
+    check_caller(access, &parts.headers, access.allow_non_browser)?;
     if let Some(name) = &access.client_token
         && !super::cors::is_preflight(parts)
     {
@@ -220,7 +231,8 @@ fn split_host(host: &str) -> Option<(&str, Option<u16>)> {
     }
 }
 
-fn check_caller(access: &Access, headers: &HeaderMap) -> Result<(), ProxyError> {
+/// The browser rules; `non_browser` says whether a request without browser metadata may pass.
+fn check_caller(access: &Access, headers: &HeaderMap, non_browser: bool) -> Result<(), ProxyError> {
     let mut origins = headers.get_all(header::ORIGIN).iter();
     match (origins.next(), origins.next()) {
         (Some(origin), None) => {
@@ -239,7 +251,7 @@ fn check_caller(access: &Access, headers: &HeaderMap) -> Result<(), ProxyError> 
             "a request from another site without an Origin header (an image, script, navigation or form) may not use this proxy",
         )),
         Some(_) => Ok(()),
-        None if access.allow_non_browser => Ok(()),
+        None if non_browser => Ok(()),
         None => Err(forbidden_with(
             "non_browser",
             "requests without browser metadata are turned off (`[server] allow-non-browser = false`)".into(),
