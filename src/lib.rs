@@ -73,6 +73,12 @@ pub fn run(cli: cli::Cli) -> ExitCode {
         cli::Command::Route(command) => commands::route::run(command),
         cli::Command::Secret(command) => commands::secret::run(command),
         cli::Command::Completions(args) => commands::completions::run(args),
+        cli::Command::Client(command) => commands::client::run(command),
+        // The command's own exit status, passed through.
+        cli::Command::Run(args) => match commands::run::run(args) {
+            Ok(code) => return ExitCode::from(code),
+            Err(error) => Err(error),
+        },
         cli::Command::TransformWorker => features::transform::worker::run(),
     };
     match result {
