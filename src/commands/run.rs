@@ -405,45 +405,63 @@ fn run_command(command: &[OsString], env: Vec<(OsString, OsString)>) -> anyhow::
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Installed before CMD starts: from then on no signal takes the default action (exit
+        // without revoking the key).
+        let mut signals = Signals::install()?;
         let mut child = tokio::process::Command::new(program)
             .args(args)
             .env_clear()
             .envs(env)
             .spawn()
             .with_context(|| format!("cannot run `{}`", program.to_string_lossy()))?;
-        let status = wait_forwarding(&mut child).await?;
+        let status = signals.wait_forwarding(&mut child).await?;
         Ok(exit_code(status))
     })
 }
 
 #[cfg(unix)]
-async fn wait_forwarding(child: &mut tokio::process::Child) -> anyhow::Result<std::process::ExitStatus> {
-    use rustix::process::Signal;
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut quit = signal(SignalKind::quit())?;
-    let pid = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .and_then(rustix::process::Pid::from_raw);
-    let forward = |signal: Signal| {
-        if let Some(pid) = pid {
-            let _ = rustix::process::kill_process(pid, signal);
-        }
-    };
-    loop {
-        tokio::select! {
-            status = child.wait() => return Ok(status?),
-            _ = int.recv() => {
-                if !terminal_sent_it() {
-                    forward(Signal::INT);
-                }
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+            quit: signal(SignalKind::quit())?,
+        })
+    }
+
+    async fn wait_forwarding(&mut self, child: &mut tokio::process::Child) -> anyhow::Result<std::process::ExitStatus> {
+        use rustix::process::Signal;
+        let pid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .and_then(rustix::process::Pid::from_raw);
+        let forward = |signal: Signal| {
+            if let Some(pid) = pid {
+                let _ = rustix::process::kill_process(pid, signal);
             }
-            _ = term.recv() => forward(Signal::TERM),
-            _ = hup.recv() => forward(Signal::HUP),
-            _ = quit.recv() => forward(Signal::QUIT),
+        };
+        loop {
+            tokio::select! {
+                status = child.wait() => return Ok(status?),
+                _ = self.int.recv() => {
+                    if !terminal_sent_it() {
+                        forward(Signal::INT);
+                    }
+                }
+                _ = self.term.recv() => forward(Signal::TERM),
+                _ = self.hup.recv() => forward(Signal::HUP),
+                _ = self.quit.recv() => forward(Signal::QUIT),
+            }
         }
     }
 }
@@ -456,8 +474,17 @@ fn terminal_sent_it() -> bool {
 }
 
 #[cfg(not(unix))]
-async fn wait_forwarding(child: &mut tokio::process::Child) -> anyhow::Result<std::process::ExitStatus> {
-    Ok(child.wait().await?)
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals)
+    }
+
+    async fn wait_forwarding(&mut self, child: &mut tokio::process::Child) -> anyhow::Result<std::process::ExitStatus> {
+        Ok(child.wait().await?)
+    }
 }
 
 fn exit_code(status: std::process::ExitStatus) -> u8 {
