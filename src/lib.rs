@@ -14,7 +14,7 @@
 //!   (hyper, pooled per origin, rustls), [`pipeline::access`] the buffered access log.
 //! - [`features`]: one module per feature, each a layer the pipeline calls in its phase: guard,
 //!   path, cors, validate, ratelimit, limit (body size), inject, scrub, transform (+ jq), admin,
-//!   webhooks, static site.
+//!   webhooks, static site, clients (client keys).
 //! - [`http`]: leaf plumbing — body types, the one error type [`http::error::ProxyError`] with
 //!   its code table, header lists.
 //! - [`config`] (raw serde types → validated `Config`, `toml_edit` edits) and [`secrets`]

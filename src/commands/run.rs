@@ -127,7 +127,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
             path.display()
         ),
     };
-    let ready = wait_for_key(addr, &key, daemon.as_mut());
+    let ready = wait_for_key(addr, &key, &path, daemon.as_mut());
     if let Err(error) = ready {
         stop_daemon(daemon);
         return Err(error);
@@ -245,7 +245,12 @@ fn probe(addr: SocketAddr, key: &str) -> Probe {
 }
 
 /// Waits until the daemon accepts `key`, or fails with why not.
-fn wait_for_key(addr: SocketAddr, key: &str, mut daemon: Option<&mut std::process::Child>) -> anyhow::Result<()> {
+fn wait_for_key(
+    addr: SocketAddr,
+    key: &str,
+    config: &Path,
+    mut daemon: Option<&mut std::process::Child>,
+) -> anyhow::Result<()> {
     let limit = if daemon.is_some() { START_LIMIT } else { KEY_LIMIT };
     let deadline = Instant::now() + limit;
     loop {
@@ -263,10 +268,10 @@ fn wait_for_key(addr: SocketAddr, key: &str, mut daemon: Option<&mut std::proces
         }
         if Instant::now() > deadline {
             anyhow::bail!(
-                "the daemon at {addr} did not accept the new client key within {}s; is it serving {} (its client file is {})?",
+                "the daemon at {addr} did not accept the new client key within {}s; is it serving {}? (it reads client keys from {})",
                 limit.as_secs(),
-                "this config",
-                "next to the config"
+                config.display(),
+                clients::state_path(config).display()
             );
         }
         std::thread::sleep(POLL);

@@ -376,6 +376,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn keyless_routes_are_open_on_loopback_sockets_only() {
+        let config = crate::config::Config::parse(
+            "[routes.open]\npath = \"/o\"\nupstream = \"https://x.example/\"\nallow-keyless = true\n\
+             [routes.closed]\npath = \"/c\"\nupstream = \"https://x.example/\"\n",
+            "t",
+        )
+        .unwrap();
+        let (open, closed) = (&config.routes[1], &config.routes[0]);
+        assert!(open.allow_keyless && !closed.allow_keyless);
+        let parts = |local: &str| {
+            let request = http::Request::builder()
+                .extension(LocalAddr(local.parse().unwrap()))
+                .body(())
+                .unwrap();
+            request.into_parts().0
+        };
+        let loopback = parts("127.0.0.1:8787");
+        let network = parts("192.168.1.20:8787");
+        assert!(Caller::Keyless.require(Some(open), &loopback).is_ok());
+        assert!(Caller::Keyless.require(Some(closed), &loopback).is_err());
+        assert!(Caller::Keyless.require(Some(open), &network).is_err());
+        assert!(Caller::Keyless.require(None, &loopback).is_err());
+        assert!(Caller::Invalid.require(Some(open), &loopback).is_err());
+        assert!(Caller::Open.require(Some(closed), &network).is_ok());
+        assert!(Caller::Token.require(None, &network).is_ok());
+    }
+
+    #[test]
     fn host_names() {
         assert_eq!(split_host("localhost:8787"), Some(("localhost", Some(8787))));
         assert_eq!(split_host("[::1]:8787"), Some(("[::1]", Some(8787))));

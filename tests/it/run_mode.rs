@@ -83,7 +83,14 @@ fn run_command(config: &Path) -> Command {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
         command.env_remove(var);
     }
     command
@@ -150,7 +157,10 @@ fn check_agent(run: &AgentRun, port: u16) -> String {
     let env = &run.report["env"];
     assert_eq!(env["OPENAI_BASE_URL"], format!("http://127.0.0.1:{port}/api/openai/v1"));
     assert_eq!(env["SECRETPROXY_URL"], format!("http://127.0.0.1:{port}"));
-    assert!(env.get("MY_COPY_OF_THE_KEY").is_none(), "a copy of the key was passed on");
+    assert!(
+        env.get("MY_COPY_OF_THE_KEY").is_none(),
+        "a copy of the key was passed on"
+    );
     let key = env["OPENAI_API_KEY"].as_str().unwrap().to_string();
     assert!(key.starts_with("sp_"), "{key}");
     assert_eq!(env["SECRETPROXY_TOKEN"], key.as_str());
@@ -200,7 +210,10 @@ async fn run_uses_a_running_daemon_and_the_key_dies_with_the_command() {
         if status == 401 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "the run's key still works: {status}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the run's key still works: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -220,8 +233,17 @@ async fn run_uses_a_running_daemon_and_the_key_dies_with_the_command() {
     }
     let state = std::fs::read_to_string(config.with_file_name("proxy.clients.toml")).unwrap();
     assert!(state.contains("[clients.run-"), "{state}");
-    assert!(Command::new("kill").arg(child.id().to_string()).status().unwrap().success());
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(
+        Command::new("kill")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status.code(), Some(143));
     no_run_clients(&config);
 
