@@ -7,8 +7,9 @@
 //!
 //! Label values are bounded: `route` is a configured route name (or `-` when none matched),
 //! `method` one of the standard methods (anything else is `OTHER`), `status` a status code, and
-//! `secret` a configured secret name. A client cannot grow the series without limit, and no label
-//! ever holds a secret value, a path or a query.
+//! `secret` a configured secret name, `client` the name of a client key in the state file (one
+//! series set per key issued; `run` issues one per run). A client cannot grow the series without
+//! limit, and no label ever holds a secret value, a key, a path or a query.
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::{Duration, Instant};
