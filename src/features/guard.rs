@@ -385,22 +385,22 @@ mod tests {
         .unwrap();
         let (open, closed) = (&config.routes[1], &config.routes[0]);
         assert!(open.allow_keyless && !closed.allow_keyless);
-        let parts = |local: &str| {
-            let request = http::Request::builder()
-                .extension(LocalAddr(local.parse().unwrap()))
-                .body(())
-                .unwrap();
-            request.into_parts().0
+        let keyless = |local: &str| Caller::Keyless {
+            loopback: on_loopback(&Connection {
+                peer: "127.0.0.1:50000".parse().unwrap(),
+                local: Some(local.parse().unwrap()),
+                ambiguous_framing: false,
+            }),
         };
-        let loopback = parts("127.0.0.1:8787");
-        let network = parts("192.168.1.20:8787");
-        assert!(Caller::Keyless.require(Some(open), &loopback).is_ok());
-        assert!(Caller::Keyless.require(Some(closed), &loopback).is_err());
-        assert!(Caller::Keyless.require(Some(open), &network).is_err());
-        assert!(Caller::Keyless.require(None, &loopback).is_err());
-        assert!(Caller::Invalid.require(Some(open), &loopback).is_err());
-        assert!(Caller::Open.require(Some(closed), &network).is_ok());
-        assert!(Caller::Token.require(None, &network).is_ok());
+        let loopback = keyless("127.0.0.1:8787");
+        let network = keyless("192.168.1.20:8787");
+        assert!(loopback.require(Some(open)).is_ok());
+        assert!(loopback.require(Some(closed)).is_err());
+        assert!(network.require(Some(open)).is_err());
+        assert!(loopback.require(None).is_err());
+        assert!(Caller::Invalid.require(Some(open)).is_err());
+        assert!(Caller::Open.require(Some(closed)).is_ok());
+        assert!(Caller::Token.require(None).is_ok());
     }
 
     #[test]
