@@ -47,6 +47,17 @@ pub enum Command {
         after_help = "Values are read from the terminal without echo, or from stdin when it is piped; never from\nan argument.\n\nExamples:\n  secretproxy secret set github\n  printf %s \"$TOKEN\" | secretproxy secret set github\n  secretproxy secret list\n  secretproxy secret delete github"
     )]
     Secret(SecretCommand),
+    /// Issue, list or revoke client keys: per app or agent, scoped to routes, limited, revocable.
+    #[command(
+        subcommand,
+        after_help = "Keys are shown once; only their SHA-256 is kept, in <config-stem>.clients.toml next to the\nconfig (mode 0600). A running daemon picks up add and revoke within a second.\n\nExamples:\n  secretproxy client add agent --routes openai,github --rate 60/m --daily 1000 --expires 7d\n  secretproxy client list\n  secretproxy client revoke agent"
+    )]
+    Client(ClientCommand),
+    /// Run a command with base URLs pointing at the proxy and a fresh client key instead of real keys.
+    #[command(
+        after_help = "The command gets OPENAI_BASE_URL, ANTHROPIC_BASE_URL, GITHUB_API_URL, ... for the routes made\nwith presets, SECRETPROXY_URL and SECRETPROXY_TOKEN, and the SDK key variables set to a client key\nthat is scoped to --routes and revoked when the command exits. Variables holding the real\nsecrets are removed from its environment. A running daemon is used, else one is started for\nthe command's lifetime. The exit status is the command's (128+N when killed by signal N).\n\nExamples:\n  secretproxy run -- python agent.py\n  secretproxy run --routes openai -- aider\n  secretproxy run --config ./proxy.toml -- npm test"
+    )]
+    Run(RunArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  secretproxy completions bash > ~/.local/share/bash-completion/completions/secretproxy\n  secretproxy completions zsh > ~/.zfunc/_secretproxy\n  secretproxy completions fish > ~/.config/fish/completions/secretproxy.fish"
@@ -266,4 +277,57 @@ pub struct CompletionsArgs {
     /// The shell to generate for.
     #[arg(value_enum)]
     pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Issue a key for client NAME; the key is printed once, alone on the last line.
+    #[command(
+        after_help = "RATE is N/PERIOD: 60/m, 10/s, 1000/h, 5/30s. DURATION: 30m, 12h, 7d, 1month.\n\nExamples:\n  secretproxy client add agent --routes openai\n  secretproxy client add ci --rate 60/m --daily 1000 --expires 30d\n  KEY=$(secretproxy client add notebook | tail -n1)"
+    )]
+    Add(ClientAddArgs),
+    /// Every client: routes, limits, expiry, creation time (never a key or hash).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Revoke client NAME's key; a running daemon refuses it within a second.
+    Revoke {
+        /// The client's name.
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClientAddArgs {
+    /// The client's name (letters, digits, `-`, `_`, `.`), shown in logs and metrics.
+    pub name: String,
+    /// The routes the key may use, comma-separated [default: every route].
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    pub routes: Vec<String>,
+    /// The key's own rate limit, N/PERIOD (e.g. 60/m).
+    #[arg(long, value_name = "N/PERIOD")]
+    pub rate: Option<String>,
+    /// Requests per UTC day.
+    #[arg(long, value_name = "N")]
+    pub daily: Option<u64>,
+    /// How long the key is valid (e.g. 12h, 7d).
+    #[arg(long, value_name = "DURATION")]
+    pub expires: Option<String>,
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The routes the command may use, comma-separated [default: every route].
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    pub routes: Vec<String>,
+    /// The command and its arguments.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<std::ffi::OsString>,
 }

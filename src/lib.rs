@@ -14,7 +14,7 @@
 //!   (hyper, pooled per origin, rustls), [`pipeline::access`] the buffered access log.
 //! - [`features`]: one module per feature, each a layer the pipeline calls in its phase: guard,
 //!   path, cors, validate, ratelimit, limit (body size), inject, scrub, transform (+ jq), admin,
-//!   webhooks, static site.
+//!   webhooks, static site, clients (client keys).
 //! - [`http`]: leaf plumbing — body types, the one error type [`http::error::ProxyError`] with
 //!   its code table, header lists.
 //! - [`config`] (raw serde types → validated `Config`, `toml_edit` edits) and [`secrets`]
@@ -73,6 +73,12 @@ pub fn run(cli: cli::Cli) -> ExitCode {
         cli::Command::Route(command) => commands::route::run(command),
         cli::Command::Secret(command) => commands::secret::run(command),
         cli::Command::Completions(args) => commands::completions::run(args),
+        cli::Command::Client(command) => commands::client::run(command),
+        // The command's own exit status, passed through.
+        cli::Command::Run(args) => match commands::run::run(args) {
+            Ok(code) => return ExitCode::from(code),
+            Err(error) => Err(error),
+        },
         cli::Command::TransformWorker => features::transform::worker::run(),
     };
     match result {

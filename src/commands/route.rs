@@ -168,6 +168,9 @@ pub(crate) fn describe(config: &Config, name: &str) -> anyhow::Result<Table> {
     if route.keep_set_cookie {
         table.row(["set-cookie", "passed to the client"]);
     }
+    if route.allow_keyless {
+        table.row(["keyless", "served without a client key (allow-keyless)"]);
+    }
     if let Some(ca) = &route.ca_file {
         table.row(["ca-file".to_string(), ca.display().to_string()]);
     }

@@ -119,6 +119,9 @@ pub struct Route {
     pub scrub_response: bool,
     /// `auth = { oauth2 = "NAME" }`: the token source whose bearer token is injected.
     pub oauth2: Option<String>,
+    /// `allow-keyless = true`: once client keys are in use, requests without one are still
+    /// served here (from loopback sockets) — what browser pages of the allowed origins call.
+    pub allow_keyless: bool,
 }
 
 impl Config {

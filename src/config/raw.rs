@@ -105,6 +105,9 @@ pub struct RawRoute {
     pub allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
     pub max_body: Option<Spanned<RawSize>>,
     pub scrub_response: Option<bool>,
+    /// Serve requests without a client key once keys are in use (see `features::guard`).
+    #[serde(default)]
+    pub allow_keyless: bool,
 }
 
 /// Shorthands for the `Authorization` header.

@@ -278,6 +278,7 @@ pub(super) fn validate_route(
         max_body: access::max_body(&raw.max_body, &key("max-body"), source)?,
         scrub_response: raw.scrub_response.unwrap_or(true),
         oauth2,
+        allow_keyless: raw.allow_keyless,
     })
 }
 

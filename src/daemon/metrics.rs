@@ -7,8 +7,9 @@
 //!
 //! Label values are bounded: `route` is a configured route name (or `-` when none matched),
 //! `method` one of the standard methods (anything else is `OTHER`), `status` a status code, and
-//! `secret` a configured secret name. A client cannot grow the series without limit, and no label
-//! ever holds a secret value, a path or a query.
+//! `secret` a configured secret name, `client` the name of a client key in the state file (one
+//! series set per key issued; `run` issues one per run). A client cannot grow the series without
+//! limit, and no label ever holds a secret value, a key, a path or a query.
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::{Duration, Instant};
@@ -35,6 +36,13 @@ struct RouteLabels {
     route: String,
 }
 
+/// `client` is a client key's name from the state file (or `client-token`), never a key.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientLabels {
+    client: String,
+    status: u16,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SecretLabels {
     secret: String,
@@ -57,6 +65,7 @@ pub struct Metrics {
     reloads: Counter<u64, AtomicU64>,
     reload_failures: Counter<u64, AtomicU64>,
     secret_lookup_failures: Family<SecretLabels, Counter>,
+    client_requests: Family<ClientLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -119,7 +128,14 @@ impl Metrics {
             "Requests answered 503 because a secret was unavailable, by secret name",
             secret_lookup_failures.clone(),
         );
+        let client_requests = Family::<ClientLabels, Counter>::default();
+        registry.register(
+            "client_requests",
+            "Requests answered that came with a client key, by client name and status",
+            client_requests.clone(),
+        );
         Metrics {
+            client_requests,
             registry,
             started: Instant::now(),
             requests,
@@ -149,6 +165,16 @@ impl Metrics {
         self.secret_lookup_failures
             .get_or_create(&SecretLabels {
                 secret: name.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one answered request of client `client` (a name, never a key).
+    pub fn client_request(&self, client: &str, status: u16) {
+        self.client_requests
+            .get_or_create(&ClientLabels {
+                client: client.to_string(),
+                status,
             })
             .inc();
     }

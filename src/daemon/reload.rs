@@ -18,6 +18,10 @@
 //! old one, which is a `MOVED_TO ..data` event in the mount's directory (see [`links`]). After
 //! each such event the chain is resolved again, so the next swap is seen too. Events are
 //! debounced, and a file whose text is the one serving (from the start on) is not rebuilt.
+//!
+//! The client key file next to the config (`features::clients::state_path`) is watched the same
+//! way but reloaded on its own: a new client table is swapped into the registry every
+//! generation shares, with no generation rebuilt (SIGHUP reloads it too).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -313,12 +317,27 @@ impl Drop for Watch {
 pub fn spawn(reloader: Arc<Reloader>) -> Watch {
     let mut tasks = Vec::new();
 
+    let clients_path = crate::features::clients::state_path(reloader.path());
+    let clients = reloader.live.current().clients.clone();
+    // Loaded before the server accepts its first request (the file is small).
+    clients.load_logged(&clients_path);
+    let reload_clients = {
+        let clients = clients.clone();
+        let path = clients_path.clone();
+        move || {
+            let (clients, path) = (clients.clone(), path.clone());
+            tokio::task::spawn_blocking(move || clients.load_logged(&path))
+        }
+    };
+
     #[cfg(unix)]
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(mut hangup) => {
             let reloader = reloader.clone();
+            let reload_clients = reload_clients.clone();
             tasks.push(tokio::spawn(async move {
                 while hangup.recv().await.is_some() {
+                    let _ = reload_clients().await;
                     let _ = reloader.apply(Trigger::Signal).await;
                 }
             }));
@@ -347,6 +366,27 @@ pub fn spawn(reloader: Arc<Reloader>) -> Watch {
                 }
             }
             let _ = reloader.apply(Trigger::File).await;
+        }
+    }));
+
+    let (events, mut changed) = mpsc::unbounded_channel::<()>();
+    match watch::start(&clients_path, events) {
+        Ok(task) => tasks.push(task),
+        Err(error) => tracing::warn!(
+            file = %clients_path.display(),
+            %error,
+            "cannot watch the client key file; `client add`/`revoke` take effect after SIGHUP"
+        ),
+    }
+    tasks.push(tokio::spawn(async move {
+        while changed.recv().await.is_some() {
+            loop {
+                tokio::select! {
+                    more = changed.recv() => if more.is_none() { return },
+                    () = tokio::time::sleep(DEBOUNCE) => break,
+                }
+            }
+            let _ = reload_clients().await;
         }
     }));
     Watch { tasks }

@@ -69,7 +69,7 @@ pub fn preflight(generation: &Generation, parts: &Parts) -> (Response<ProxyBody>
         .get(header::ORIGIN)
         .cloned()
         .expect("a preflight has an Origin");
-    let token = generation.config.server.access.client_token.is_some();
+    let token = generation.config.server.access.client_token.is_some() || generation.clients.in_use();
 
     let mut response = Response::new(empty());
     *response.status_mut() = StatusCode::NO_CONTENT;

@@ -5,22 +5,31 @@
 //! names and `allowed-hosts` (`403`, DNS rebinding), `Origin` against `allowed-origins` or the
 //! proxy's own origin (`403`, every method), `Sec-Fetch-Site` on requests without `Origin` (`403`
 //! for `cross-site` and `same-site`: `<img>`, `<script>`, navigations, no-cors posts), the
-//! non-browser policy, and the client token (`401`). None of these contacts an upstream. The
-//! client token is compared in constant time and removed from the request before it is forwarded.
+//! non-browser policy, and who the caller is ([`Caller`]: a client key, the client token, or no
+//! key). None of these contacts an upstream. Keys are compared in constant time and removed from
+//! the request before it is forwarded.
+//!
+//! Once keys are in use (a client key exists, see [`super::clients`], or `client-token` is set),
+//! [`Caller::require`] refuses a request without a valid key (`401`) everywhere it is asked —
+//! routes, `/_secretproxy` endpoints, unmatched paths — except on routes marked
+//! `allow-keyless = true`, and only on a loopback socket. `Origin` exempts nothing: any local
+//! process can send any `Origin`. A client key is then held to its scope, expiry and limits.
 //!
 //! The readiness and liveness probes (`features::admin`) pass the browser rules only (`Origin`,
-//! `Sec-Fetch-Site`): a kubelet calls them with the pod's IP as `Host`, without a token. Every
+//! `Sec-Fetch-Site`): a kubelet calls them with the pod's IP as `Host`, without a key. Every
 //! other path, `/_secretproxy/health` included, goes through all of them. Forwarding headers play
 //! no part here: `Host` and `Origin` are judged as the request carries them, also behind a load
 //! balancer (see `features::forwarded`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 
+use super::clients::Client;
 use crate::config::Route;
 use crate::config::access::Access;
 use crate::http::error::ProxyError;
@@ -44,8 +53,66 @@ pub static TOKEN_HEADER: HeaderName = HeaderName::from_static("x-secretproxy-tok
 /// Names every client may use in `Host`, with the port the daemon listens on.
 const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
 
-/// Runs every server-wide check; on success the request may be matched and forwarded.
-pub async fn admit(generation: &Generation, parts: &mut Parts, connection: &Connection) -> Result<(), ProxyError> {
+/// Who is calling, as far as keys tell.
+#[derive(Debug, Clone, Default)]
+pub enum Caller {
+    /// No keys are in use: every caller is served as before keys existed.
+    #[default]
+    Open,
+    /// Keys are in use and the request carries none (or an `Authorization` that is not one).
+    /// `loopback`: it came in on a loopback socket, where `allow-keyless` routes serve it.
+    Keyless { loopback: bool },
+    /// `X-Secretproxy-Token` with a value that is no key.
+    Invalid,
+    /// The `[server] client-token`: a key for every route.
+    Token,
+    /// A client key from the state file.
+    Client(Arc<Client>),
+}
+
+/// The name logged and counted for the client token.
+pub const TOKEN_CLIENT: &str = "client-token";
+
+impl Caller {
+    /// The client's name for the access line and metrics (never the key).
+    pub fn name(&self) -> Option<Arc<str>> {
+        match self {
+            Caller::Client(client) => Some(client.name.clone()),
+            Caller::Token => Some(Arc::from(TOKEN_CLIENT)),
+            _ => None,
+        }
+    }
+
+    /// Refuses a request that needs a valid key and has none; for a client key, checks expiry
+    /// and (once the route is known) scope. `route` is `None` for the proxy's own endpoints and
+    /// paths no route matches, which need a key whenever keys are in use.
+    pub fn require(&self, route: Option<&Route>) -> Result<(), ProxyError> {
+        match self {
+            Caller::Open | Caller::Token => Ok(()),
+            Caller::Client(client) => client.admit(route.map(|r| r.name.as_str()), std::time::SystemTime::now()),
+            Caller::Keyless { loopback: true } if route.is_some_and(|r| r.allow_keyless) => Ok(()),
+            Caller::Keyless { .. } | Caller::Invalid => Err(ProxyError::ClientToken),
+        }
+    }
+
+    /// Takes one request from a client key's rate limit and daily budget.
+    pub fn spend(&self) -> Result<(), ProxyError> {
+        match self {
+            Caller::Client(client) => client.spend(),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `allow-keyless` opens a route to local processes only: on a socket open to the network
+/// (`allow-remote`), a keyless request is refused like anywhere else.
+fn on_loopback(connection: &Connection) -> bool {
+    connection.local.is_none_or(|local| local.ip().is_loopback())
+}
+
+/// Runs every server-wide check and tells who is calling; on success the request may be
+/// matched, and [`Caller::require`] decides, per destination, whether a key was needed.
+pub async fn admit(generation: &Generation, parts: &mut Parts, connection: &Connection) -> Result<Caller, ProxyError> {
     if connection.ambiguous_framing {
         return Err(ProxyError::AmbiguousFraming);
     }
@@ -55,16 +122,27 @@ pub async fn admit(generation: &Generation, parts: &mut Parts, connection: &Conn
     if super::admin::is_probe(parts.uri.path()) {
         // A kubelet sends the pod's IP as `Host` and cannot hold the client token; the probes
         // spend no secret and say nothing secret, so only the browser rules apply to them.
-        return check_caller(access, &parts.headers, true);
+        return check_caller(access, &parts.headers, true).map(|()| Caller::Open);
     }
     check_host(access, &parts.headers, connection.local)?;
     check_caller(access, &parts.headers, access.allow_non_browser)?;
-    if let Some(name) = &access.client_token
-        && !super::cors::is_preflight(parts)
-    {
-        check_token(generation, name, &mut parts.headers).await?;
+    let clients = &generation.clients;
+    if access.client_token.is_none() && !clients.in_use() {
+        return Ok(Caller::Open);
     }
-    Ok(())
+    if super::cors::is_preflight(parts) {
+        // A preflight never carries credentials; it is answered without contacting anyone.
+        return Ok(Caller::Keyless {
+            loopback: on_loopback(connection),
+        });
+    }
+    identify(
+        generation,
+        access.client_token.as_deref(),
+        &mut parts.headers,
+        on_loopback(connection),
+    )
+    .await
 }
 
 /// Rewrites the request's path to its one normal form (see [`super::path`]), so matching, every
@@ -260,38 +338,82 @@ fn check_caller(access: &Access, headers: &HeaderMap, non_browser: bool) -> Resu
     }
 }
 
-async fn check_token(generation: &Generation, name: &str, headers: &mut HeaderMap) -> Result<(), ProxyError> {
-    let expected = generation
-        .secrets
-        .get(name)
-        .await
-        .map_err(|error| ProxyError::secret_unavailable(&generation.secrets, name, &error))?;
-    let expected = expected.expose_secret().as_bytes();
-    let matches = |presented: &[u8]| bool::from(presented.ct_eq(expected));
-
+/// Finds the key in `X-Secretproxy-Token` (always removed) or `Authorization: Bearer` / `token` (removed
+/// when it holds a key; otherwise left for routes that forward the client's own credentials).
+async fn identify(
+    generation: &Generation,
+    token: Option<&str>,
+    headers: &mut HeaderMap,
+    loopback: bool,
+) -> Result<Caller, ProxyError> {
     let in_header = headers.remove(&TOKEN_HEADER);
-    if let Some(value) = in_header {
-        return if matches(value.as_bytes()) {
-            Ok(())
-        } else {
-            Err(ProxyError::ClientToken)
-        };
+    let presented = match &in_header {
+        Some(value) => Some(value.as_bytes()),
+        None => headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes)
+            // `token KEY` is how GitHub's clients (gh, Octokit) send a token.
+            .and_then(|value| value.strip_prefix(b"Bearer ").or_else(|| value.strip_prefix(b"token "))),
+    };
+    let Some(presented) = presented else {
+        return Ok(Caller::Keyless { loopback });
+    };
+    let mut caller = generation.clients.identify(presented).map(Caller::Client);
+    if caller.is_none()
+        && let Some(name) = token
+    {
+        let expected = generation
+            .secrets
+            .get(name)
+            .await
+            .map_err(|error| ProxyError::secret_unavailable(&generation.secrets, name, &error))?;
+        if bool::from(presented.ct_eq(expected.expose_secret().as_bytes())) {
+            caller = Some(Caller::Token);
+        }
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
-        .is_some_and(matches);
-    if bearer {
-        headers.remove(header::AUTHORIZATION);
-        Ok(())
-    } else {
-        Err(ProxyError::ClientToken)
+    match (caller, in_header.is_some()) {
+        (Some(caller), from_header) => {
+            if !from_header {
+                headers.remove(header::AUTHORIZATION);
+            }
+            Ok(caller)
+        }
+        (None, true) => Ok(Caller::Invalid),
+        (None, false) => Ok(Caller::Keyless { loopback }),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyless_routes_are_open_on_loopback_sockets_only() {
+        let config = crate::config::Config::parse(
+            "[routes.open]\npath = \"/o\"\nupstream = \"https://x.example/\"\nallow-keyless = true\n\
+             [routes.closed]\npath = \"/c\"\nupstream = \"https://x.example/\"\n",
+            "t",
+        )
+        .unwrap();
+        let (open, closed) = (&config.routes[1], &config.routes[0]);
+        assert!(open.allow_keyless && !closed.allow_keyless);
+        let keyless = |local: &str| Caller::Keyless {
+            loopback: on_loopback(&Connection {
+                peer: "127.0.0.1:50000".parse().unwrap(),
+                local: Some(local.parse().unwrap()),
+                ambiguous_framing: false,
+            }),
+        };
+        let loopback = keyless("127.0.0.1:8787");
+        let network = keyless("192.168.1.20:8787");
+        assert!(loopback.require(Some(open)).is_ok());
+        assert!(loopback.require(Some(closed)).is_err());
+        assert!(network.require(Some(open)).is_err());
+        assert!(loopback.require(None).is_err());
+        assert!(Caller::Invalid.require(Some(open)).is_err());
+        assert!(Caller::Open.require(Some(closed)).is_ok());
+        assert!(Caller::Token.require(None).is_ok());
+    }
 
     #[test]
     fn host_names() {

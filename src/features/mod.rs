@@ -2,6 +2,7 @@
 //! once per generation and run by the [`crate::pipeline`] in its fixed phase.
 
 pub mod admin;
+pub mod clients;
 pub mod cors;
 pub mod decode;
 pub mod forwarded;

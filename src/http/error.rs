@@ -80,7 +80,7 @@ pub enum ProxyError {
         /// The config line that would allow it.
         hint: Option<String>,
     },
-    #[error("a valid client token is required (`Authorization: Bearer ...` or `X-Secretproxy-Token`)")]
+    #[error("a valid client key is required (`Authorization: Bearer ...` or `X-Secretproxy-Token`)")]
     ClientToken,
     #[error("the request body is larger than this route's limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
@@ -118,6 +118,19 @@ pub enum ProxyError {
     /// The route's transform failed or passed a bound.
     #[error("{message}")]
     Transform { code: &'static str, message: String },
+    /// A client key past its `expires` time (`secretproxy client add --expires`).
+    #[error("the client key of `{client}` has expired")]
+    ClientKeyExpired { client: String },
+    /// A client key used on a route outside its scope (`client add --routes`).
+    #[error("the client key of `{client}` may not use route `{route}`")]
+    ClientRouteNotAllowed { client: String, route: String },
+    /// Over the client key's own rate limit or daily budget.
+    #[error("{}", if *daily { format!("the daily budget of client `{client}` is used up") } else { format!("too many requests from client `{client}`") })]
+    ClientLimited {
+        client: String,
+        retry_after: Duration,
+        daily: bool,
+    },
 }
 
 impl ProxyError {
@@ -184,6 +197,19 @@ impl ProxyError {
             ProxyError::TokenRefused { .. } => (StatusCode::BAD_GATEWAY, "token_refused", Upstream, false),
             ProxyError::AdminNotLocal { .. } => (StatusCode::FORBIDDEN, "forbidden", Client, false),
             ProxyError::NoEndpoint => (StatusCode::NOT_FOUND, "no_endpoint", Client, false),
+            ProxyError::ClientKeyExpired { .. } => (StatusCode::UNAUTHORIZED, "client_key_expired", Client, false),
+            ProxyError::ClientRouteNotAllowed { .. } => {
+                (StatusCode::FORBIDDEN, "client_route_not_allowed", Client, false)
+            }
+            ProxyError::ClientLimited { daily: false, .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "client_rate_limited", Client, false)
+            }
+            ProxyError::ClientLimited { daily: true, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "client_daily_budget_exceeded",
+                Client,
+                false,
+            ),
         };
         Spec {
             status,
@@ -223,6 +249,16 @@ impl ProxyError {
                 }
             }
             ProxyError::Invalid { reasons, .. } => body["reasons"] = Value::from(reasons.clone()),
+            ProxyError::ClientKeyExpired { client } => {
+                body["hint"] = Value::from(format!(
+                    "issue a new key: secretproxy client revoke {client} && secretproxy client add {client}"
+                ));
+            }
+            ProxyError::ClientRouteNotAllowed { client, .. } => {
+                body["hint"] = Value::from(format!(
+                    "see the key's routes with `secretproxy client list`; a key for more routes needs a new `client add` (revoke `{client}` first)"
+                ));
+            }
             ProxyError::TokenUnavailable {
                 token_source: source, ..
             }
@@ -234,7 +270,8 @@ impl ProxyError {
                     "check `[oauth2.{source}]` and `secretproxy check`; the daemon's log has the details"
                 ));
             }
-            ProxyError::RateLimited { retry_after: after, .. } => {
+            ProxyError::RateLimited { retry_after: after, .. }
+            | ProxyError::ClientLimited { retry_after: after, .. } => {
                 let seconds = (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1);
                 body["retry_after"] = Value::from(seconds);
                 retry_after = Some(seconds);

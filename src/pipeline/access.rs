@@ -104,6 +104,8 @@ pub struct AccessRecord {
     pub metrics: Arc<RouteMetrics>,
     /// Holds the request in the in-flight gauge until the line is written; counts it then.
     pub in_flight: InFlight,
+    /// The client key's name (or `client-token`) the request came with; never the key.
+    pub client_key: Option<Arc<str>>,
 }
 
 impl AccessRecord {
@@ -111,6 +113,9 @@ impl AccessRecord {
         let bytes_in = self.bytes_in.load(Ordering::Relaxed);
         self.metrics
             .request_finished(self.in_flight.metrics(), &self.method, self.status, bytes_in, bytes_out);
+        if let Some(client) = &self.client_key {
+            self.in_flight.metrics().client_request(client, self.status);
+        }
         let warn = self.error.is_some() || self.status >= 500;
         let enabled = if warn {
             tracing::enabled!(target: "secretproxy::access", tracing::Level::WARN)
@@ -187,6 +192,10 @@ impl Line<'_> {
                     out.extend_from_slice(b",\"error\":");
                     json_str(out, error)?;
                 }
+                if let Some(client) = &r.client_key {
+                    out.extend_from_slice(b",\"client_key\":");
+                    json_str(out, client)?;
+                }
                 let millis = (duration.as_secs_f64() * 1_000_000.0).round() / 1000.0;
                 writeln!(
                     out,
@@ -223,6 +232,9 @@ impl Line<'_> {
                 }
                 if let Some(error) = r.error {
                     write!(out, " error={error}")?;
+                }
+                if let Some(client) = &r.client_key {
+                    write!(out, " client_key={client}")?;
                 }
                 write!(
                     out,

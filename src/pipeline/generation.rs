@@ -1,5 +1,5 @@
-//! One generation of live state: the validated config, its route table, its secrets and one
-//! plan per route (upstream pools, metric handles, scrubber slot). Built completely (blocking: secrets are read) before it is swapped in, so a
+//! One generation of live state: the validated config, its route table, its secrets, the client
+//! key registry and one plan per route (upstream pools, metric handles, scrubber slot). Built completely (blocking: secrets are read) before it is swapped in, so a
 //! request always runs against one consistent generation from start to end.
 
 use std::sync::Arc;
@@ -35,6 +35,10 @@ pub struct Generation {
     pub oauth2: crate::features::oauth2::TokenSources,
     /// The static site, when `static-dir` is set.
     pub site: Option<crate::features::static_site::Site>,
+    /// The client keys: one registry for the daemon's life, handed from generation to
+    /// generation (a config reload keeps keys and their counters) and reloaded on its own when
+    /// the state file changes.
+    pub clients: Arc<crate::features::clients::Registry>,
 }
 
 impl Generation {
@@ -86,6 +90,7 @@ impl Generation {
                 .clone()
                 .map(crate::features::static_site::Site::new),
             number,
+            clients: previous.map_or_else(Default::default, |p| p.clients.clone()),
             table: RouteTable::new(&config),
             config: Arc::new(config),
             secrets,

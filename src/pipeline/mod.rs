@@ -58,6 +58,8 @@ struct Context {
     query: Option<String>,
     upstream_status: Option<u16>,
     error: Option<&'static str>,
+    /// Who called (client key, client token, none), decided by the guard.
+    caller: guard::Caller,
 }
 
 impl Proxy {
@@ -131,6 +133,7 @@ impl Proxy {
             bytes_in,
             metrics,
             in_flight,
+            client_key: context.caller.name(),
         };
         let length = (record.method != http::Method::HEAD)
             .then(|| response.headers().get(header::CONTENT_LENGTH))
@@ -180,8 +183,12 @@ async fn dispatch(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let peer = connection.peer;
     let metrics = live.metrics();
-    guard::admit(generation, parts, connection).await?;
+    context.caller = guard::admit(generation, parts, connection).await?;
+    // The client token guards everything, as it always has; client keys alone guard routes and
+    // the proxy's endpoints (static files and signed webhooks spend no secret for the caller).
+    let token = generation.config.server.access.client_token.is_some();
     if admin::is_reserved(parts.uri.path()) {
+        context.caller.require(None)?;
         return admin::answer(&parts.method, parts.uri.path(), &parts.headers, peer, generation, live);
     }
     if cors::is_preflight(parts) {
@@ -190,6 +197,9 @@ async fn dispatch(
         return Ok(response);
     }
     if let Some(hook) = generation.hooks.find(parts.uri.path()) {
+        if token {
+            context.caller.require(None)?;
+        }
         context.hook = generation
             .config
             .webhooks
@@ -215,18 +225,24 @@ async fn dispatch(
         Lookup::MethodNotAllowed { index, .. } => {
             context.route = Some(index);
             let plan = &generation.plans[index];
+            context.caller.require(Some(&plan.route))?;
             return Err(ProxyError::MethodNotAllowed {
                 route: plan.route.name.clone(),
                 allow: plan.allow.to_str().unwrap_or_default().to_string(),
             });
         }
         Lookup::NotFound => {
+            if token {
+                context.caller.require(None)?;
+            }
             if let Some(site) = &generation.site
                 && let Some(served) = Box::pin(site.serve(parts)).await
             {
                 context.error = served.error;
                 return Ok(served.response);
             }
+            // No route, no file: the 404 (and its "did you mean") is for callers with a key.
+            context.caller.require(None)?;
             let path = parts.uri.path();
             let near = client
                 .is_loopback()
@@ -260,6 +276,7 @@ async fn forward(
 
     // Route guard and declared size: refused before anything else is read.
     guard::admit_route(route, &parts.headers)?;
+    context.caller.require(Some(route))?;
     limit::check_declared(route, &parts.headers)?;
 
     // Validate, then limit: a refused request never costs an upstream call or a bucket token.
@@ -273,6 +290,7 @@ async fn forward(
     } else {
         validate::RequestBody::Stream(body)
     };
+    context.caller.spend()?;
     if let Some(limiter) = &plan.limiter {
         limiter.check(&parts.headers)?;
     }
