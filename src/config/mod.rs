@@ -114,6 +114,8 @@ pub struct Route {
     pub scrub_response: bool,
     /// `auth = { oauth2 = "NAME" }`: the token source whose bearer token is injected.
     pub oauth2: Option<String>,
+    /// `auth = { aws-sigv4 | hmac }` and `client-cert`/`client-key`: computed credentials.
+    pub signing: crate::features::sign::Signing,
 }
 
 impl Config {

@@ -101,6 +101,9 @@ pub struct RawRoute {
     pub allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
     pub max_body: Option<Spanned<RawSize>>,
     pub scrub_response: Option<bool>,
+    /// Secret names holding the PEM client certificate chain and key (mTLS, `features::sign`).
+    pub client_cert: Option<Spanned<String>>,
+    pub client_key: Option<Spanned<String>>,
 }
 
 /// Shorthands for the `Authorization` header.
@@ -113,6 +116,10 @@ pub struct RawAuth {
     pub basic: Option<RawBasic>,
     /// `Authorization: Bearer <token>` from the `[oauth2.NAME]` token source.
     pub oauth2: Option<String>,
+    /// AWS Signature Version 4 over each request (`features::sign`).
+    pub aws_sigv4: Option<Spanned<crate::features::sign::RawSigV4>>,
+    /// A declarative HMAC signature over each request (`features::sign`).
+    pub hmac: Option<Spanned<crate::features::sign::RawHmac>>,
 }
 
 #[derive(Debug, Deserialize)]
