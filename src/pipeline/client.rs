@@ -90,7 +90,11 @@ impl SendError {
     /// server's alert arrives after the client's side of the handshake, with the first read.
     pub fn tls_refusal(&self) -> Option<&'static str> {
         use rustls::AlertDescription as Alert;
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = match self {
+            SendError::Tls(error) | SendError::Connect(error) => Some(error),
+            SendError::Handshake(error) | SendError::Exchange(error) => Some(error),
+            SendError::ConnectTimeout(_) => None,
+        };
         while let Some(error) = cause {
             let tls = error
                 .downcast_ref::<std::io::Error>()
