@@ -445,3 +445,86 @@ pub async fn read_body(body: RequestBody, headers: &HeaderMap, limit: u64) -> Re
 pub(crate) fn expose(value: &SecretString) -> &[u8] {
     value.expose_secret().as_bytes()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const SECRETS: &str = "[secrets.id]\nenv = \"I\"\n[secrets.key]\nenv = \"K\"\n[secrets.cert]\nenv = \"C\"\n";
+
+    fn err(route: &str) -> String {
+        match Config::parse(&format!("{SECRETS}[routes.r]\npath = \"/r\"\nupstream = \"https://x.example/\"\n{route}\n"), "t.toml") {
+            Ok(_) => panic!("accepted: {route}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    fn ok(route: &str) -> crate::config::Route {
+        Config::parse(&format!("{SECRETS}[routes.r]\npath = \"/r\"\nupstream = \"https://x.example/\"\n{route}\n"), "t.toml")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .routes
+            .remove(0)
+    }
+
+    #[test]
+    fn sigv4_config() {
+        let route = ok(r#"auth = { aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${id}", secret-access-key = "${key}" } }"#);
+        let Some(super::RequestSigner::SigV4(sigv4)) = &route.signing.signer else {
+            panic!("no signer");
+        };
+        assert_eq!(sigv4.payload, super::Payload::Unsigned);
+        assert_eq!(route.secrets.iter().collect::<Vec<_>>(), ["id", "key"]);
+        let route = ok(r#"auth = { aws-sigv4 = { service = "bedrock", region = "us-east-1", access-key-id = "AKIDLITERAL", secret-access-key = "${key}" } }"#);
+        assert!(matches!(&route.signing.signer, Some(super::RequestSigner::SigV4(s)) if s.payload == super::Payload::Hash));
+
+        let message = err(r#"auth = { aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${id}", secret-access-key = "plain" } }"#);
+        assert!(message.contains("routes.r.auth.aws-sigv4.secret-access-key: the secret access key must come from a secret"), "{message}");
+        let message = err(r#"auth = { aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${nope}", secret-access-key = "${key}" } }"#);
+        assert!(message.contains("unknown secret `nope`"), "{message}");
+        let message = err(r#"auth = { aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${id}", secret-access-key = "${key}", payload = "maybe" } }"#);
+        assert!(message.contains("`maybe` is not a payload mode"), "{message}");
+        let message = err(r#"auth = { aws-sigv4 = { service = "s3", region = "eu west", access-key-id = "${id}", secret-access-key = "${key}" } }"#);
+        assert!(message.contains("is not an AWS region name"), "{message}");
+        let message = err(r#"auth = { bearer = "id", aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${id}", secret-access-key = "${key}" } }"#);
+        assert!(message.contains("give exactly one of"), "{message}");
+        let message = err(r#"auth = { aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${id}", secret-access-key = "${key}" }, hmac = { secret = "key", message = "{body}", signature-header = "X-Sig" } }"#);
+        assert!(message.contains("give one of `aws-sigv4` or `hmac`"), "{message}");
+        let message = err(r#"auth = { aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${id}", secret-access-key = "${key}", extra = 1 } }"#);
+        assert!(message.contains("extra"), "{message}");
+    }
+
+    #[test]
+    fn hmac_config() {
+        let route = ok(r#"auth = { hmac = { secret = "key", algorithm = "sha512", encoding = "base64", message = "{timestamp}${id}{body-sha256}", signature-header = "X-Sig", timestamp-header = "X-Ts" } }"#);
+        assert_eq!(route.secrets.iter().collect::<Vec<_>>(), ["id", "key"]);
+        let message = err(r#"auth = { hmac = { secret = "key", message = "{body}" } }"#);
+        assert!(message.contains("give exactly one of `signature-header` or `signature-query`"), "{message}");
+        let message = err(r#"auth = { hmac = { secret = "key", message = "{when}", signature-header = "X-Sig" } }"#);
+        assert!(message.contains("`{when}` is not a placeholder"), "{message}");
+        let message = err(r#"auth = { hmac = { secret = "key", algorithm = "md5", message = "{body}", signature-header = "X-Sig" } }"#);
+        assert!(message.contains("routes.r.auth.hmac.algorithm: `md5` is not one of the choices"), "{message}");
+        let message = err(r#"auth = { hmac = { secret = "nope", message = "{body}", signature-header = "X-Sig" } }"#);
+        assert!(message.contains("unknown secret `nope`"), "{message}");
+        let message = err(r#"auth = { hmac = { secret = "key", message = "{body}", signature-query = "sig", signature-prefix = "v1=" } }"#);
+        assert!(message.contains("signature-header` only"), "{message}");
+    }
+
+    #[test]
+    fn client_cert_config() {
+        let route = ok("client-cert = \"cert\"\nclient-key = \"key\"");
+        assert!(route.signing.client_cert.is_some());
+        assert_eq!(route.secrets.iter().collect::<Vec<_>>(), ["cert", "key"]);
+        let message = err("client-cert = \"cert\"");
+        assert!(message.contains("`client-key` is missing"), "{message}");
+        let message = err("client-cert = \"cert\"\nclient-key = \"nope\"");
+        assert!(message.contains("unknown secret `nope`"), "{message}");
+        let message = match Config::parse(
+            &format!("{SECRETS}[routes.r]\npath = \"/r\"\nupstream = \"http://127.0.0.1:9/\"\nclient-cert = \"cert\"\nclient-key = \"key\"\n"),
+            "t.toml",
+        ) {
+            Ok(_) => panic!("accepted"),
+            Err(error) => error.to_string(),
+        };
+        assert!(message.contains("a client certificate needs an https upstream"), "{message}");
+    }
+}
