@@ -191,7 +191,11 @@ fn mask_signature(route: &Route, request: &mut Outbound) {
     use crate::features::sign::RequestSigner;
     match &route.signing.signer {
         Some(RequestSigner::SigV4(_)) => {
-            if let Some(value) = request.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+            if let Some(value) = request
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+            {
                 let masked = match value.split_once("Signature=") {
                     Some((head, _)) => format!("{head}Signature={MASK}"),
                     None => MASK.to_string(),
@@ -248,7 +252,13 @@ fn describe(route: &Route, config: &Config, request: &Outbound) -> String {
     for (signer, names) in route.signing.describe() {
         let states: Vec<String> = names
             .iter()
-            .map(|name| format!("secret {name}, {}: {}", config.secrets[name], state(&config.secrets[name])))
+            .map(|name| {
+                format!(
+                    "secret {name}, {}: {}",
+                    config.secrets[name],
+                    state(&config.secrets[name])
+                )
+            })
             .collect();
         let _ = writeln!(text, "signed: {signer}  ({})", states.join("; "));
     }
@@ -448,20 +458,43 @@ mod tests {
         let real = |name: &str| SecretString::from(format!("real-{name}-value"));
         for route in &config.routes {
             let method = route.methods[0].clone();
-            let sent = outbound(route, &method, Some(&format!("/{}/a b.txt", route.name)), Some("x=1"), &real).unwrap();
-            let mut shown = outbound(route, &method, Some(&format!("/{}/a b.txt", route.name)), Some("x=1"), &masked).unwrap();
+            let sent = outbound(
+                route,
+                &method,
+                Some(&format!("/{}/a b.txt", route.name)),
+                Some("x=1"),
+                &real,
+            )
+            .unwrap();
+            let mut shown = outbound(
+                route,
+                &method,
+                Some(&format!("/{}/a b.txt", route.name)),
+                Some("x=1"),
+                &masked,
+            )
+            .unwrap();
             mask_signature(route, &mut shown);
             let text = describe(route, &config, &shown);
             assert!(!text.contains("real-"), "{text}");
             match route.name.as_str() {
                 "s3" => {
                     let authorization = sent.headers["authorization"].to_str().unwrap();
-                    assert!(authorization.starts_with("AWS4-HMAC-SHA256 Credential=real-id-value/"), "{authorization}");
+                    assert!(
+                        authorization.starts_with("AWS4-HMAC-SHA256 Credential=real-id-value/"),
+                        "{authorization}"
+                    );
                     assert_eq!(sent.headers["x-amz-content-sha256"], "UNSIGNED-PAYLOAD");
                     assert!(text.contains("Signature=****\n"), "{text}");
                     assert!(text.contains("X-Amz-Security-Token: ****\n"), "{text}");
-                    assert!(text.contains("PUT https://bucket.s3.eu-west-1.amazonaws.com/a%20b.txt?x=1\n"), "{text}");
-                    assert!(text.contains("signed: aws-sigv4 (s3 eu-west-1, unsigned payload)"), "{text}");
+                    assert!(
+                        text.contains("PUT https://bucket.s3.eu-west-1.amazonaws.com/a%20b.txt?x=1\n"),
+                        "{text}"
+                    );
+                    assert!(
+                        text.contains("signed: aws-sigv4 (s3 eu-west-1, unsigned payload)"),
+                        "{text}"
+                    );
                 }
                 _ => {
                     assert!(sent.url.contains("?x=1&timestamp="), "{}", sent.url);

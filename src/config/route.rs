@@ -170,9 +170,15 @@ pub(super) fn validate_route(
             &mut signed,
             source,
         )?;
-        if signing.signer.is_some() && (shorthand.bearer.is_some() || shorthand.basic.is_some() || shorthand.oauth2.is_some()) {
+        if signing.signer.is_some()
+            && (shorthand.bearer.is_some() || shorthand.basic.is_some() || shorthand.oauth2.is_some())
+        {
             return Err(source
-                .error(auth.span(), field, "give exactly one of `bearer`, `basic`, `oauth2`, `aws-sigv4` or `hmac`")
+                .error(
+                    auth.span(),
+                    field,
+                    "give exactly one of `bearer`, `basic`, `oauth2`, `aws-sigv4` or `hmac`",
+                )
                 .with_help("a request carries one credential in `auth`"));
         }
         let template = match (&shorthand.bearer, &shorthand.basic, &shorthand.oauth2) {
@@ -280,10 +286,20 @@ pub(super) fn validate_route(
         (None, None) => {}
         (Some(cert), Some(client_key)) => {
             crate::features::sign::declared(cert.get_ref(), cert.span(), &key("client-cert"), secrets, source)?;
-            crate::features::sign::declared(client_key.get_ref(), client_key.span(), &key("client-key"), secrets, source)?;
+            crate::features::sign::declared(
+                client_key.get_ref(),
+                client_key.span(),
+                &key("client-key"),
+                secrets,
+                source,
+            )?;
             if upstream.base.scheme() != "https" {
                 return Err(source
-                    .error(cert.span(), key("client-cert"), "a client certificate needs an https upstream")
+                    .error(
+                        cert.span(),
+                        key("client-cert"),
+                        "a client certificate needs an https upstream",
+                    )
                     .with_help("use an https:// upstream, or remove `client-cert` and `client-key`"));
             }
             used.insert(cert.get_ref().clone());
@@ -294,9 +310,17 @@ pub(super) fn validate_route(
             });
         }
         (Some(one), None) | (None, Some(one)) => {
-            let field = if raw.client_cert.is_some() { "client-key" } else { "client-cert" };
+            let field = if raw.client_cert.is_some() {
+                "client-key"
+            } else {
+                "client-cert"
+            };
             return Err(source
-                .error(one.span(), key(field), format!("`client-cert` and `client-key` go together; `{field}` is missing"))
+                .error(
+                    one.span(),
+                    key(field),
+                    format!("`client-cert` and `client-key` go together; `{field}` is missing"),
+                )
                 .with_help("name the secrets holding the PEM certificate chain and its private key"));
         }
     }

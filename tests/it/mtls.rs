@@ -70,7 +70,9 @@ async fn client_certificate_from_secrets_is_presented_and_required() {
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(authority.der().clone()).unwrap();
-    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .unwrap();
     let server_key = rustls::pki_types::PrivateKeyDer::from_pem_slice(server.key.as_bytes()).unwrap();
     let server_chain = vec![rustls::pki_types::CertificateDer::from_pem_slice(server.cert.as_bytes()).unwrap()];
     let tls = rustls::ServerConfig::builder()

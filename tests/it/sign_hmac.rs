@@ -110,9 +110,19 @@ async fn hmac_schemes_verified_by_the_upstream() {
         (&daemon, "GET", "/binance/api/v3/account?omitZeroBalances=true", ""),
         (&daemon, "POST", "/binance/api/v3/order?test=1", order),
         (&coinbase_daemon, "GET", "/coinbase/orders?status=open&limit=2", ""),
-        (&coinbase_daemon, "POST", "/coinbase/orders", r#"{"size":"0.01","side":"buy"}"#),
+        (
+            &coinbase_daemon,
+            "POST",
+            "/coinbase/orders",
+            r#"{"size":"0.01","side":"buy"}"#,
+        ),
         (&daemon, "GET", "/okx/api/v5/account/balance?ccy=BTC", ""),
-        (&daemon, "POST", "/okx/api/v5/trade/order", r#"{"instId":"BTC-USDT","sz":"2"}"#),
+        (
+            &daemon,
+            "POST",
+            "/okx/api/v5/trade/order",
+            r#"{"instId":"BTC-USDT","sz":"2"}"#,
+        ),
         (&daemon, "POST", "/b2b/v2/invoices", r#"{"amount":12}"#),
     ];
     for (proxy, method, path, body) in cases {
@@ -144,7 +154,12 @@ async fn hmac_schemes_verified_by_the_upstream() {
         .await
         .unwrap();
     assert_eq!(response.status(), 411);
-    let response = http.post(daemon.url("/b2b/v2/invoices")).body(vec![b'1'; 4096]).send().await.unwrap();
+    let response = http
+        .post(daemon.url("/b2b/v2/invoices"))
+        .body(vec![b'1'; 4096])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 413);
 
     let mut secrets: Vec<&str> = vec![SECRET, &secret_b64, PASSPHRASE];

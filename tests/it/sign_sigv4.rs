@@ -28,7 +28,11 @@ impl SignServer {
     pub fn start(envs: &[(&str, &str)]) -> SignServer {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sign/server.py");
         let mut command = Command::new(python());
-        command.arg(script).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+        command
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
         for (key, value) in envs {
             command.env(key, value);
         }
@@ -146,9 +150,26 @@ async fn sigv4_requests_verified_by_botocore() {
     let (status, body, text) = json(response).await;
     assert_eq!(status, 200, "{text}");
     bodies.push_str(&text);
-    let signed: Vec<&str> = body["signed_headers"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    assert_eq!(signed, ["host", "x-amz-content-sha256", "x-amz-date", "x-amz-meta-note", "x-amz-security-token"]);
-    assert_eq!(body["payload"], "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    let signed: Vec<&str> = body["signed_headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        signed,
+        [
+            "host",
+            "x-amz-content-sha256",
+            "x-amz-date",
+            "x-amz-meta-note",
+            "x-amz-security-token"
+        ]
+    );
+    assert_eq!(
+        body["payload"],
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    );
 
     // POST with a JSON body: hashed, and the hash is the body's.
     let payload = br#"{"name":"widget","tags":["a","b"],"price":12.5}"#;
@@ -190,9 +211,8 @@ async fn s3_uploads_stream_with_unsigned_payload() {
     for _ in 0..128 {
         expected.update(&chunk);
     }
-    let stream = futures_util::stream::iter(
-        (0..128).map(move |_| Ok::<_, std::io::Error>(bytes::Bytes::from(chunk.clone()))),
-    );
+    let stream =
+        futures_util::stream::iter((0..128).map(move |_| Ok::<_, std::io::Error>(bytes::Bytes::from(chunk.clone()))));
     let response = http
         .put(daemon.url("/bucket/photos/a b$.jpg"))
         .body(reqwest::Body::wrap_stream(stream))
@@ -210,7 +230,12 @@ async fn s3_uploads_stream_with_unsigned_payload() {
 
     // A large upload with a Content-Length streams too.
     let large = vec![7u8; 3 * 1024 * 1024 + 5];
-    let response = http.put(daemon.url("/bucket/big.bin")).body(large.clone()).send().await.unwrap();
+    let response = http
+        .put(daemon.url("/bucket/big.bin"))
+        .body(large.clone())
+        .send()
+        .await
+        .unwrap();
     let (status, body, text) = json(response).await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(body["bytes"], large.len());
@@ -247,13 +272,23 @@ async fn hashing_routes_refuse_bodies_they_cannot_read() {
     assert_eq!(body["code"], "length_required");
 
     // Larger than the route's max-body: 413.
-    let response = http.post(daemon.url("/small/items")).body(vec![b'a'; 4096]).send().await.unwrap();
+    let response = http
+        .post(daemon.url("/small/items"))
+        .body(vec![b'a'; 4096])
+        .send()
+        .await
+        .unwrap();
     let (status, body, text) = json(response).await;
     assert_eq!(status, 413, "{text}");
     assert_eq!(body["code"], "body_too_large");
 
     // Within it: signed and accepted.
-    let response = http.post(daemon.url("/small/items")).body(vec![b'a'; 1000]).send().await.unwrap();
+    let response = http
+        .post(daemon.url("/small/items"))
+        .body(vec![b'a'; 1000])
+        .send()
+        .await
+        .unwrap();
     let (status, _, text) = json(response).await;
     assert_eq!(status, 200, "{text}");
     assert_no_secret(&daemon.logs(), &[SECRET_ACCESS_KEY, SESSION_TOKEN], "daemon logs");

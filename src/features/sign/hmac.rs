@@ -170,19 +170,34 @@ impl HmacScheme {
     ) -> Result<HmacScheme, ConfigError> {
         let key = |field: &str| format!("routes.{route}.auth.hmac.{field}");
         let inner = raw.get_ref();
-        let choice = |value: &Option<Spanned<String>>, field: &str, options: &[&str]| -> Result<Option<usize>, ConfigError> {
-            let Some(value) = value else { return Ok(None) };
-            match options.iter().position(|o| *o == value.get_ref().as_str()) {
-                Some(index) => Ok(Some(index)),
-                None => Err(source
-                    .error(value.span(), key(field), format!("`{}` is not one of the choices", value.get_ref()))
-                    .with_help(format!(
-                        "use {}",
-                        options.iter().map(|o| format!("\"{o}\"")).collect::<Vec<_>>().join(", ")
-                    ))),
-            }
-        };
-        super::declared(inner.secret.get_ref(), inner.secret.span(), &key("secret"), secrets, source)?;
+        let choice =
+            |value: &Option<Spanned<String>>, field: &str, options: &[&str]| -> Result<Option<usize>, ConfigError> {
+                let Some(value) = value else { return Ok(None) };
+                match options.iter().position(|o| *o == value.get_ref().as_str()) {
+                    Some(index) => Ok(Some(index)),
+                    None => Err(source
+                        .error(
+                            value.span(),
+                            key(field),
+                            format!("`{}` is not one of the choices", value.get_ref()),
+                        )
+                        .with_help(format!(
+                            "use {}",
+                            options
+                                .iter()
+                                .map(|o| format!("\"{o}\""))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ))),
+                }
+            };
+        super::declared(
+            inner.secret.get_ref(),
+            inner.secret.span(),
+            &key("secret"),
+            secrets,
+            source,
+        )?;
         used.insert(inner.secret.get_ref().clone());
         let key_encoding = match choice(&inner.secret_encoding, "secret-encoding", &["raw", "base64", "hex"])? {
             None | Some(0) => KeyEncoding::Raw,
@@ -202,7 +217,8 @@ impl HmacScheme {
             Some(1) => Timestamp::UnixMs,
             _ => Timestamp::Rfc3339,
         };
-        let message = parse_message(inner.message.get_ref()).map_err(|m| source.error(inner.message.span(), key("message"), m))?;
+        let message = parse_message(inner.message.get_ref())
+            .map_err(|m| source.error(inner.message.span(), key("message"), m))?;
         for piece in &message {
             if let Piece::Secret(name) = piece {
                 super::declared(name, inner.message.span(), &key("message"), secrets, source)?;
@@ -210,32 +226,60 @@ impl HmacScheme {
             }
         }
         let header = |value: &Spanned<String>, field: &str| -> Result<HeaderName, ConfigError> {
-            let name = HeaderName::from_bytes(value.get_ref().as_bytes())
-                .map_err(|_| source.error(value.span(), key(field), format!("`{}` is not a header name", value.get_ref())))?;
-            if matches!(name.as_str(), "host" | "content-length" | "transfer-encoding" | "connection") {
+            let name = HeaderName::from_bytes(value.get_ref().as_bytes()).map_err(|_| {
+                source.error(
+                    value.span(),
+                    key(field),
+                    format!("`{}` is not a header name", value.get_ref()),
+                )
+            })?;
+            if matches!(
+                name.as_str(),
+                "host" | "content-length" | "transfer-encoding" | "connection"
+            ) {
                 return Err(source.error(value.span(), key(field), format!("`{name}` is managed by the proxy")));
             }
             Ok(name)
         };
         let parameter = |value: &Spanned<String>, field: &str| -> Result<String, ConfigError> {
             let name = value.get_ref();
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
-                return Err(source.error(value.span(), key(field), format!("`{name}` is not a plain query parameter name")));
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            {
+                return Err(source.error(
+                    value.span(),
+                    key(field),
+                    format!("`{name}` is not a plain query parameter name"),
+                ));
             }
             Ok(name.clone())
         };
         let place = match (&inner.signature_header, &inner.signature_query) {
             (Some(name), None) => Place::Header {
                 name: header(name, "signature-header")?,
-                prefix: inner.signature_prefix.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default(),
+                prefix: inner
+                    .signature_prefix
+                    .as_ref()
+                    .map(|p| p.get_ref().clone())
+                    .unwrap_or_default(),
             },
             (None, Some(name)) if inner.signature_prefix.is_none() => Place::Query(parameter(name, "signature-query")?),
             (None, Some(name)) => {
-                return Err(source.error(name.span(), key("signature-prefix"), "a prefix applies to `signature-header` only"));
+                return Err(source.error(
+                    name.span(),
+                    key("signature-prefix"),
+                    "a prefix applies to `signature-header` only",
+                ));
             }
             _ => {
                 return Err(source
-                    .error(raw.span(), key("signature-header"), "give exactly one of `signature-header` or `signature-query`")
+                    .error(
+                        raw.span(),
+                        key("signature-header"),
+                        "give exactly one of `signature-header` or `signature-query`",
+                    )
                     .with_help("e.g. `signature-header = \"X-Signature\"` or `signature-query = \"signature\"`"));
             }
         };
@@ -246,8 +290,16 @@ impl HmacScheme {
         {
             return Err(source.error(raw.span(), key("signature-prefix"), "may not contain line breaks"));
         }
-        let timestamp_header = inner.timestamp_header.as_ref().map(|h| header(h, "timestamp-header")).transpose()?;
-        let timestamp_query = inner.timestamp_query.as_ref().map(|q| parameter(q, "timestamp-query")).transpose()?;
+        let timestamp_header = inner
+            .timestamp_header
+            .as_ref()
+            .map(|h| header(h, "timestamp-header"))
+            .transpose()?;
+        let timestamp_query = inner
+            .timestamp_query
+            .as_ref()
+            .map(|q| parameter(q, "timestamp-query"))
+            .transpose()?;
         Ok(HmacScheme {
             secret: inner.secret.get_ref().clone(),
             key_encoding,
@@ -479,7 +531,10 @@ mod tests {
             "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea2505549758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737"
         );
         assert_eq!(
-            timestamp(Timestamp::Rfc3339, std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_607_418_537_715)),
+            timestamp(
+                Timestamp::Rfc3339,
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_607_418_537_715)
+            ),
             "2020-12-08T09:08:57.715Z"
         );
     }

@@ -184,7 +184,13 @@ impl SigV4 {
         let service = word(&inner.service, "service")?;
         let region = word(&inner.region, "region")?;
         let access_key_id = template(&inner.access_key_id, key("access-key-id"), secrets, used, source)?;
-        let secret_access_key = template(&inner.secret_access_key, key("secret-access-key"), secrets, used, source)?;
+        let secret_access_key = template(
+            &inner.secret_access_key,
+            key("secret-access-key"),
+            secrets,
+            used,
+            source,
+        )?;
         if secret_access_key.secrets().next().is_none() {
             return Err(source
                 .error(
@@ -240,7 +246,11 @@ impl Signing {
                 route, raw, secrets, used, source,
             )?))),
             (Some(raw), Some(_)) => Err(source
-                .error(raw.span(), format!("routes.{route}.auth"), "give one of `aws-sigv4` or `hmac`")
+                .error(
+                    raw.span(),
+                    format!("routes.{route}.auth"),
+                    "give one of `aws-sigv4` or `hmac`",
+                )
                 .with_help("a request carries one signature")),
         }
     }
@@ -270,7 +280,10 @@ impl Signing {
             None => {}
         }
         if let Some(cert) = &self.client_cert {
-            lines.push(("mtls (client certificate)".to_string(), vec![cert.cert.clone(), cert.key.clone()]));
+            lines.push((
+                "mtls (client certificate)".to_string(),
+                vec![cert.cert.clone(), cert.key.clone()],
+            ));
         }
         lines
     }
@@ -380,8 +393,9 @@ impl SigV4 {
         for (name, value) in headers.iter() {
             let name = name.as_str();
             if name == "host" || name == "content-type" || name == "content-md5" || name.starts_with("x-amz-") {
-                let value = std::str::from_utf8(value.as_bytes())
-                    .map_err(|_| ProxyError::BadRequest(format!("the `{name}` header is not text, so it cannot be signed")))?;
+                let value = std::str::from_utf8(value.as_bytes()).map_err(|_| {
+                    ProxyError::BadRequest(format!("the `{name}` header is not text, so it cannot be signed"))
+                })?;
                 signed.push((name.to_string(), value.to_string()));
             }
         }
@@ -399,8 +413,14 @@ impl SigV4 {
             service: &self.service,
         };
         let (signature, signed_headers) = sigv4::signature(&canonical, &scope, &secret_access_key);
-        let authorization = Zeroizing::new(sigv4::authorization(&access_key_id, &scope, &signed_headers, &signature));
-        let value = crate::features::inject::sensitive_header(&authorization).ok_or_else(|| unusable("access key id"))?;
+        let authorization = Zeroizing::new(sigv4::authorization(
+            &access_key_id,
+            &scope,
+            &signed_headers,
+            &signature,
+        ));
+        let value =
+            crate::features::inject::sensitive_header(&authorization).ok_or_else(|| unusable("access key id"))?;
         headers.insert(header::AUTHORIZATION, value);
         Ok((body, path_and_query))
     }
@@ -453,59 +473,101 @@ mod tests {
     const SECRETS: &str = "[secrets.id]\nenv = \"I\"\n[secrets.key]\nenv = \"K\"\n[secrets.cert]\nenv = \"C\"\n";
 
     fn err(route: &str) -> String {
-        match Config::parse(&format!("{SECRETS}[routes.r]\npath = \"/r\"\nupstream = \"https://x.example/\"\n{route}\n"), "t.toml") {
+        match Config::parse(
+            &format!("{SECRETS}[routes.r]\npath = \"/r\"\nupstream = \"https://x.example/\"\n{route}\n"),
+            "t.toml",
+        ) {
             Ok(_) => panic!("accepted: {route}"),
             Err(error) => error.to_string(),
         }
     }
 
     fn ok(route: &str) -> crate::config::Route {
-        Config::parse(&format!("{SECRETS}[routes.r]\npath = \"/r\"\nupstream = \"https://x.example/\"\n{route}\n"), "t.toml")
-            .unwrap_or_else(|e| panic!("{e}"))
-            .routes
-            .remove(0)
+        Config::parse(
+            &format!("{SECRETS}[routes.r]\npath = \"/r\"\nupstream = \"https://x.example/\"\n{route}\n"),
+            "t.toml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .routes
+        .remove(0)
     }
 
     #[test]
     fn sigv4_config() {
-        let route = ok(r#"auth = { aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${id}", secret-access-key = "${key}" } }"#);
+        let route = ok(
+            r#"auth = { aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${id}", secret-access-key = "${key}" } }"#,
+        );
         let Some(super::RequestSigner::SigV4(sigv4)) = &route.signing.signer else {
             panic!("no signer");
         };
         assert_eq!(sigv4.payload, super::Payload::Unsigned);
         assert_eq!(route.secrets.iter().collect::<Vec<_>>(), ["id", "key"]);
-        let route = ok(r#"auth = { aws-sigv4 = { service = "bedrock", region = "us-east-1", access-key-id = "AKIDLITERAL", secret-access-key = "${key}" } }"#);
-        assert!(matches!(&route.signing.signer, Some(super::RequestSigner::SigV4(s)) if s.payload == super::Payload::Hash));
+        let route = ok(
+            r#"auth = { aws-sigv4 = { service = "bedrock", region = "us-east-1", access-key-id = "AKIDLITERAL", secret-access-key = "${key}" } }"#,
+        );
+        assert!(
+            matches!(&route.signing.signer, Some(super::RequestSigner::SigV4(s)) if s.payload == super::Payload::Hash)
+        );
 
-        let message = err(r#"auth = { aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${id}", secret-access-key = "plain" } }"#);
-        assert!(message.contains("routes.r.auth.aws-sigv4.secret-access-key: the secret access key must come from a secret"), "{message}");
-        let message = err(r#"auth = { aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${nope}", secret-access-key = "${key}" } }"#);
+        let message = err(
+            r#"auth = { aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${id}", secret-access-key = "plain" } }"#,
+        );
+        assert!(
+            message
+                .contains("routes.r.auth.aws-sigv4.secret-access-key: the secret access key must come from a secret"),
+            "{message}"
+        );
+        let message = err(
+            r#"auth = { aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${nope}", secret-access-key = "${key}" } }"#,
+        );
         assert!(message.contains("unknown secret `nope`"), "{message}");
-        let message = err(r#"auth = { aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${id}", secret-access-key = "${key}", payload = "maybe" } }"#);
+        let message = err(
+            r#"auth = { aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${id}", secret-access-key = "${key}", payload = "maybe" } }"#,
+        );
         assert!(message.contains("`maybe` is not a payload mode"), "{message}");
-        let message = err(r#"auth = { aws-sigv4 = { service = "s3", region = "eu west", access-key-id = "${id}", secret-access-key = "${key}" } }"#);
+        let message = err(
+            r#"auth = { aws-sigv4 = { service = "s3", region = "eu west", access-key-id = "${id}", secret-access-key = "${key}" } }"#,
+        );
         assert!(message.contains("is not an AWS region name"), "{message}");
-        let message = err(r#"auth = { bearer = "id", aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${id}", secret-access-key = "${key}" } }"#);
+        let message = err(
+            r#"auth = { bearer = "id", aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${id}", secret-access-key = "${key}" } }"#,
+        );
         assert!(message.contains("give exactly one of"), "{message}");
-        let message = err(r#"auth = { aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${id}", secret-access-key = "${key}" }, hmac = { secret = "key", message = "{body}", signature-header = "X-Sig" } }"#);
+        let message = err(
+            r#"auth = { aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${id}", secret-access-key = "${key}" }, hmac = { secret = "key", message = "{body}", signature-header = "X-Sig" } }"#,
+        );
         assert!(message.contains("give one of `aws-sigv4` or `hmac`"), "{message}");
-        let message = err(r#"auth = { aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${id}", secret-access-key = "${key}", extra = 1 } }"#);
+        let message = err(
+            r#"auth = { aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${id}", secret-access-key = "${key}", extra = 1 } }"#,
+        );
         assert!(message.contains("extra"), "{message}");
     }
 
     #[test]
     fn hmac_config() {
-        let route = ok(r#"auth = { hmac = { secret = "key", algorithm = "sha512", encoding = "base64", message = "{timestamp}${id}{body-sha256}", signature-header = "X-Sig", timestamp-header = "X-Ts" } }"#);
+        let route = ok(
+            r#"auth = { hmac = { secret = "key", algorithm = "sha512", encoding = "base64", message = "{timestamp}${id}{body-sha256}", signature-header = "X-Sig", timestamp-header = "X-Ts" } }"#,
+        );
         assert_eq!(route.secrets.iter().collect::<Vec<_>>(), ["id", "key"]);
         let message = err(r#"auth = { hmac = { secret = "key", message = "{body}" } }"#);
-        assert!(message.contains("give exactly one of `signature-header` or `signature-query`"), "{message}");
+        assert!(
+            message.contains("give exactly one of `signature-header` or `signature-query`"),
+            "{message}"
+        );
         let message = err(r#"auth = { hmac = { secret = "key", message = "{when}", signature-header = "X-Sig" } }"#);
         assert!(message.contains("`{when}` is not a placeholder"), "{message}");
-        let message = err(r#"auth = { hmac = { secret = "key", algorithm = "md5", message = "{body}", signature-header = "X-Sig" } }"#);
-        assert!(message.contains("routes.r.auth.hmac.algorithm: `md5` is not one of the choices"), "{message}");
+        let message = err(
+            r#"auth = { hmac = { secret = "key", algorithm = "md5", message = "{body}", signature-header = "X-Sig" } }"#,
+        );
+        assert!(
+            message.contains("routes.r.auth.hmac.algorithm: `md5` is not one of the choices"),
+            "{message}"
+        );
         let message = err(r#"auth = { hmac = { secret = "nope", message = "{body}", signature-header = "X-Sig" } }"#);
         assert!(message.contains("unknown secret `nope`"), "{message}");
-        let message = err(r#"auth = { hmac = { secret = "key", message = "{body}", signature-query = "sig", signature-prefix = "v1=" } }"#);
+        let message = err(
+            r#"auth = { hmac = { secret = "key", message = "{body}", signature-query = "sig", signature-prefix = "v1=" } }"#,
+        );
         assert!(message.contains("signature-header` only"), "{message}");
     }
 
@@ -519,12 +581,17 @@ mod tests {
         let message = err("client-cert = \"cert\"\nclient-key = \"nope\"");
         assert!(message.contains("unknown secret `nope`"), "{message}");
         let message = match Config::parse(
-            &format!("{SECRETS}[routes.r]\npath = \"/r\"\nupstream = \"http://127.0.0.1:9/\"\nclient-cert = \"cert\"\nclient-key = \"key\"\n"),
+            &format!(
+                "{SECRETS}[routes.r]\npath = \"/r\"\nupstream = \"http://127.0.0.1:9/\"\nclient-cert = \"cert\"\nclient-key = \"key\"\n"
+            ),
             "t.toml",
         ) {
             Ok(_) => panic!("accepted"),
             Err(error) => error.to_string(),
         };
-        assert!(message.contains("a client certificate needs an https upstream"), "{message}");
+        assert!(
+            message.contains("a client certificate needs an https upstream"),
+            "{message}"
+        );
     }
 }

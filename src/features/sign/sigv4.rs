@@ -263,7 +263,15 @@ mod tests {
 
     /// Signs a suite request (`path` and `query` as in `request.txt`) and checks the canonical
     /// request and the signature against the suite's files.
-    fn suite(method: &str, path: &str, query: &str, extra: &[(&str, &str)], payload: &str, canonical: &str, expected: &str) {
+    fn suite(
+        method: &str,
+        path: &str,
+        query: &str,
+        extra: &[(&str, &str)],
+        payload: &str,
+        canonical: &str,
+        expected: &str,
+    ) {
         let mut list = vec![("host", "example.amazonaws.com"), ("x-amz-date", SUITE_DATE)];
         list.extend_from_slice(extra);
         let headers = headers(&list);
@@ -320,7 +328,9 @@ mod tests {
             &format!("{unreserved}={unreserved}"),
             &[],
             EMPTY_SHA256,
-            &format!("GET\n/\n{unreserved}={unreserved}\nhost:example.amazonaws.com\nx-amz-date:20150830T123600Z\n\nhost;x-amz-date\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+            &format!(
+                "GET\n/\n{unreserved}={unreserved}\nhost:example.amazonaws.com\nx-amz-date:20150830T123600Z\n\nhost;x-amz-date\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            ),
             "9c3e54bfcdf0b19771a7f523ee5669cdf59bc7cc0884027167c21bb143a40197",
         );
     }
@@ -415,7 +425,9 @@ mod tests {
             "",
             &[("x-amz-security-token", token)],
             EMPTY_SHA256,
-            &format!("POST\n/\n\nhost:example.amazonaws.com\nx-amz-date:20150830T123600Z\nx-amz-security-token:{token}\n\nhost;x-amz-date;x-amz-security-token\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+            &format!(
+                "POST\n/\n\nhost:example.amazonaws.com\nx-amz-date:20150830T123600Z\nx-amz-security-token:{token}\n\nhost;x-amz-date;x-amz-security-token\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            ),
             "85d96828115b5dc0cfc3bd16ad9e210dd772bbebba041836c64533a82be05ead",
         );
     }
@@ -444,7 +456,10 @@ mod tests {
             service: "s3",
         };
         let (signature, signed) = signature(&request, &scope, S3_SECRET);
-        (authorization("AKIAIOSFODNN7EXAMPLE", &scope, &signed, &signature), signature)
+        (
+            authorization("AKIAIOSFODNN7EXAMPLE", &scope, &signed, &signature),
+            signature,
+        )
     }
 
     #[test]
@@ -459,7 +474,10 @@ mod tests {
     #[test]
     fn s3_list_objects() {
         let (_, signature) = s3("GET", "/", "max-keys=2&prefix=J", &[], EMPTY_SHA256);
-        assert_eq!(signature, "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7");
+        assert_eq!(
+            signature,
+            "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7"
+        );
     }
 
     #[test]
@@ -471,15 +489,24 @@ mod tests {
             "PUT",
             "/test$file.text",
             "",
-            &[("date", "Fri, 24 May 2013 00:00:00 GMT"), ("x-amz-storage-class", "REDUCED_REDUNDANCY")],
+            &[
+                ("date", "Fri, 24 May 2013 00:00:00 GMT"),
+                ("x-amz-storage-class", "REDUCED_REDUNDANCY"),
+            ],
             &payload,
         );
-        assert_eq!(signature, "98ad721746da40c64f1a55b78f14c238d841ea1380cd77a1b5971af0ece108bd");
+        assert_eq!(
+            signature,
+            "98ad721746da40c64f1a55b78f14c238d841ea1380cd77a1b5971af0ece108bd"
+        );
     }
 
     #[test]
     fn query_is_decoded_and_encoded_once() {
         assert_eq!(canonical_query("b=2&a=x%2fy&a=+&c").as_str(), "a=%20&a=x%2Fy&b=2&c=");
-        assert_eq!(amz_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_440_938_160)), SUITE_DATE);
+        assert_eq!(
+            amz_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_440_938_160)),
+            SUITE_DATE
+        );
     }
 }
