@@ -158,12 +158,17 @@ impl ClientIdentity {
     }
 }
 
+/// A client certificate's identity (hash of chain and key).
+type Fingerprint = [u8; 32];
+/// Origin, extra roots, connect timeout and client certificate: what makes two pools differ.
+type UpstreamKey = (String, Option<PathBuf>, Duration, Option<Fingerprint>);
+
 /// The upstreams of one generation, shared by the routes that name the same origin with the
 /// same trust settings, and the TLS configs shared by routes with the same trust settings.
 #[derive(Default)]
 pub struct Upstreams {
-    by_key: HashMap<(String, Option<PathBuf>, Duration, Option<[u8; 32]>), Arc<Upstream>>,
-    tls: HashMap<(Option<PathBuf>, Option<[u8; 32]>), Arc<rustls::ClientConfig>>,
+    by_key: HashMap<UpstreamKey, Arc<Upstream>>,
+    tls: HashMap<(Option<PathBuf>, Option<Fingerprint>), Arc<rustls::ClientConfig>>,
 }
 
 impl Upstreams {

@@ -115,9 +115,9 @@ pub fn parse_message(text: &str) -> Result<Vec<Piece>, String> {
             (true, after)
         } else if let Some(after) = tail.strip_prefix('{') {
             (false, after)
-        } else if tail.starts_with('$') {
+        } else if let Some(after) = tail.strip_prefix('$') {
             literal.push('$');
-            rest = &tail[1..];
+            rest = after;
             continue;
         } else {
             return Err("a lone `}`; write `}}` for a literal brace".to_string());
