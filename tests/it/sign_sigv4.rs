@@ -293,3 +293,95 @@ async fn hashing_routes_refuse_bodies_they_cannot_read() {
     assert_eq!(status, 200, "{text}");
     assert_no_secret(&daemon.logs(), &[SECRET_ACCESS_KEY, SESSION_TOKEN], "daemon logs");
 }
+
+/// `check` (the built binary) lists each signer with its secrets' state, and no value; `route
+/// test` shows the signed request with the signature, token and keys masked.
+#[test]
+fn check_and_route_test_show_signers_without_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        r#"[secrets.aws-id]
+env = "SIGN_CHECK_ID"
+[secrets.aws-secret]
+env = "SIGN_CHECK_SECRET"
+[secrets.aws-token]
+env = "SIGN_CHECK_TOKEN"
+[secrets.ex-secret]
+env = "SIGN_CHECK_HMAC"
+[secrets.cert]
+env = "SIGN_CHECK_CERT"
+[secrets.key]
+env = "SIGN_CHECK_KEY"
+
+[routes.uploads]
+path = "/s3/{*key}"
+upstream = "https://bucket.s3.eu-west-1.amazonaws.com/{key}"
+methods = ["PUT"]
+auth = { aws-sigv4 = { service = "s3", region = "eu-west-1", access-key-id = "${aws-id}", secret-access-key = "${aws-secret}", session-token = "${aws-token}" } }
+
+[routes.exchange]
+path = "/ex/{*rest}"
+upstream = "https://api.exchange.example/{rest}"
+auth = { hmac = { secret = "ex-secret", algorithm = "sha512", encoding = "base64", message = "{timestamp}{method}{target}", signature-header = "X-Sig", timestamp-header = "X-Ts" } }
+
+[routes.bank]
+path = "/bank/{*rest}"
+upstream = "https://bank.example/{rest}"
+client-cert = "cert"
+client-key = "key"
+"#,
+    )
+    .unwrap();
+    let values = [
+        ("SIGN_CHECK_ID", "AKIDCHECKVALUE"),
+        ("SIGN_CHECK_SECRET", "check-secret-access-key"),
+        ("SIGN_CHECK_TOKEN", "check-session-token"),
+        ("SIGN_CHECK_HMAC", "check-hmac-key"),
+        ("SIGN_CHECK_CERT", "not a certificate"),
+    ];
+    let secrets: Vec<&str> = values.iter().map(|(_, v)| *v).collect();
+    let output = crate::harness::binary()
+        .args(["check", "--config"])
+        .arg(&config)
+        .envs(values)
+        .env_remove("SIGN_CHECK_KEY")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "the client key is missing: {text}");
+    assert!(text.contains("aws-sigv4 (s3 eu-west-1, unsigned payload)"), "{text}");
+    assert!(
+        text.contains("aws-id: present, aws-secret: present, aws-token: present"),
+        "{text}"
+    );
+    assert!(text.contains("hmac-sha512 (base64 in header x-sig)"), "{text}");
+    assert!(text.contains("mtls (client certificate)"), "{text}");
+    assert!(text.contains("cert: present, key: missing"), "{text}");
+    assert_no_secret(&text, &secrets, "check output");
+
+    let output = crate::harness::binary()
+        .args(["route", "test", "uploads", "/s3/photos/cat.jpg", "--config"])
+        .arg(&config)
+        .envs(values)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains("Authorization: AWS4-HMAC-SHA256 Credential=****/"),
+        "{text}"
+    );
+    assert!(text.contains("Signature=****"), "{text}");
+    assert!(text.contains("X-Amz-Security-Token: ****"), "{text}");
+    assert_no_secret(&text, &secrets, "route test output");
+}

@@ -385,6 +385,7 @@ impl HmacScheme {
             append(&mut query, &mut logged, name, &value, &value);
         }
         let key = self.key(out)?;
+        let hashes = self.body_hashes(bytes.as_ref()).await;
         let mut message = Zeroizing::new(Vec::with_capacity(256 + bytes.as_ref().map_or(0, Bytes::len)));
         for piece in &self.message {
             match piece {
@@ -401,14 +402,20 @@ impl HmacScheme {
                     }
                 }
                 Piece::Body => message.extend_from_slice(bytes.as_deref().unwrap_or_default()),
-                Piece::BodySha256 => message
-                    .extend_from_slice(hex::encode(Sha256::digest(bytes.as_deref().unwrap_or_default())).as_bytes()),
-                Piece::BodySha512 => message
-                    .extend_from_slice(hex::encode(Sha512::digest(bytes.as_deref().unwrap_or_default())).as_bytes()),
+                Piece::BodySha256 => message.extend_from_slice(hashes.0.as_bytes()),
+                Piece::BodySha512 => message.extend_from_slice(hashes.1.as_bytes()),
                 Piece::Secret(name) => message.extend_from_slice(super::expose(&out.secret(name))),
             }
         }
-        let mac = mac(self.algorithm, &key, &message);
+        // A large body is MACed on the blocking pool, off the async workers.
+        let mac = if message.len() > super::HASH_INLINE {
+            let algorithm = self.algorithm;
+            tokio::task::spawn_blocking(move || mac(algorithm, &key, &message))
+                .await
+                .expect("a MAC does not panic")
+        } else {
+            mac(self.algorithm, &key, &message)
+        };
         let signature = Zeroizing::new(match self.encoding {
             Encoding::Hex => hex::encode(&*mac),
             Encoding::Base64 => base64::engine::general_purpose::STANDARD.encode(&*mac),
@@ -441,6 +448,37 @@ impl HmacScheme {
         });
         let path_and_query = PathAndQuery::try_from(target.as_str()).map_err(|_| unusable())?;
         Ok((body, path_and_query))
+    }
+
+    /// The hex SHA-256 and SHA-512 of the body, for the placeholders that use them (empty
+    /// otherwise); a large body is hashed on the blocking pool.
+    async fn body_hashes(&self, bytes: Option<&Bytes>) -> (String, String) {
+        let wants = |wanted: &Piece| self.message.contains(wanted);
+        let (sha256, sha512) = (wants(&Piece::BodySha256), wants(&Piece::BodySha512));
+        if !sha256 && !sha512 {
+            return (String::new(), String::new());
+        }
+        let bytes = bytes.cloned().unwrap_or_default();
+        let small = bytes.len() <= super::HASH_INLINE;
+        let hash = move || {
+            (
+                if sha256 {
+                    hex::encode(Sha256::digest(&bytes))
+                } else {
+                    String::new()
+                },
+                if sha512 {
+                    hex::encode(Sha512::digest(&bytes))
+                } else {
+                    String::new()
+                },
+            )
+        };
+        if small {
+            hash()
+        } else {
+            tokio::task::spawn_blocking(hash).await.expect("hashing does not panic")
+        }
     }
 
     /// The signing key from its secret, decoded as configured.
