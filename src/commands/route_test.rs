@@ -22,7 +22,7 @@ use crate::config::template::ValueTemplate;
 use crate::config::{self, Config, Route};
 use crate::features::inject::{build_query, error_chain, render_value, upstream_headers};
 use crate::pipeline::client::{UpstreamBody, Upstreams};
-use crate::secrets::{SecretStore, SecretString, SystemStore};
+use crate::secrets::{ExposeSecret, SecretStore, SecretString, SystemStore};
 
 /// What a masked secret looks like in the printed request.
 const MASK: &str = "****";
@@ -369,9 +369,25 @@ fn send(
     let client_path = client_path.map_or_else(|| route.path.clone(), str::to_string);
     let request = outbound(route, method, Some(&client_path), client_query, &secret)?;
     let redactor = crate::features::scrub::Redactor::for_route(route, secret);
+    // With a client certificate, the connection presents it as the proxy's would.
+    let identity = match &route.signing.client_cert {
+        Some(names) => Some(
+            crate::pipeline::client::ClientIdentity::from_pem(
+                secret(&names.cert).expose_secret().as_bytes(),
+                secret(&names.key).expose_secret().as_bytes(),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        None => None,
+    };
     let upstream = Upstreams::default()
-        .for_route(route)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .for_origin_with(
+            &route.upstream.base,
+            route.ca_file.as_deref(),
+            route.connect_timeout,
+            identity.as_ref(),
+        )
+        .map_err(|e| anyhow::anyhow!("route `{}`: {e}", route.name))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
