@@ -136,6 +136,11 @@ impl std::fmt::Debug for ClientIdentity {
 }
 
 impl ClientIdentity {
+    /// The hash of the chain and key that keys pools (never printed).
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+
     /// Parses a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1). Errors are
     /// fixed text: nothing of either PEM is quoted.
     pub fn from_pem(cert: &[u8], key: &[u8]) -> Result<ClientIdentity, String> {

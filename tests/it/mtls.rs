@@ -144,8 +144,24 @@ client-key = "rogue-key"
         assert_eq!(error["code"], "upstream_tls_refused", "{route}: {body}");
         bodies.push_str(&body);
     }
-    // The certificated route's pool was not used by the others: still only its requests got in.
+    // The certificated route's pool was not used by the others: still only its requests got in,
+    // on one connection.
     assert_eq!(upstream.received().len(), 2);
+
+    // A reload with the same certificate keeps the route's pool: no new connection.
+    let connections = upstream.connections.load(std::sync::atomic::Ordering::SeqCst);
+    let mut config = std::fs::read_to_string(&daemon.config_path).unwrap();
+    config.push_str("\n[routes.other]\npath = \"/other\"\nupstream = \"https://localhost:1/\"\n");
+    std::fs::write(&daemon.config_path, config).unwrap();
+    daemon.signal("HUP");
+    daemon.wait_for_log("config reloaded", 1, Duration::from_secs(20));
+    let (status, body) = status_of(&http, daemon.url("/bank/accounts")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        upstream.connections.load(std::sync::atomic::Ordering::SeqCst),
+        connections,
+        "the reload reconnected"
+    );
 
     // A replaced secret value takes effect: the rogue pair in the bank's files is refused, and
     // the good pair back is accepted again.
