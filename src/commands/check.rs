@@ -44,6 +44,10 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         outln!();
         out!("{}", token_sources_table(&config, &report));
     }
+    if config.routes.iter().any(|route| !route.signing.describe().is_empty()) {
+        outln!();
+        out!("{}", signers_table(&config, &report));
+    }
     let problems = report.problems();
     if !problems.is_empty() {
         outln!();
@@ -225,6 +229,29 @@ pub fn token_sources_table(config: &Config, report: &SecretReport) -> Table {
                 routes.join(",")
             },
         ]);
+    }
+    table
+}
+
+/// Each route's request signer (SigV4, HMAC) and client certificate (mTLS), with the state of
+/// each secret it reads (present/missing), never a value.
+pub fn signers_table(config: &Config, report: &SecretReport) -> Table {
+    let mut table = Table::new(["ROUTE", "SIGNER", "SECRETS"]);
+    for route in &config.routes {
+        for (signer, secrets) in route.signing.describe() {
+            let states: Vec<String> = secrets
+                .iter()
+                .map(|name| {
+                    let state = report
+                        .rows
+                        .iter()
+                        .find(|row| row.name == *name)
+                        .map_or_else(|| "undeclared".to_string(), |row| status_text(&row.status));
+                    format!("{name}: {state}")
+                })
+                .collect();
+            table.row([route.name.clone(), signer, states.join(", ")]);
+        }
     }
     table
 }

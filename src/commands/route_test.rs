@@ -4,6 +4,9 @@
 //! every secret shown as `****` and each injected value's source named. Nothing is sent unless
 //! `--send`; then the response status and headers are printed with every injected value
 //! redacted, as the proxy itself would.
+//!
+//! A route with a request signer (SigV4, HMAC) is signed as the proxy signs it; the printed
+//! request shows the signature, the session token and the keys as `****`.
 
 use std::fmt::Write as _;
 
@@ -19,7 +22,7 @@ use crate::config::template::ValueTemplate;
 use crate::config::{self, Config, Route};
 use crate::features::inject::{build_query, error_chain, render_value, upstream_headers};
 use crate::pipeline::client::{UpstreamBody, Upstreams};
-use crate::secrets::{SecretStore, SecretString, SystemStore};
+use crate::secrets::{ExposeSecret, SecretStore, SecretString, SystemStore};
 
 /// What a masked secret looks like in the printed request.
 const MASK: &str = "****";
@@ -51,7 +54,8 @@ pub fn run(args: RouteTestArgs) -> anyhow::Result<()> {
     };
 
     let masked = |_: &str| SecretString::from(MASK.to_string());
-    let request = outbound(route, &method, client_path.as_deref(), client_query.as_deref(), &masked)?;
+    let mut request = outbound(route, &method, client_path.as_deref(), client_query.as_deref(), &masked)?;
+    mask_signature(route, &mut request);
     out!("{}", describe(route, &config, &request));
     if !args.send {
         outln!("\nnot sent; add --send to send it (without a body) and see the response");
@@ -135,11 +139,92 @@ fn outbound(
         injected.push((name.clone(), value));
     }
     let headers = upstream_headers(HeaderMap::new(), route, injected);
-    Ok(Outbound {
+    let mut request = Outbound {
         method: method.clone(),
         url,
         headers,
-    })
+    };
+    sign(route, &mut request, secret)?;
+    Ok(request)
+}
+
+/// Signs `request` as the proxy would (`features::sign`), with `secret` supplying the values.
+/// A template URL (no client path, `{param}` left in) cannot be signed and is shown unsigned.
+fn sign(route: &Route, request: &mut Outbound, secret: &dyn Fn(&str) -> SecretString) -> anyhow::Result<()> {
+    let Some(signer) = &route.signing.signer else {
+        return Ok(());
+    };
+    let url = url::Url::parse(&request.url).context("the upstream URL")?;
+    let target = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_string(),
+    };
+    let Ok(path_and_query) = http::uri::PathAndQuery::try_from(target) else {
+        return Ok(());
+    };
+    let host = url[url::Position::BeforeHost..url::Position::AfterPort].to_string();
+    let values: Vec<Arc<SecretString>> = route.secrets.iter().map(|name| Arc::new(secret(name))).collect();
+    let mut logged = None;
+    let outgoing = crate::features::sign::Outgoing {
+        method: &request.method,
+        headers: &mut request.headers,
+        path_and_query,
+        body: crate::features::validate::RequestBody::Buffered(bytes::Bytes::new()),
+        host: &host,
+        max_body: route.max_body,
+        names: &route.secrets,
+        values: &values,
+        logged_query: &mut logged,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (_, signed) = runtime
+        .block_on(signer.sign(outgoing))
+        .map_err(|error| anyhow::anyhow!("cannot sign the request: {error}"))?;
+    request.url = format!("{}{signed}", url.origin().ascii_serialization());
+    Ok(())
+}
+
+/// The request with its signature shown as `****` (the keys are masked by their values).
+fn mask_signature(route: &Route, request: &mut Outbound) {
+    use crate::features::sign::RequestSigner;
+    match &route.signing.signer {
+        Some(RequestSigner::SigV4(_)) => {
+            if let Some(value) = request
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+            {
+                let masked = match value.split_once("Signature=") {
+                    Some((head, _)) => format!("{head}Signature={MASK}"),
+                    None => MASK.to_string(),
+                };
+                if let Ok(value) = HeaderValue::from_str(&masked) {
+                    request.headers.insert(http::header::AUTHORIZATION, value);
+                }
+            }
+        }
+        Some(RequestSigner::Hmac(scheme)) => match scheme.masked_names() {
+            (Some(header), _) => {
+                if request.headers.contains_key(header) {
+                    request.headers.insert(header.clone(), HeaderValue::from_static(MASK));
+                }
+            }
+            (_, Some(param)) => {
+                for separator in ['&', '?'] {
+                    let needle = format!("{separator}{param}=");
+                    if let Some(at) = request.url.rfind(&needle) {
+                        request.url.truncate(at + needle.len());
+                        request.url.push_str(MASK);
+                        break;
+                    }
+                }
+            }
+            (None, None) => {}
+        },
+        None => {}
+    }
 }
 
 /// The masked request, with the source of every injected value.
@@ -163,6 +248,19 @@ fn describe(route: &Route, config: &Config, request: &Outbound) -> String {
         if !from.is_empty() {
             let _ = writeln!(text, "query {param}={}{from}", mask(template));
         }
+    }
+    for (signer, names) in route.signing.describe() {
+        let states: Vec<String> = names
+            .iter()
+            .map(|name| {
+                format!(
+                    "secret {name}, {}: {}",
+                    config.secrets[name],
+                    state(&config.secrets[name])
+                )
+            })
+            .collect();
+        let _ = writeln!(text, "signed: {signer}  ({})", states.join("; "));
     }
     let _ = writeln!(
         text,
@@ -191,18 +289,22 @@ fn sources(template: &ValueTemplate, config: &Config) -> String {
         .secrets()
         .map(|name| {
             let source = &config.secrets[name];
-            let status = match SystemStore.fetch(source) {
-                Ok(_) => "present".to_string(),
-                Err(error) if error.is_unreachable() => "store unreachable".to_string(),
-                Err(_) => "missing".to_string(),
-            };
-            format!("secret {name}, {source}: {status}")
+            format!("secret {name}, {source}: {}", state(source))
         })
         .collect();
     if parts.is_empty() {
         String::new()
     } else {
         format!("  ({})", parts.join("; "))
+    }
+}
+
+/// Whether a secret can be read now (the value is dropped at once).
+fn state(source: &crate::secrets::SecretSource) -> &'static str {
+    match SystemStore.fetch(source) {
+        Ok(_) => "present",
+        Err(error) if error.is_unreachable() => "store unreachable",
+        Err(_) => "missing",
     }
 }
 
@@ -267,9 +369,25 @@ fn send(
     let client_path = client_path.map_or_else(|| route.path.clone(), str::to_string);
     let request = outbound(route, method, Some(&client_path), client_query, &secret)?;
     let redactor = crate::features::scrub::Redactor::for_route(route, secret);
+    // With a client certificate, the connection presents it as the proxy's would.
+    let identity = match &route.signing.client_cert {
+        Some(names) => Some(
+            crate::pipeline::client::ClientIdentity::from_pem(
+                secret(&names.cert).expose_secret().as_bytes(),
+                secret(&names.key).expose_secret().as_bytes(),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        None => None,
+    };
     let upstream = Upstreams::default()
-        .for_route(route)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .for_origin_with(
+            &route.upstream.base,
+            route.ca_file.as_deref(),
+            route.connect_timeout,
+            identity.as_ref(),
+        )
+        .map_err(|e| anyhow::anyhow!("route `{}`: {e}", route.name))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -339,5 +457,68 @@ mod tests {
             unmatched.to_string().contains("is not a path of route `a`"),
             "{unmatched}"
         );
+    }
+
+    #[test]
+    fn signed_requests_show_their_signature_masked() {
+        let config = Config::parse(
+            "[secrets.id]\nenv = \"ROUTE_TEST_UNIT_ID\"\n[secrets.key]\nenv = \"ROUTE_TEST_UNIT_KEY\"\n[secrets.tok]\nenv = \"ROUTE_TEST_UNIT_TOK\"\n\
+             [routes.s3]\npath = \"/s3/{*key}\"\nupstream = \"https://bucket.s3.eu-west-1.amazonaws.com/{key}\"\nmethods = [\"PUT\"]\n\
+             auth = { aws-sigv4 = { service = \"s3\", region = \"eu-west-1\", access-key-id = \"${id}\", secret-access-key = \"${key}\", session-token = \"${tok}\" } }\n\
+             [routes.ex]\npath = \"/ex/{*rest}\"\nupstream = \"https://api.exchange.example/{rest}\"\nheaders = { X-MBX-APIKEY = \"${id}\" }\n\
+             auth = { hmac = { secret = \"key\", message = \"{query}{body}\", signature-query = \"signature\", timestamp = \"unix-ms\", timestamp-query = \"timestamp\" } }\n",
+            "t",
+        )
+        .unwrap();
+        let masked = |_: &str| SecretString::from(MASK.to_string());
+        let real = |name: &str| SecretString::from(format!("real-{name}-value"));
+        for route in &config.routes {
+            let method = route.methods[0].clone();
+            let sent = outbound(
+                route,
+                &method,
+                Some(&format!("/{}/a b.txt", route.name)),
+                Some("x=1"),
+                &real,
+            )
+            .unwrap();
+            let mut shown = outbound(
+                route,
+                &method,
+                Some(&format!("/{}/a b.txt", route.name)),
+                Some("x=1"),
+                &masked,
+            )
+            .unwrap();
+            mask_signature(route, &mut shown);
+            let text = describe(route, &config, &shown);
+            assert!(!text.contains("real-"), "{text}");
+            match route.name.as_str() {
+                "s3" => {
+                    let authorization = sent.headers["authorization"].to_str().unwrap();
+                    assert!(
+                        authorization.starts_with("AWS4-HMAC-SHA256 Credential=real-id-value/"),
+                        "{authorization}"
+                    );
+                    assert_eq!(sent.headers["x-amz-content-sha256"], "UNSIGNED-PAYLOAD");
+                    assert!(text.contains("Signature=****\n"), "{text}");
+                    assert!(text.contains("X-Amz-Security-Token: ****\n"), "{text}");
+                    assert!(
+                        text.contains("PUT https://bucket.s3.eu-west-1.amazonaws.com/a%20b.txt?x=1\n"),
+                        "{text}"
+                    );
+                    assert!(
+                        text.contains("signed: aws-sigv4 (s3 eu-west-1, unsigned payload)"),
+                        "{text}"
+                    );
+                }
+                _ => {
+                    assert!(sent.url.contains("?x=1&timestamp="), "{}", sent.url);
+                    assert!(!sent.url.ends_with("&signature=****"), "{}", sent.url);
+                    assert!(text.contains("&signature=****\n"), "{text}");
+                    assert!(text.contains("signed: hmac-sha256 (hex in query signature)"), "{text}");
+                }
+            }
+        }
     }
 }

@@ -122,6 +122,8 @@ pub struct Route {
     /// `allow-keyless = true`: once client keys are in use, requests without one are still
     /// served here (from loopback sockets) — what browser pages of the allowed origins call.
     pub allow_keyless: bool,
+    /// `auth = { aws-sigv4 | hmac }` and `client-cert`/`client-key`: computed credentials.
+    pub signing: crate::features::sign::Signing,
 }
 
 impl Config {

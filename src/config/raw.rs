@@ -108,6 +108,9 @@ pub struct RawRoute {
     /// Serve requests without a client key once keys are in use (see `features::guard`).
     #[serde(default)]
     pub allow_keyless: bool,
+    /// Secret names holding the PEM client certificate chain and key (mTLS, `features::sign`).
+    pub client_cert: Option<Spanned<String>>,
+    pub client_key: Option<Spanned<String>>,
 }
 
 /// Shorthands for the `Authorization` header.
@@ -120,6 +123,10 @@ pub struct RawAuth {
     pub basic: Option<RawBasic>,
     /// `Authorization: Bearer <token>` from the `[oauth2.NAME]` token source.
     pub oauth2: Option<String>,
+    /// AWS Signature Version 4 over each request (`features::sign`).
+    pub aws_sigv4: Option<Spanned<crate::features::sign::RawSigV4>>,
+    /// A declarative HMAC signature over each request (`features::sign`).
+    pub hmac: Option<Spanned<crate::features::sign::RawHmac>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -155,9 +155,32 @@ pub(super) fn validate_route(
     }
 
     let mut oauth2 = None;
+    let mut signing = crate::features::sign::Signing::default();
+    // The signer's secrets join `used` once `check_secrets` is done with it.
+    let mut signed = BTreeSet::new();
     if let Some(auth) = &raw.auth {
         let field = key("auth");
         let shorthand = auth.get_ref();
+        // Request signers (features::sign): exclusive with the other shorthands.
+        signing.signer = crate::features::sign::Signing::signer_from_auth(
+            name,
+            shorthand.aws_sigv4.as_ref(),
+            shorthand.hmac.as_ref(),
+            secrets,
+            &mut signed,
+            source,
+        )?;
+        if signing.signer.is_some()
+            && (shorthand.bearer.is_some() || shorthand.basic.is_some() || shorthand.oauth2.is_some())
+        {
+            return Err(source
+                .error(
+                    auth.span(),
+                    field,
+                    "give exactly one of `bearer`, `basic`, `oauth2`, `aws-sigv4` or `hmac`",
+                )
+                .with_help("a request carries one credential in `auth`"));
+        }
         let template = match (&shorthand.bearer, &shorthand.basic, &shorthand.oauth2) {
             (Some(secret), None, None) => Some(ValueTemplate {
                 parts: vec![ValuePart::Literal("Bearer ".into()), ValuePart::Secret(secret.clone())],
@@ -176,13 +199,16 @@ pub(super) fn validate_route(
                 oauth2 = Some(source_name.clone());
                 None
             }
+            (None, None, None) if signing.signer.is_some() => None,
             _ => {
                 return Err(source
                     .error(auth.span(), field, "give exactly one of `bearer`, `basic` or `oauth2`")
                     .with_help("e.g. `auth = { bearer = \"github\" }`, `auth = { basic = { username = \"me\", password = \"secret-name\" } }` or `auth = { oauth2 = \"paypal\" }`"));
             }
         };
-        if headers.iter().any(|(h, _)| h == http::header::AUTHORIZATION) {
+        if headers.iter().any(|(h, _)| h == http::header::AUTHORIZATION)
+            && !matches!(signing.signer, Some(crate::features::sign::RequestSigner::Hmac(_)))
+        {
             return Err(source.error(
                 auth.span(),
                 field,
@@ -254,6 +280,51 @@ pub(super) fn validate_route(
         Some(path) => Some(super::ca_file(path, key("ca-file"), source)?),
     };
 
+    used.extend(signed);
+    // mTLS (features::sign::mtls): both secrets or neither, over https only.
+    match (&raw.client_cert, &raw.client_key) {
+        (None, None) => {}
+        (Some(cert), Some(client_key)) => {
+            crate::features::sign::declared(cert.get_ref(), cert.span(), &key("client-cert"), secrets, source)?;
+            crate::features::sign::declared(
+                client_key.get_ref(),
+                client_key.span(),
+                &key("client-key"),
+                secrets,
+                source,
+            )?;
+            if upstream.base.scheme() != "https" {
+                return Err(source
+                    .error(
+                        cert.span(),
+                        key("client-cert"),
+                        "a client certificate needs an https upstream",
+                    )
+                    .with_help("use an https:// upstream, or remove `client-cert` and `client-key`"));
+            }
+            used.insert(cert.get_ref().clone());
+            used.insert(client_key.get_ref().clone());
+            signing.client_cert = Some(crate::features::sign::ClientCert {
+                cert: cert.get_ref().clone(),
+                key: client_key.get_ref().clone(),
+            });
+        }
+        (Some(one), None) | (None, Some(one)) => {
+            let field = if raw.client_cert.is_some() {
+                "client-key"
+            } else {
+                "client-cert"
+            };
+            return Err(source
+                .error(
+                    one.span(),
+                    key(field),
+                    format!("`client-cert` and `client-key` go together; `{field}` is missing"),
+                )
+                .with_help("name the secrets holding the PEM certificate chain and its private key"));
+        }
+    }
+
     Ok(Route {
         name: name.to_string(),
         path: path.clone(),
@@ -279,6 +350,7 @@ pub(super) fn validate_route(
         scrub_response: raw.scrub_response.unwrap_or(true),
         oauth2,
         allow_keyless: raw.allow_keyless,
+        signing,
     })
 }
 

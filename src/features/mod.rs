@@ -14,6 +14,7 @@ pub mod oauth2;
 pub mod path;
 pub mod ratelimit;
 pub mod scrub;
+pub mod sign;
 pub mod static_site;
 pub mod transform;
 pub mod validate;

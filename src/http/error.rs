@@ -131,6 +131,16 @@ pub enum ProxyError {
         retry_after: Duration,
         daily: bool,
     },
+    /// The route signs a hash of the body, and the body declares no length (chunked).
+    #[error("this route signs the request body, so it needs a Content-Length of at most {limit} bytes")]
+    LengthRequired { limit: u64 },
+    /// A signer's secret (key, certificate) cannot be used as configured. Names the setting or
+    /// the secret, never a value.
+    #[error("the route's request signing cannot be done: {reason}")]
+    SignerUnusable { reason: String },
+    /// The upstream refused the TLS handshake over the client certificate (mTLS).
+    #[error("the upstream refused the TLS connection: {0}")]
+    UpstreamTlsRefused(&'static str),
 }
 
 impl ProxyError {
@@ -210,6 +220,9 @@ impl ProxyError {
                 Client,
                 false,
             ),
+            ProxyError::LengthRequired { .. } => (StatusCode::LENGTH_REQUIRED, "length_required", Client, true),
+            ProxyError::SignerUnusable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "signer_unusable", Internal, false),
+            ProxyError::UpstreamTlsRefused(_) => (StatusCode::BAD_GATEWAY, "upstream_tls_refused", Upstream, false),
         };
         Spec {
             status,
@@ -269,6 +282,9 @@ impl ProxyError {
                 body["hint"] = Value::from(format!(
                     "check `[oauth2.{source}]` and `secretproxy check`; the daemon's log has the details"
                 ));
+            }
+            ProxyError::UpstreamTlsRefused(_) => {
+                body["hint"] = Value::from("check the route's `client-cert` and `client-key` (mTLS)");
             }
             ProxyError::RateLimited { retry_after: after, .. }
             | ProxyError::ClientLimited { retry_after: after, .. } => {

@@ -11,6 +11,11 @@
 //! origin its route names. TLS is rustls with the ring provider, verifying against the OS trust
 //! store (rustls-platform-verifier) plus a route's `ca-file`; sessions are resumed through the
 //! client config shared by every route with the same trust settings.
+//!
+//! A route with a TLS client certificate (mTLS, `client-cert`/`client-key`) gets a client config
+//! and a pool of its own: both are keyed by the origin, the trust settings and the certificate's
+//! identity (a hash of the chain and key, never printed), so a connection authenticated with one
+//! certificate never carries another route's requests.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +31,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use sha2::Digest;
 use tokio::net::TcpStream;
 
 use crate::config::Route;
@@ -77,14 +84,96 @@ impl SendError {
     pub fn chain(&self) -> String {
         crate::features::inject::error_chain(self)
     }
+
+    /// Why the upstream refused the TLS handshake over the client's certificate (a missing,
+    /// unknown or rejected client certificate), when that is what happened. With TLS 1.3 the
+    /// server's alert arrives after the client's side of the handshake, with the first read.
+    pub fn tls_refusal(&self) -> Option<&'static str> {
+        use rustls::AlertDescription as Alert;
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = match self {
+            SendError::Tls(error) | SendError::Connect(error) => Some(error),
+            SendError::Handshake(error) | SendError::Exchange(error) => Some(error),
+            SendError::ConnectTimeout(_) => None,
+        };
+        while let Some(error) = cause {
+            let tls = error
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .or_else(|| error.downcast_ref::<rustls::Error>());
+            if let Some(rustls::Error::AlertReceived(alert)) = tls {
+                return match alert {
+                    Alert::CertificateRequired => Some("the upstream requires a client certificate"),
+                    Alert::BadCertificate
+                    | Alert::UnsupportedCertificate
+                    | Alert::CertificateRevoked
+                    | Alert::CertificateExpired
+                    | Alert::CertificateUnknown
+                    | Alert::UnknownCA
+                    | Alert::AccessDenied => Some("the upstream rejected the client certificate"),
+                    Alert::HandshakeFailure => Some("the upstream refused the TLS handshake"),
+                    _ => None,
+                };
+            }
+            cause = error.source();
+        }
+        None
+    }
 }
+
+/// A TLS client certificate chain and its private key (mTLS). `Debug` shows neither.
+pub struct ClientIdentity {
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    /// Identifies the pair for pool keys (never printed).
+    fingerprint: [u8; 32],
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientIdentity({} certificates)", self.certs.len())
+    }
+}
+
+impl ClientIdentity {
+    /// The hash of the chain and key that keys pools (never printed).
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+
+    /// Parses a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1 or SEC1). Errors are
+    /// fixed text: nothing of either PEM is quoted.
+    pub fn from_pem(cert: &[u8], key: &[u8]) -> Result<ClientIdentity, String> {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert).filter_map(Result::ok).collect();
+        if certs.is_empty() {
+            return Err("client-cert holds no PEM certificate".to_string());
+        }
+        let key = PrivateKeyDer::from_pem_slice(key)
+            .map_err(|_| "client-key holds no PEM private key (PKCS#8, PKCS#1 or SEC1)".to_string())?;
+        let mut hash = sha2::Sha256::new();
+        for cert in &certs {
+            hash.update(cert.as_ref());
+        }
+        hash.update(key.secret_der());
+        Ok(ClientIdentity {
+            certs,
+            key,
+            fingerprint: hash.finalize().into(),
+        })
+    }
+}
+
+/// A client certificate's identity (hash of chain and key).
+type Fingerprint = [u8; 32];
+/// Origin, extra roots, connect timeout and client certificate: what makes two pools differ.
+type UpstreamKey = (String, Option<PathBuf>, Duration, Option<Fingerprint>);
 
 /// The upstreams of one generation, shared by the routes that name the same origin with the
 /// same trust settings, and the TLS configs shared by routes with the same trust settings.
 #[derive(Default)]
 pub struct Upstreams {
-    by_key: HashMap<(String, Option<PathBuf>, Duration), Arc<Upstream>>,
-    tls: HashMap<Option<PathBuf>, Arc<rustls::ClientConfig>>,
+    by_key: HashMap<UpstreamKey, Arc<Upstream>>,
+    tls: HashMap<(Option<PathBuf>, Option<Fingerprint>), Arc<rustls::ClientConfig>>,
 }
 
 impl Upstreams {
@@ -104,6 +193,19 @@ impl Upstreams {
         ca_file: Option<&Path>,
         connect_timeout: Duration,
     ) -> Result<Arc<Upstream>, String> {
+        self.for_origin_with(base, ca_file, connect_timeout, None)
+    }
+
+    /// The upstream for the origin of `base`, presenting `identity` when the upstream asks for
+    /// a client certificate.
+    pub fn for_origin_with(
+        &mut self,
+        base: &url::Url,
+        ca_file: Option<&Path>,
+        connect_timeout: Duration,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<Arc<Upstream>, String> {
+        let fingerprint = identity.map(|identity| identity.fingerprint);
         let https = base.scheme() == "https";
         let host = base.host_str().unwrap_or_default().to_string();
         let port = base.port_or_known_default().unwrap_or(if https { 443 } else { 80 });
@@ -112,16 +214,17 @@ impl Upstreams {
             format!("{}://{host}:{port}", base.scheme()),
             ca_file.clone(),
             connect_timeout,
+            fingerprint,
         );
         if let Some(upstream) = self.by_key.get(&key) {
             return Ok(upstream.clone());
         }
         let tls = if https {
-            let config = match self.tls.get(&ca_file) {
+            let config = match self.tls.get(&(ca_file.clone(), fingerprint)) {
                 Some(config) => config.clone(),
                 None => {
-                    let config = Arc::new(tls_config(ca_file.as_deref())?);
-                    self.tls.insert(ca_file.clone(), config.clone());
+                    let config = Arc::new(tls_config(ca_file.as_deref(), identity)?);
+                    self.tls.insert((ca_file.clone(), fingerprint), config.clone());
                     config
                 }
             };
@@ -156,7 +259,7 @@ impl Upstreams {
     }
 }
 
-fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+fn tls_config(ca_file: Option<&Path>, identity: Option<&ClientIdentity>) -> Result<rustls::ClientConfig, String> {
     install_crypto_provider();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let extra: Vec<CertificateDer<'static>> = match ca_file {
@@ -178,12 +281,19 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
         rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
     }
     .map_err(|e| format!("cannot load the trust store: {e}"))?;
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("cannot build the TLS config: {e}"))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        // rustls's error names the problem (an unsupported key type, a key that does not match
+        // the certificate), never the key.
+        Some(identity) => builder
+            .with_client_auth_cert(identity.certs.clone(), identity.key.clone_key())
+            .map_err(|e| format!("cannot use the client certificate: {e}"))?,
+    };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

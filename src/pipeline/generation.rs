@@ -67,6 +67,13 @@ impl Generation {
             crate::features::oauth2::build_sources(&config.oauth2, previous.map(|p| &p.oauth2), &mut upstreams)?;
         for plan in &mut plans {
             plan.oauth2 = plan.route.oauth2.as_ref().and_then(|name| oauth2.get(name).cloned());
+            // mTLS pools carry over while the certificate is the same (features::sign::mtls).
+            if let (Some(slot), Some(previous)) = (&plan.client_cert, previous)
+                && let Some(old) = previous.plans.iter().find(|old| old.name == plan.name)
+                && let Some(old_slot) = &old.client_cert
+            {
+                slot.carry_from(old_slot);
+            }
         }
         let hook_metrics = config
             .webhooks

@@ -34,7 +34,7 @@ use secrecy::SecretString;
 use tracing::instrument;
 
 use crate::daemon::metrics::RouteMetrics;
-use crate::features::{admin, cors, decode, guard, inject, limit, validate};
+use crate::features::{admin, cors, decode, guard, inject, limit, sign, validate};
 use crate::http::body::{BoxError, ProxyBody, Upload};
 use crate::http::error::{ProxyError, Side};
 use access::{AccessRecord, Logged};
@@ -379,6 +379,25 @@ async fn forward(
         headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     }
 
+    // Sign: SigV4 or HMAC over the request exactly as it goes upstream (features::sign).
+    let (body, path_and_query) = match &route.signing.signer {
+        Some(signer) => {
+            let outgoing = sign::Outgoing {
+                method: &parts.method,
+                headers: &mut headers,
+                path_and_query,
+                body,
+                host: plan.upstream.host(),
+                max_body: route.max_body,
+                names: &route.secrets,
+                values: &values,
+                logged_query: &mut context.query,
+            };
+            Box::pin(signer.sign(outgoing)).await?
+        }
+        None => (body, path_and_query),
+    };
+
     // A 401 to a token is retried once with a fresh one when the body can be sent again.
     let (body, replay) = match &plan.oauth2 {
         Some(_) => replayable(body, &headers).await?,
@@ -540,7 +559,8 @@ async fn send_upstream(
     }
     let sent_at = Instant::now();
     let timeout = route.response_timeout;
-    let exchange = plan.upstream.send(path_and_query, outbound);
+    let upstream = plan.upstream_for(values)?;
+    let exchange = upstream.send(path_and_query, outbound);
     let deadline = async {
         upload.ended().await;
         tokio::time::sleep(timeout).await;
@@ -560,6 +580,9 @@ async fn send_upstream(
         }),
         Some(Err(_)) if upload.failed() => Err(ProxyError::BadBody),
         Some(Err(client::SendError::ConnectTimeout(after))) => Err(ProxyError::Timeout(after)),
+        Some(Err(err)) if err.tls_refusal().is_some() => {
+            Err(ProxyError::UpstreamTlsRefused(err.tls_refusal().unwrap_or_default()))
+        }
         Some(Err(err)) => {
             // Error text is scrubbed like a response, whether or not the route scrubs those.
             let text = err.chain();

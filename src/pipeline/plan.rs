@@ -35,6 +35,8 @@ pub struct RoutePlan {
     /// The route's OAuth2 token source (`auth = { oauth2 = "NAME" }`), shared by the routes
     /// naming it.
     pub oauth2: Option<Arc<crate::features::oauth2::TokenSource>>,
+    /// The route's mTLS upstream (`client-cert`/`client-key`), built for the current values.
+    pub client_cert: Option<crate::features::sign::mtls::ClientCertSlot>,
     redactor: ArcSwapOption<CachedRedactor>,
 }
 
@@ -66,9 +68,22 @@ impl RoutePlan {
             metrics: Arc::new(RouteMetrics::new(&route.name)),
             limiter: limits.for_route(&route.name),
             oauth2: None,
+            client_cert: crate::features::sign::mtls::ClientCertSlot::for_route(route),
             redactor: ArcSwapOption::empty(),
             route: route.clone(),
         })
+    }
+
+    /// The upstream to send to: the route's pool, or with a client certificate the pool that
+    /// presents the certificate in `values` (the route's secret values).
+    pub fn upstream_for(
+        &self,
+        values: &[Arc<SecretString>],
+    ) -> Result<std::borrow::Cow<'_, Arc<Upstream>>, crate::http::error::ProxyError> {
+        match &self.client_cert {
+            None => Ok(std::borrow::Cow::Borrowed(&self.upstream)),
+            Some(slot) => slot.upstream(values).map(std::borrow::Cow::Owned),
+        }
     }
 
     /// The route's scrubber for these secret values (`None` when it injects none); built on the
