@@ -20,6 +20,8 @@ pub struct RawConfig {
     /// `[oauth2.NAME]` token sources (validated in `features::oauth2`).
     #[serde(default)]
     pub oauth2: BTreeMap<String, Spanned<RawOAuth2>>,
+    /// `[state]`: the shared store (validated in `features::store`).
+    pub state: Option<Spanned<RawState>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,6 +103,8 @@ pub struct RawRoute {
     pub allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
     pub max_body: Option<Spanned<RawSize>>,
     pub scrub_response: Option<bool>,
+    /// What the route's shared rate limit does when `[state]` cannot answer.
+    pub on_error: Option<Spanned<String>>,
 }
 
 /// Shorthands for the `Authorization` header.
@@ -196,6 +200,8 @@ pub struct RawWebhook {
     /// The signature header for `verify = "hmac-sha256"`.
     pub header: Option<Spanned<String>>,
     pub max_body: Option<Spanned<RawSize>>,
+    /// What the replay check does when `[state]` cannot answer.
+    pub on_error: Option<Spanned<String>>,
 }
 
 /// `[oauth2.NAME]`: an OAuth2 client-credentials token source.
@@ -216,4 +222,18 @@ pub struct RawOAuth2 {
     pub client_auth: Option<Spanned<String>>,
     pub ca_file: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
+}
+
+/// `[state]`: the shared store (Redis/Valkey) for replicas.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawState {
+    pub url: Spanned<String>,
+    pub key_prefix: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub cool_down: Option<Spanned<String>>,
+    /// `"local"`, `"allow"` or `"deny"`: the default for routes and webhooks.
+    pub on_error: Option<Spanned<String>>,
+    /// Name of the `[secrets]` entry holding the store's password.
+    pub password: Option<Spanned<String>>,
 }

@@ -278,6 +278,10 @@ pub(super) fn validate_route(
         max_body: access::max_body(&raw.max_body, &key("max-body"), source)?,
         scrub_response: raw.scrub_response.unwrap_or(true),
         oauth2,
+        on_error: match &raw.on_error {
+            Some(value) => Some(crate::features::store::OnError::from_raw(value, &key("on-error"), source)?),
+            None => None,
+        },
     })
 }
 

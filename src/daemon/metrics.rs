@@ -57,6 +57,8 @@ pub struct Metrics {
     reloads: Counter<u64, AtomicU64>,
     reload_failures: Counter<u64, AtomicU64>,
     secret_lookup_failures: Family<SecretLabels, Counter>,
+    /// The shared store's error and fallback counters (handed to each `Store`).
+    store: crate::features::store::StoreMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -119,7 +121,10 @@ impl Metrics {
             "Requests answered 503 because a secret was unavailable, by secret name",
             secret_lookup_failures.clone(),
         );
+        let store = crate::features::store::StoreMetrics::default();
+        store.register(&mut registry);
         Metrics {
+            store,
             registry,
             started: Instant::now(),
             requests,
@@ -151,6 +156,11 @@ impl Metrics {
                 secret: name.to_string(),
             })
             .inc();
+    }
+
+    /// The shared store's counters, for the generation's `Store`.
+    pub fn store(&self) -> crate::features::store::StoreMetrics {
+        self.store.clone()
     }
 
     /// Counts a config reload that was swapped in. Called by the reload code.

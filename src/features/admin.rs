@@ -80,16 +80,25 @@ pub fn answer(
     Ok(response)
 }
 
-/// The health document: always `200`; `status` is `degraded` while a secret is missing.
+/// The health document: always `200`; `status` is `degraded` while a secret is missing or the
+/// shared store (`[state]`, reported under `state`) is down.
 pub fn health(generation: &Generation, metrics: &Metrics) -> serde_json::Value {
     let missing = generation.missing_secrets();
-    json!({
-        "status": if missing.is_empty() { "ok" } else { "degraded" },
+    let store_down = generation
+        .store
+        .as_ref()
+        .is_some_and(|store| store.health() == crate::features::store::breaker::Health::Down);
+    let mut document = json!({
+        "status": if missing.is_empty() && !store_down { "ok" } else { "degraded" },
         "routes": generation.config.routes.len(),
         "missing_secrets": missing,
         "uptime_seconds": metrics.uptime().as_secs(),
         "config_generation": generation.number,
-    })
+    });
+    if let Some(store) = &generation.store {
+        document["state"] = store.health_json();
+    }
+    document
 }
 
 #[cfg(test)]

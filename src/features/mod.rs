@@ -13,6 +13,7 @@ pub mod path;
 pub mod ratelimit;
 pub mod scrub;
 pub mod static_site;
+pub mod store;
 pub mod transform;
 pub mod validate;
 pub mod webhooks;

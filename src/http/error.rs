@@ -118,6 +118,10 @@ pub enum ProxyError {
     /// The route's transform failed or passed a bound.
     #[error("{message}")]
     Transform { code: &'static str, message: String },
+    /// The shared store (`[state]`) did not answer in time and the route or webhook fails
+    /// closed (`on-error = "deny"`).
+    #[error("the shared state store is unavailable and this endpoint fails closed (on-error = \"deny\")")]
+    StateUnavailable,
 }
 
 impl ProxyError {
@@ -184,6 +188,7 @@ impl ProxyError {
             ProxyError::TokenRefused { .. } => (StatusCode::BAD_GATEWAY, "token_refused", Upstream, false),
             ProxyError::AdminNotLocal { .. } => (StatusCode::FORBIDDEN, "forbidden", Client, false),
             ProxyError::NoEndpoint => (StatusCode::NOT_FOUND, "no_endpoint", Client, false),
+            ProxyError::StateUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", Internal, false),
         };
         Spec {
             status,

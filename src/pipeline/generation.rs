@@ -1,5 +1,5 @@
-//! One generation of live state: the validated config, its route table, its secrets and one
-//! plan per route (upstream pools, metric handles, scrubber slot). Built completely (blocking: secrets are read) before it is swapped in, so a
+//! One generation of live state: the validated config, its route table, its secrets, the shared
+//! store (`[state]`) and one plan per route (upstream pools, metric handles, scrubber slot). Built completely (blocking: secrets are read) before it is swapped in, so a
 //! request always runs against one consistent generation from start to end.
 
 use std::sync::Arc;
@@ -35,6 +35,8 @@ pub struct Generation {
     pub oauth2: crate::features::oauth2::TokenSources,
     /// The static site, when `static-dir` is set.
     pub site: Option<crate::features::static_site::Site>,
+    /// The shared store of `[state]` (kept across reloads while the table is equal).
+    pub store: Option<Arc<crate::features::store::Store>>,
 }
 
 impl Generation {
@@ -52,7 +54,17 @@ impl Generation {
         number: u64,
         previous: Option<&Generation>,
     ) -> Result<Generation, ClientError> {
-        let limits = crate::features::ratelimit::Limiters::build(&config.routes, previous.map(|p| &p.limits));
+        let state_store = crate::features::store::Store::build(
+            config.state.as_ref(),
+            previous.and_then(|p| p.store.as_ref()),
+            store.clone(),
+            &config.secrets,
+        );
+        let limits = crate::features::ratelimit::Limiters::build(
+            &config.routes,
+            previous.map(|p| &p.limits),
+            state_store.as_ref(),
+        );
         let mut upstreams = Upstreams::default();
         let mut plans = config
             .routes
@@ -79,17 +91,33 @@ impl Generation {
             hook_metrics,
             limits,
             oauth2,
-            hooks: crate::features::webhooks::Hooks::build(&config.webhooks)?,
+            hooks: crate::features::webhooks::Hooks::build(&config.webhooks, state_store.clone())?,
             site: config
                 .server
                 .static_site
                 .clone()
                 .map(crate::features::static_site::Site::new),
+            store: state_store,
             number,
             table: RouteTable::new(&config),
             config: Arc::new(config),
             secrets,
         })
+    }
+
+    /// True when some route with a rate limit, or some webhook, fails closed on the shared store
+    /// (`on-error = "deny"`, its own or `[state]`'s): then readiness needs the store.
+    pub fn fails_closed(&self) -> bool {
+        use crate::features::store::OnError;
+        let Some(state) = &self.config.state else {
+            return false;
+        };
+        let denies = |own: Option<OnError>| own.unwrap_or(state.on_error) == OnError::Deny;
+        self.config
+            .routes
+            .iter()
+            .any(|route| route.rate_limit.is_some() && denies(route.on_error))
+            || self.config.webhooks.iter().any(|hook| denies(hook.on_error))
     }
 
     /// Names of the secrets that are unavailable right now (never their values).
@@ -153,10 +181,14 @@ pub struct Live {
 impl Live {
     pub fn new(generation: Generation) -> Live {
         let next = generation.number + 1;
+        let metrics = Arc::new(Metrics::new());
+        if let Some(store) = &generation.store {
+            store.attach_metrics(metrics.store());
+        }
         Live {
             current: ArcSwap::from_pointee(generation),
             next_number: AtomicU64::new(next),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
         }
     }
 
@@ -175,6 +207,9 @@ impl Live {
     }
 
     pub fn swap(&self, generation: Generation) {
+        if let Some(store) = &generation.store {
+            store.attach_metrics(self.metrics.store());
+        }
         self.current.store(Arc::new(generation));
     }
 }
