@@ -457,14 +457,26 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
         let stray = raw
             .routes
             .iter()
-            .filter_map(|(name, r)| r.get_ref().on_error.as_ref().map(|v| (format!("routes.{name}.on-error"), v)))
+            .filter_map(|(name, r)| {
+                r.get_ref()
+                    .on_error
+                    .as_ref()
+                    .map(|v| (format!("routes.{name}.on-error"), v))
+            })
             .chain(raw.webhooks.iter().filter_map(|(name, w)| {
-                w.get_ref().on_error.as_ref().map(|v| (format!("webhooks.{name}.on-error"), v))
+                w.get_ref()
+                    .on_error
+                    .as_ref()
+                    .map(|v| (format!("webhooks.{name}.on-error"), v))
             }));
         for (key, value) in stray {
             errors.push(
                 source
-                    .error(value.span(), key, "`on-error` applies to the shared store, and there is no `[state]`")
+                    .error(
+                        value.span(),
+                        key,
+                        "`on-error` applies to the shared store, and there is no `[state]`",
+                    )
                     .with_help("add `[state] url = \"redis://...\"` or remove the key"),
             );
         }

@@ -279,7 +279,11 @@ pub(super) fn validate_route(
         scrub_response: raw.scrub_response.unwrap_or(true),
         oauth2,
         on_error: match &raw.on_error {
-            Some(value) => Some(crate::features::store::OnError::from_raw(value, &key("on-error"), source)?),
+            Some(value) => Some(crate::features::store::OnError::from_raw(
+                value,
+                &key("on-error"),
+                source,
+            )?),
             None => None,
         },
     })

@@ -209,11 +209,7 @@ impl SharedLimiter {
         let today = now / DAY;
         let quota = format!("{}{}", self.quota, store::utc_date(today));
         let daily = self.daily.map(|limit| (limit, (today + 1) * DAY));
-        match self
-            .store
-            .rate(&bucket, &quota, self.emission, self.burst, daily)
-            .await
-        {
+        match self.store.rate(&bucket, &quota, self.emission, self.burst, daily).await {
             Ok(Verdict::Allowed) => Ok(()),
             Ok(Verdict::Limited { retry_after, daily }) => Err(ProxyError::RateLimited { retry_after, daily }),
             Err(_) => {

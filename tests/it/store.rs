@@ -69,7 +69,9 @@ impl Redis {
             .spawn()
             .expect("redis-server (Debian package redis-server) is installed by scripts/test");
         self.child = Some(child);
-        wait_until("redis answers PING", Duration::from_secs(20), || self.cli(&["PING"]) == "PONG");
+        wait_until("redis answers PING", Duration::from_secs(20), || {
+            self.cli(&["PING"]) == "PONG"
+        });
     }
 
     fn url(&self) -> String {
@@ -100,7 +102,13 @@ impl Redis {
 
     fn signal(&self, name: &str) {
         let pid = self.child.as_ref().unwrap().id().to_string();
-        assert!(Command::new("kill").args([&format!("-{name}"), &pid]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args([&format!("-{name}"), &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
     }
 
     fn kill(&mut self) {
@@ -274,7 +282,10 @@ async fn three_replicas_behind_haproxy_share_limits_quotas_and_replay_memory() {
         tasks.spawn(async move {
             let response = client.get(url).send().await.unwrap();
             let status = response.status().as_u16();
-            let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
             (status, retry_after, response.text().await.unwrap())
         });
     }
@@ -331,7 +342,11 @@ async fn three_replicas_behind_haproxy_share_limits_quotas_and_replay_memory() {
 
     // A Stripe delivery accepted by one replica is refused as a replay by another.
     let payload = r#"{"id":"evt_1","type":"invoice.paid"}"#;
-    let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs().to_string();
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(HOOK_SECRET.as_bytes()).unwrap();
     mac.update(format!("{timestamp}.{payload}").as_bytes());
     let signature = hex::encode(mac.finalize().into_bytes());
@@ -471,7 +486,10 @@ async fn store_faults_follow_each_on_error_policy_and_recover() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("secretproxy_state_errors_total{op=\"rate_limit\"}"), "{metrics}");
+    assert!(
+        metrics.contains("secretproxy_state_errors_total{op=\"rate_limit\"}"),
+        "{metrics}"
+    );
     for policy in ["local", "allow", "deny"] {
         let series = format!("secretproxy_state_fallbacks_total{{op=\"rate_limit\",policy=\"{policy}\"}}");
         assert!(metrics.contains(&series), "{series}\n{metrics}");

@@ -115,7 +115,11 @@ impl Breaker {
                 Some(if n == u32::MAX { 1 } else { n.saturating_add(1) })
             })
             .unwrap_or(0);
-        let failures = if before == u32::MAX { 1 } else { before.saturating_add(1) };
+        let failures = if before == u32::MAX {
+            1
+        } else {
+            before.saturating_add(1)
+        };
         let was_probing = self.probing.swap(false, Ordering::AcqRel);
         if failures >= OPEN_AFTER || was_probing {
             self.open_until

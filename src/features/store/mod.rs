@@ -71,7 +71,11 @@ impl OnError {
     }
 
     /// Parses an `on-error` value at `key`.
-    pub(crate) fn from_raw(raw: &toml::Spanned<String>, key: &str, source: &Source<'_>) -> Result<OnError, ConfigError> {
+    pub(crate) fn from_raw(
+        raw: &toml::Spanned<String>,
+        key: &str,
+        source: &Source<'_>,
+    ) -> Result<OnError, ConfigError> {
         match raw.get_ref().as_str() {
             "local" => Ok(OnError::Local),
             "allow" => Ok(OnError::Allow),
@@ -118,16 +122,23 @@ impl StateConfig {
         if parsed.password().is_some() {
             // Said without quoting the URL: the value is a password.
             return Err(source
-                .error(raw.url.span(), "state.url", "the URL holds a password, which would be a secret in the config file")
+                .error(
+                    raw.url.span(),
+                    "state.url",
+                    "the URL holds a password, which would be a secret in the config file",
+                )
                 .with_help("store it as a secret and name it: `password = \"redis\"` with a `[secrets.redis]` table"));
         }
-        redis::Client::open(url_text.as_str()).map_err(|error| {
-            source.error(raw.url.span(), "state.url", format!("not a usable Redis URL: {error}"))
-        })?;
+        redis::Client::open(url_text.as_str())
+            .map_err(|error| source.error(raw.url.span(), "state.url", format!("not a usable Redis URL: {error}")))?;
         let password = match &raw.password {
             Some(name) if !secrets.contains_key(name.get_ref()) => {
                 return Err(source
-                    .error(name.span(), "state.password", format!("unknown secret `{}`", name.get_ref()))
+                    .error(
+                        name.span(),
+                        "state.password",
+                        format!("unknown secret `{}`", name.get_ref()),
+                    )
                     .with_help(format!("declare it in a `[secrets.{}]` table", name.get_ref())));
             }
             Some(name) => Some(name.get_ref().clone()),
@@ -232,7 +243,11 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// The store of `config` (no connection yet: the first operation connects, on the runtime).
-    pub fn new(config: StateConfig, secrets: Arc<dyn SecretStore>, sources: &std::collections::BTreeMap<String, SecretSource>) -> Store {
+    pub fn new(
+        config: StateConfig,
+        secrets: Arc<dyn SecretStore>,
+        sources: &std::collections::BTreeMap<String, SecretSource>,
+    ) -> Store {
         crate::pipeline::client::install_crypto_provider();
         let client = redis::Client::open(config.url.as_str()).expect("validated at load");
         let password = config.password.as_ref().and_then(|name| sources.get(name).cloned());
@@ -486,7 +501,10 @@ mod tests {
 
         let config = parse("url = \"rediss://cache.internal:6380/2\"\ntimeout = \"20ms\"\non-error = \"deny\"\npassword = \"r\"\nkey-prefix = \"app1:\"").unwrap();
         let state = config.state.unwrap();
-        assert_eq!((state.timeout, state.on_error), (Duration::from_millis(20), OnError::Deny));
+        assert_eq!(
+            (state.timeout, state.on_error),
+            (Duration::from_millis(20), OnError::Deny)
+        );
 
         let error = parse("url = \"redis://:hunter2@127.0.0.1/0\"").unwrap_err();
         assert!(error.contains("state.url") && error.contains("password"), "{error}");

@@ -73,7 +73,9 @@ impl Verified {
     /// The signature to remember against replays and the Unix second it goes stale; `None` for
     /// schemes without a timestamp.
     pub(super) fn replay_key(&self) -> Option<(&[u8], u64)> {
-        self.replay_key.as_ref().map(|(signature, expires)| (signature.as_slice(), *expires))
+        self.replay_key
+            .as_ref()
+            .map(|(signature, expires)| (signature.as_slice(), *expires))
     }
 }
 
