@@ -213,3 +213,47 @@ impl Live {
         self.current.store(Arc::new(generation));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::SystemStore;
+
+    fn generation(state: &str, previous: Option<&Generation>) -> Generation {
+        let text = format!(
+            "{state}\n[routes.a]\npath = \"/a\"\nupstream = \"https://x.example/\"\nrate-limit = {{ requests = 1, per = \"1h\" }}\n"
+        );
+        let config = Config::parse(&text, "t").unwrap();
+        Generation::build_after(config, Arc::new(SystemStore), 1, previous).unwrap()
+    }
+
+    #[test]
+    fn the_store_and_shared_limits_carry_over_while_state_is_unchanged() {
+        let state = "[state]\nurl = \"redis://127.0.0.1:1/0\"";
+        let first = generation(state, None);
+        let second = generation(state, Some(&first));
+        let (a, b) = (first.store.as_ref().unwrap(), second.store.as_ref().unwrap());
+        assert!(Arc::ptr_eq(a, b), "an equal [state] keeps the connection and breaker");
+        assert!(Arc::ptr_eq(
+            &first.limits.for_route("a").unwrap(),
+            &second.limits.for_route("a").unwrap()
+        ));
+        assert!(!second.fails_closed());
+
+        let changed = generation(&format!("{state}\non-error = \"deny\""), Some(&second));
+        assert!(!Arc::ptr_eq(b, changed.store.as_ref().unwrap()));
+        assert!(changed.fails_closed(), "a limited route now fails closed");
+        assert!(matches!(
+            changed.limits.for_route("a").as_deref(),
+            Some(crate::features::ratelimit::LimitState::Shared(_))
+        ));
+
+        // [state] removed: back to memory counters.
+        let local = generation("", Some(&changed));
+        assert!(local.store.is_none());
+        assert!(matches!(
+            local.limits.for_route("a").as_deref(),
+            Some(crate::features::ratelimit::LimitState::Memory(_))
+        ));
+    }
+}

@@ -22,7 +22,12 @@ use crate::harness::{Daemon, Upstream, assert_no_secret};
 
 const API_KEY: &str = "sk-store-test-ApiKey-7f3a9c";
 const HOOK_SECRET: &str = "whsec_StoreTestHookSecret-42";
-const ENVS: [(&str, &str); 2] = [("STORE_API_KEY", API_KEY), ("STORE_HOOK_SECRET", HOOK_SECRET)];
+const REDIS_PASSWORD: &str = "redis-pass-Store-Test-91b2";
+const ENVS: [(&str, &str); 3] = [
+    ("STORE_API_KEY", API_KEY),
+    ("STORE_HOOK_SECRET", HOOK_SECRET),
+    ("STORE_REDIS_PASSWORD", REDIS_PASSWORD),
+];
 
 /// A port nobody listens on right now (bound and released).
 fn free_port() -> u16 {
@@ -46,21 +51,32 @@ struct Redis {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// `requirepass`, when the server wants one.
+    password: Option<&'static str>,
 }
 
 impl Redis {
     fn start() -> Redis {
+        Redis::start_with(None)
+    }
+
+    fn start_with(password: Option<&'static str>) -> Redis {
         let mut redis = Redis {
             port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            password,
         };
         redis.spawn();
         redis
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some(password) = self.password {
+            command.args(["--requirepass", password]);
+        }
+        let child = command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(self.dir.path())
@@ -80,7 +96,11 @@ impl Redis {
 
     /// `redis-cli` (the real client) against this server; its output, trimmed.
     fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
+        let mut command = Command::new("redis-cli");
+        if let Some(password) = self.password {
+            command.args(["--no-auth-warning", "-a", password]);
+        }
+        let output = command
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(args)
             .output()
@@ -550,4 +570,49 @@ async fn store_faults_follow_each_on_error_policy_and_recover() {
     assert!(logs.contains("shared store reachable again"), "{logs}");
     assert_no_secret(&logs, &[API_KEY, HOOK_SECRET], "daemon logs");
     assert_no_secret(&redis.dump(), &[API_KEY, HOOK_SECRET], "redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_password_is_a_secret_and_shows_nowhere() {
+    let redis = Redis::start_with(Some(REDIS_PASSWORD));
+    let upstream = Upstream::echo().await;
+    // Fail closed: a store the daemon could not authenticate to would answer 503, not 200/429.
+    let state = "password = \"redis\"\non-error = \"deny\"";
+    let routes = r#"
+[secrets.redis]
+env = "STORE_REDIS_PASSWORD"
+
+[routes.limited]
+path = "/limited"
+upstream = "{upstream}/limited"
+allow-http = true
+headers = { Authorization = "Bearer ${api-key}" }
+rate-limit = { requests = 2, per = "1h" }
+"#;
+    let config = config(&redis, free_port(), &upstream.url(), state, routes);
+    assert!(!config.contains(REDIS_PASSWORD));
+    let (_dir, daemons) = replicas(&config, None, 2).await;
+    let client = crate::harness::client();
+    let mut statuses = Vec::new();
+    let mut bodies = String::new();
+    for round in 0..4 {
+        let response = client.get(daemons[round % 2].url("/limited")).send().await.unwrap();
+        statuses.push(response.status().as_u16());
+        bodies.push_str(&response.text().await.unwrap());
+    }
+    assert_eq!(statuses, [200, 200, 429, 429], "{bodies}");
+    assert_eq!(health(&client, &daemons[0]).await["state"]["status"], "up");
+
+    let dump = redis.dump();
+    assert!(dump.contains("secretproxy:rl:{limited}"), "{dump}");
+    let mut logs = String::new();
+    for daemon in daemons {
+        let (status, output) = tokio::task::spawn_blocking(move || daemon.terminate()).await.unwrap();
+        assert!(status.success(), "{output}");
+        logs.push_str(&output);
+    }
+    let secrets = [API_KEY, REDIS_PASSWORD];
+    assert_no_secret(&logs, &secrets, "daemon logs");
+    assert_no_secret(&bodies, &secrets, "responses");
+    assert_no_secret(&dump, &secrets, "redis");
 }

@@ -518,6 +518,21 @@ mod tests {
     }
 
     #[test]
+    fn on_error_needs_a_store_and_a_limit() {
+        let route = |extra: &str| {
+            format!("[routes.a]\npath = \"/a\"\nupstream = \"https://x.example/\"\n{extra}on-error = \"deny\"\n")
+        };
+        let limit = "rate-limit = { requests = 1, per = \"1s\" }\n";
+        let error = Config::parse(&route(limit), "t").unwrap_err().to_string();
+        assert!(error.contains("routes.a.on-error") && error.contains("no `[state]`"), "{error}");
+        let state = "[state]\nurl = \"redis://127.0.0.1/0\"\n";
+        let error = Config::parse(&format!("{state}{}", route("")), "t").unwrap_err().to_string();
+        assert!(error.contains("routes.a.on-error") && error.contains("has none"), "{error}");
+        let config = Config::parse(&format!("{state}{}", route(limit)), "t").unwrap();
+        assert_eq!(config.routes[0].on_error, Some(OnError::Deny));
+    }
+
+    #[test]
     fn keys_hold_digests_not_input() {
         let a = digest(&[b"https://a.example"]);
         assert_eq!(a.len(), 32);
