@@ -236,4 +236,6 @@ pub struct RawState {
     pub on_error: Option<Spanned<String>>,
     /// Name of the `[secrets]` entry holding the store's password.
     pub password: Option<Spanned<String>>,
+    /// PEM roots trusted for a `rediss://` store instead of the OS trust store.
+    pub ca_file: Option<Spanned<String>>,
 }

@@ -53,6 +53,8 @@ struct Redis {
     child: Option<Child>,
     /// `requirepass`, when the server wants one.
     password: Option<&'static str>,
+    /// TLS only (`rediss://`): the directory holding `cert.pem` (also the CA) and `key.pem`.
+    tls: Option<std::path::PathBuf>,
 }
 
 impl Redis {
@@ -66,6 +68,24 @@ impl Redis {
             dir: tempfile::tempdir().unwrap(),
             child: None,
             password,
+            tls: None,
+        };
+        redis.spawn();
+        redis
+    }
+
+    /// A server that speaks TLS only, with a self-signed certificate for 127.0.0.1.
+    fn start_tls() -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
+        let mut redis = Redis {
+            port: free_port(),
+            tls: Some(dir.path().to_path_buf()),
+            dir,
+            child: None,
+            password: None,
         };
         redis.spawn();
         redis
@@ -76,8 +96,20 @@ impl Redis {
         if let Some(password) = self.password {
             command.args(["--requirepass", password]);
         }
+        match &self.tls {
+            Some(dir) => {
+                command.args(["--port", "0", "--tls-port", &self.port.to_string()]);
+                command.arg("--tls-cert-file").arg(dir.join("cert.pem"));
+                command.arg("--tls-key-file").arg(dir.join("key.pem"));
+                command.arg("--tls-ca-cert-file").arg(dir.join("cert.pem"));
+                command.args(["--tls-auth-clients", "no"]);
+            }
+            None => {
+                command.args(["--port", &self.port.to_string()]);
+            }
+        }
         let child = command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -91,7 +123,8 @@ impl Redis {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// `redis-cli` (the real client) against this server; its output, trimmed.
@@ -99,6 +132,9 @@ impl Redis {
         let mut command = Command::new("redis-cli");
         if let Some(password) = self.password {
             command.args(["--no-auth-warning", "-a", password]);
+        }
+        if let Some(dir) = &self.tls {
+            command.arg("--tls").arg("--cacert").arg(dir.join("cert.pem"));
         }
         let output = command
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
@@ -577,7 +613,8 @@ async fn the_store_password_is_a_secret_and_shows_nowhere() {
     let redis = Redis::start_with(Some(REDIS_PASSWORD));
     let upstream = Upstream::echo().await;
     // Fail closed: a store the daemon could not authenticate to would answer 503, not 200/429.
-    let state = "password = \"redis\"\non-error = \"deny\"";
+    // A timeout no loaded CI reaches by accident: this test is about the password.
+    let state = "password = \"redis\"\non-error = \"deny\"\ntimeout = \"2s\"";
     let routes = r#"
 [secrets.redis]
 env = "STORE_REDIS_PASSWORD"
@@ -615,4 +652,41 @@ rate-limit = { requests = 2, per = "1h" }
     assert_no_secret(&logs, &secrets, "daemon logs");
     assert_no_secret(&bodies, &secrets, "responses");
     assert_no_secret(&dump, &secrets, "redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_file() {
+    let redis = Redis::start_tls();
+    let upstream = Upstream::echo().await;
+    let ca = redis.tls.as_ref().unwrap().join("cert.pem");
+    let state = format!(
+        "ca-file = {:?}\non-error = \"deny\"\ntimeout = \"2s\"",
+        ca.display().to_string()
+    );
+    let routes = r#"
+[routes.limited]
+path = "/limited"
+upstream = "{upstream}/limited"
+allow-http = true
+headers = { Authorization = "Bearer ${api-key}" }
+rate-limit = { requests = 2, per = "1h" }
+"#;
+    let config = config(&redis, free_port(), &upstream.url(), &state, routes);
+    let (_dir, daemons) = replicas(&config, None, 2).await;
+    let client = crate::harness::client();
+    // Each replica connects (TCP + TLS) in the background at start, not under a request's timeout.
+    for daemon in &daemons {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while health(&client, daemon).await["state"]["status"] != "up" {
+            assert!(Instant::now() < deadline, "{}", daemon.logs());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    let mut statuses = Vec::new();
+    for round in 0..4 {
+        statuses.push(timed(&client, daemons[round % 2].url("/limited")).await.0);
+    }
+    // Fail closed: without a TLS session to the store these would be 503.
+    assert_eq!(statuses, [200, 200, 429, 429]);
+    assert!(redis.dump().contains("secretproxy:rl:{limited}"));
 }

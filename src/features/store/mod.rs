@@ -48,6 +48,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
 /// Default time the breaker keeps the store skipped before probing it again.
 pub const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(2);
 pub const DEFAULT_PREFIX: &str = "secretproxy:";
+/// How long the first connection may take when a store is created (in the background).
+const WARM_UP: Duration = Duration::from_secs(5);
 
 /// What a feature does when the store cannot answer in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +103,9 @@ pub struct StateConfig {
     pub on_error: OnError,
     /// The `[secrets]` entry holding the store's password.
     pub password: Option<String>,
+    /// `ca-file`: PEM roots trusted for `rediss://` instead of the OS trust store (path and the
+    /// bytes read at load, so a reload with a changed file builds a new store).
+    pub ca: Option<(std::path::PathBuf, Vec<u8>)>,
 }
 
 impl StateConfig {
@@ -148,6 +153,25 @@ impl StateConfig {
             None => Ok(default),
             Some(text) => duration(text, key, Zero::Refused, Some("e.g. \"50ms\", \"1s\""), source),
         };
+        let ca = match &raw.ca_file {
+            None => None,
+            Some(_) if parsed.scheme() != "rediss" => {
+                let span = raw.ca_file.as_ref().map_or(0..0, |c| c.span());
+                return Err(source
+                    .error(
+                        span,
+                        "state.ca-file",
+                        "a CA file is for TLS, and the URL is not rediss://",
+                    )
+                    .with_help("write the URL as rediss://HOST:PORT/DB"));
+            }
+            Some(path) => {
+                let resolved = crate::config::ca_file(path, "state.ca-file".into(), source)?;
+                let pem = std::fs::read(&resolved)
+                    .map_err(|error| source.error(path.span(), "state.ca-file", format!("cannot be read: {error}")))?;
+                Some((resolved, pem))
+            }
+        };
         let key_prefix = raw
             .key_prefix
             .as_ref()
@@ -162,6 +186,7 @@ impl StateConfig {
                 None => OnError::Local,
             },
             password,
+            ca,
         })
     }
 }
@@ -223,7 +248,6 @@ pub enum Verdict {
 /// The connection to the shared store, its breaker and its counters.
 pub struct Store {
     pub config: StateConfig,
-    client: redis::Client,
     manager: tokio::sync::OnceCell<ConnectionManager>,
     breaker: Breaker,
     metrics: OnceLock<StoreMetrics>,
@@ -249,12 +273,10 @@ impl Store {
         sources: &std::collections::BTreeMap<String, SecretSource>,
     ) -> Store {
         crate::pipeline::client::install_crypto_provider();
-        let client = redis::Client::open(config.url.as_str()).expect("validated at load");
         let password = config.password.as_ref().and_then(|name| sources.get(name).cloned());
         Store {
             breaker: Breaker::new(config.cool_down),
             config,
-            client,
             manager: tokio::sync::OnceCell::new(),
             metrics: OnceLock::new(),
             secrets,
@@ -275,7 +297,31 @@ impl Store {
         if let Some(previous) = previous.filter(|p| p.config == *config) {
             return Some(previous.clone());
         }
-        Some(Arc::new(Store::new(config.clone(), secrets, sources)))
+        let store = Arc::new(Store::new(config.clone(), secrets, sources));
+        // Connect now, off the request path, so the first request does not pay for the TCP and
+        // TLS handshakes under its `timeout`. (No runtime: a CLI check or a unit test.)
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(store.clone().warm_up());
+        }
+        Some(store)
+    }
+
+    /// Connects and pings once, with more patience than one operation gets. A failure is only
+    /// logged: requests then find the store down through the breaker as usual.
+    async fn warm_up(self: Arc<Store>) {
+        let attempt = async {
+            let mut connection = self.connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut connection).await?;
+            Ok::<(), StoreError>(())
+        };
+        match tokio::time::timeout(WARM_UP, attempt).await {
+            Ok(Ok(())) => {
+                self.breaker.succeeded();
+                tracing::debug!("shared store connected");
+            }
+            Ok(Err(error)) => tracing::warn!(error = %error, "shared store not reachable at start"),
+            Err(_) => tracing::warn!("shared store did not answer within {WARM_UP:?} at start"),
+        }
     }
 
     /// Hands the store the process's counters (once; later calls keep the first).
@@ -318,17 +364,27 @@ impl Store {
         let manager = self
             .manager
             .get_or_try_init(|| async {
-                let mut client = self.client.clone();
+                use redis::IntoConnectionInfo;
+                let mut info = self.config.url.as_str().into_connection_info()?;
                 if let Some(source) = self.password.clone() {
                     let secrets = self.secrets.clone();
                     let value = tokio::task::spawn_blocking(move || secrets.fetch(&source))
                         .await
                         .map_err(|_| StoreError::Password("the lookup failed".into()))?
                         .map_err(|error| StoreError::Password(error.to_string()))?;
-                    let info = client.get_connection_info().clone();
                     let settings = info.redis_settings().clone().set_password(value.expose_secret());
-                    client = redis::Client::open(info.set_redis_settings(settings))?;
+                    info = info.set_redis_settings(settings);
                 }
+                let client = match &self.config.ca {
+                    Some((_, pem)) => redis::Client::build_with_tls(
+                        info,
+                        redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(pem.clone()),
+                        },
+                    )?,
+                    None => redis::Client::open(info)?,
+                };
                 // Our own timeout bounds every operation; the manager only reconnects, quickly
                 // and without piling retries up behind a dead store.
                 let config = ConnectionManagerConfig::new()
@@ -524,10 +580,18 @@ mod tests {
         };
         let limit = "rate-limit = { requests = 1, per = \"1s\" }\n";
         let error = Config::parse(&route(limit), "t").unwrap_err().to_string();
-        assert!(error.contains("routes.a.on-error") && error.contains("no `[state]`"), "{error}");
+        assert!(
+            error.contains("routes.a.on-error") && error.contains("no `[state]`"),
+            "{error}"
+        );
         let state = "[state]\nurl = \"redis://127.0.0.1/0\"\n";
-        let error = Config::parse(&format!("{state}{}", route("")), "t").unwrap_err().to_string();
-        assert!(error.contains("routes.a.on-error") && error.contains("has none"), "{error}");
+        let error = Config::parse(&format!("{state}{}", route("")), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("routes.a.on-error") && error.contains("has none"),
+            "{error}"
+        );
         let config = Config::parse(&format!("{state}{}", route(limit)), "t").unwrap();
         assert_eq!(config.routes[0].on_error, Some(OnError::Deny));
     }
