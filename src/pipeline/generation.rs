@@ -256,4 +256,18 @@ mod tests {
             Some(crate::features::ratelimit::LimitState::Memory(_))
         ));
     }
+
+    #[tokio::test]
+    async fn ready_needs_the_store_only_when_something_fails_closed() {
+        use crate::features::store::store_ready;
+        assert!(store_ready(&generation("", None)).await, "no [state]");
+        // Nothing listens on port 1: the store is unreachable.
+        let state = "[state]\nurl = \"redis://127.0.0.1:1/0\"\ntimeout = \"200ms\"";
+        assert!(store_ready(&generation(state, None)).await, "fails open: ready");
+        let closed = generation(&format!("{state}\non-error = \"deny\""), None);
+        assert!(
+            !store_ready(&closed).await,
+            "fails closed and the store is down: not ready"
+        );
+    }
 }

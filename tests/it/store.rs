@@ -471,7 +471,59 @@ allow-http = true
 headers = { Authorization = "Bearer ${api-key}" }
 rate-limit = { requests = 3, per = "1h" }
 on-error = "deny"
+
+[webhooks.local]
+path = "/hooks/local"
+verify = "stripe"
+secret = "hook"
+target = "{upstream}/hook-local"
+
+[webhooks.deny]
+path = "/hooks/deny"
+verify = "stripe"
+secret = "hook"
+target = "{upstream}/hook-deny"
+on-error = "deny"
 "#;
+
+/// A Stripe delivery signed now with the test's hook secret: (header, body).
+fn stripe_delivery(id: &str) -> (String, String) {
+    let payload = format!(r#"{{"id":"{id}","type":"invoice.paid"}}"#);
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(HOOK_SECRET.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.{payload}").as_bytes());
+    (
+        format!("t={timestamp},v1={}", hex::encode(mac.finalize().into_bytes())),
+        payload,
+    )
+}
+
+/// Posts a delivery; status, code and how long it took.
+async fn post_hook(
+    client: &reqwest::Client,
+    url: String,
+    (header, body): &(String, String),
+) -> (u16, String, Duration) {
+    let started = Instant::now();
+    let response = client
+        .post(url)
+        .header("stripe-signature", header)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap_or(Value::Null);
+    (
+        status,
+        body["code"].as_str().unwrap_or_default().to_string(),
+        started.elapsed(),
+    )
+}
 
 /// One request: status, code and how long it took.
 async fn timed(client: &reqwest::Client, url: String) -> (u16, String, Duration) {
@@ -530,6 +582,29 @@ async fn store_faults_follow_each_on_error_policy_and_recover() {
     let statuses: Vec<u16> = local.iter().map(|(s, _)| *s).collect();
     assert_eq!(statuses, [200, 200, 200, 429, 429, 429], "{local:?}");
 
+    // Webhooks: `local` keeps this replica's replay memory, `deny` refuses with 503.
+    let delivery = stripe_delivery("evt_during_outage");
+    let (status, _, took) = post_hook(&client, daemons[0].url("/hooks/local"), &delivery).await;
+    assert_eq!(status, 200);
+    assert!(took < bound, "{took:?}");
+    let (status, code, _) = post_hook(&client, daemons[0].url("/hooks/local"), &delivery).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (401, "signature_invalid"),
+        "a replay to the same replica"
+    );
+    let (status, code, took) = post_hook(&client, daemons[0].url("/hooks/deny"), &delivery).await;
+    assert_eq!((status, code.as_str()), (503, "state_unavailable"));
+    assert!(took < bound, "{took:?}");
+    assert_eq!(
+        upstream
+            .received()
+            .iter()
+            .filter(|r| r.target.starts_with("/hook-"))
+            .count(),
+        1
+    );
+
     // Health says so, metrics count it, and the daemons are alive.
     let health = health(&client, &daemons[0]).await;
     assert_eq!(health["status"], "degraded", "{health}");
@@ -544,6 +619,10 @@ async fn store_faults_follow_each_on_error_policy_and_recover() {
         .unwrap();
     assert!(
         metrics.contains("secretproxy_state_errors_total{op=\"rate_limit\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("secretproxy_state_fallbacks_total{op=\"webhook_replay\",policy=\"deny\"}"),
         "{metrics}"
     );
     for policy in ["local", "allow", "deny"] {
