@@ -23,7 +23,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::daemon::framing;
-use crate::features::guard::{AmbiguousFraming, LocalAddr};
+use crate::features::guard::Connection;
 use crate::pipeline::Proxy;
 
 /// The answer to a connection over `max-connections`.
@@ -62,19 +62,18 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
                     tokio::spawn(refuse_busy(stream));
                     continue;
                 };
-                let local = stream.local_addr().ok().map(LocalAddr);
+                let local = stream.local_addr().ok();
                 let verdicts = framing::Verdicts::default();
                 let stream = framing::Sniffed::new(stream, verdicts.clone());
                 let proxy = proxy.clone();
-                let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                     let proxy = proxy.clone();
-                    if let Some(local) = local {
-                        request.extensions_mut().insert(local);
-                    }
-                    if verdicts.next_is_ambiguous() {
-                        request.extensions_mut().insert(AmbiguousFraming);
-                    }
-                    async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
+                    let connection = Connection {
+                        peer,
+                        local,
+                        ambiguous_framing: verdicts.next_is_ambiguous(),
+                    };
+                    async move { Ok::<_, Infallible>(proxy.handle(request, connection).await) }
                 });
                 let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                 tokio::spawn(async move {

@@ -609,6 +609,15 @@ async fn store_faults_follow_each_on_error_policy_and_recover() {
     let health = health(&client, &daemons[0]).await;
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["state"]["status"], "down", "{health}");
+    // Routes fail closed: the readiness probe says not ready while the store is down.
+    let ready = client
+        .get(daemons[0].url("/_secretproxy/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready = ready.text().await.unwrap();
+    assert!(ready.contains("\"store\""), "{ready}");
     let metrics = client
         .get(daemons[0].url("/_secretproxy/metrics"))
         .send()
@@ -651,6 +660,12 @@ async fn store_faults_follow_each_on_error_policy_and_recover() {
         }
     };
     recovered(&daemons[0]).await;
+    let ready = client
+        .get(daemons[0].url("/_secretproxy/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
 
     // Killed: refused connections, same policies, still bounded.
     redis.kill();

@@ -254,6 +254,8 @@ pub struct Store {
     secrets: Arc<dyn SecretStore>,
     password: Option<SecretSource>,
     gcra: redis::Script,
+    /// A background PING of the readiness probe is in flight.
+    pinging: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -282,6 +284,7 @@ impl Store {
             secrets,
             password,
             gcra: redis::Script::new(include_str!("gcra.lua")),
+            pinging: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -482,6 +485,23 @@ impl Store {
             })
             .await?;
         Ok(answer.is_some())
+    }
+
+    /// For the (synchronous) readiness probe: starts one `PING` in the background, unless one
+    /// is in flight, so the state the next probe reads is fresh even without traffic.
+    pub fn check_in_background(self: &Arc<Store>) {
+        use std::sync::atomic::Ordering;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.pinging.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let store = self.clone();
+        runtime.spawn(async move {
+            store.ping().await;
+            store.pinging.store(false, Ordering::Release);
+        });
     }
 
     /// A `PING` through the breaker: true when the store answered in time.
