@@ -7,6 +7,8 @@
 #   bench/run.sh --allocs-only  only that count, no wrk runs
 #   bench/run.sh --perf       also profile each proxy (perf, flat self time) during one more run
 #   bench/run.sh --upload     peak RSS of each proxy while a 1 GiB body streams through it
+#   bench/run.sh --store      added latency of the shared store ([state], a local redis-server):
+#                             no rate limit vs an in-process one vs a shared one, p50/p99
 #   bench/run.sh --no-logged  skip the targets with access logging on
 #   bench/run.sh --no-tls     skip the targets with a TLS upstream
 #   bench/run.sh --nginx-only skip secretproxy (tests the harness without a build)
@@ -58,6 +60,7 @@ for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
     --upload) MODE=upload ;;
+    --store) MODE=store ;;
     --allocs) ALLOCS=1 ;;
     --perf) PERF=1 ;;
     --allocs-only) ALLOCS=1 MODE=allocs_only ;;
@@ -101,6 +104,7 @@ RETRIES=${BENCH_RETRIES:-2}
 read -r MUST_HTTP_RPS MUST_HTTP_CPU <<<"${BENCH_MUST_HTTP:-0.8 1.3}"
 read -r MUST_TLS_RPS MUST_TLS_CPU <<<"${BENCH_MUST_TLS:-1.0 1.0}"
 [[ $MODE == upload ]] && TLS=0   # the upload job uses the plain-HTTP sink only
+[[ $MODE == store ]] && TLS=0    # the store job compares limits on the plain-HTTP upstream
 
 # every listener, by target name
 declare -A PORT=(
@@ -116,6 +120,9 @@ declare -A PORT=(
   [secretproxy-tls]=$((PORT_BASE + 709))   # 18789
   [secretproxy-tls-log]=$((PORT_BASE + 710)) # 18790
   [alloc-secretproxy]=$((PORT_BASE + 711)) # 18791  --allocs: one secretproxy under valgrind at a time
+  [secretproxy-limit]=$((PORT_BASE + 712)) # 18792  --store: in-process rate limit
+  [secretproxy-store]=$((PORT_BASE + 713)) # 18793  --store: the same limit in redis
+  [redis]=$((PORT_BASE + 714))             # 18794  --store: redis-server, no persistence
 )
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -137,6 +144,7 @@ missing_packages() { # -> Debian packages for the tools this run needs and does 
   ((ALLOCS == 1)) && need+=(valgrind:valgrind:/usr/bin/valgrind)
   ((PERF == 1)) && need+=(perf:linux-perf:/usr/bin/perf)
   [[ $MODE == upload ]] && need+=(python3:python3:/usr/bin/python3)
+  [[ $MODE == store ]] && need+=(redis-server:redis-server:/usr/bin/redis-server)
   local n tool pkg path
   for n in "${need[@]}"; do
     IFS=: read -r tool pkg path <<<"$n"
@@ -1081,6 +1089,78 @@ upload_one() { # target url file enc -> "rss_before peak seconds http_code recei
   ((hwm > peak)) && peak=$hwm
   recv=$(grep -o '"received": *[0-9]*' "$out" 2>/dev/null | grep -o '[0-9]*$' || echo 0)
   echo "$before $peak $(awk -v a="$w0" -v b="$w1" 'BEGIN {printf "%.3f", b - a}') $code ${recv:-0} $((t1 - t0))"
+}
+
+# --- --store: the shared store's round trip -----------------------------------------------------
+# Three secretproxy targets on the same route: no rate limit, an in-process one, and the same one
+# in a local redis-server ([state]). The limit never refuses (a million a second), so every request
+# runs the check and reaches the upstream; the p50/p99 differences are the check's cost: the
+# shared one is one EVALSHA round trip to redis per request. Interleaved rounds, medians.
+store() {
+  start_upstream_nginx
+  local redis_port=${PORT[redis]}
+  port_in_use "$redis_port" && die "port $redis_port is already in use"
+  taskset -c "$UPSTREAM_CPUS" redis-server --port "$redis_port" --bind 127.0.0.1 --save '' \
+    --appendonly no --dir "$RUN" >"$LOGS/redis.log" 2>&1 &
+  MAIN_PID[redis]=$! KIND[redis]=redis
+  PIDS+=("$!")
+  wait_listening "$!" "$redis_port" redis
+  local limit='rate-limit = { requests = 1000000, per = "1s" }'
+  start_secretproxy secretproxy warn http
+  BENCH_SP_ROUTE_EXTRA=$limit start_secretproxy secretproxy-limit warn http
+  BENCH_SP_ROUTE_EXTRA="$limit
+[state]
+url = \"redis://127.0.0.1:$redis_port/0\"
+timeout = \"1s\"
+on-error = \"deny\"" start_secretproxy secretproxy-store warn http
+  local -a targets=(secretproxy secretproxy-limit secretproxy-store)
+  LABEL[secretproxy]="no rate limit"
+  LABEL[secretproxy-limit]="rate limit, in process"
+  LABEL[secretproxy-store]="rate limit, shared (redis)"
+  local t r res=$OUT/store.tsv
+  for t in "${targets[@]}"; do
+    URL[$t]="http://127.0.0.1:${PORT[$t]}/api/bench/item"
+    check_route "$t" "${URL[$t]}"
+  done
+  : >"$res"
+  for r in $(seq 1 "$ROUNDS"); do
+    for t in "${targets[@]}"; do
+      wait_quiet
+      log "store round $r/$ROUNDS: $t"
+      run_wrk "$t" "${URL[$t]}" "$CONNS" "$WARMUP" "$OUT/warm.$t" >/dev/null
+      # 1 connection: the latency a single client sees; then the loaded run.
+      echo "$t lat $(run_wrk "$t" "${URL[$t]}" 1 "$LAT_DURATION" "$OUT/lat.$t.$r" "$LAT_CPUS")" >>"$res"
+      echo "$t load $(run_wrk "$t" "${URL[$t]}" "$CONNS" "$DURATION" "$OUT/load.$t.$r")" >>"$res"
+    done
+  done
+  # redis-cli INFO commandstats would show the EVALSHA count; the non-2xx column proves none failed.
+  report() {
+    echo "### Added latency of the shared store (--store)"
+    echo
+    echo "GET through one route; medians of $ROUNDS rounds. 1 connection for $LAT_DURATION s, then $CONNS connections for $DURATION s."
+    echo "The shared limit is one EVALSHA (GCRA Lua script) to a redis-server on loopback per request."
+    echo
+    echo "| target | p50, 1 conn | p99, 1 conn | added p50 | added p99 | req/s, $CONNS conns | p99, $CONNS conns | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    # store.tsv: 1 target 2 kind 3 req 4 rps 5 p50 6 p99 7 bad ...
+    local base50 base99 p50 p99 rps lp99 bad
+    base50=$(awk '$1 == "secretproxy" && $2 == "lat" {print $5}' "$res" | median)
+    base99=$(awk '$1 == "secretproxy" && $2 == "lat" {print $6}' "$res" | median)
+    for t in "${targets[@]}"; do
+      p50=$(awk -v t="$t" '$1 == t && $2 == "lat" {print $5}' "$res" | median)
+      p99=$(awk -v t="$t" '$1 == t && $2 == "lat" {print $6}' "$res" | median)
+      rps=$(awk -v t="$t" '$1 == t && $2 == "load" {print $4}' "$res" | median)
+      lp99=$(awk -v t="$t" '$1 == t && $2 == "load" {print $6}' "$res" | median)
+      bad=$(awk -v t="$t" '$1 == t {n += $7} END {print n + 0}' "$res")
+      printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$t]}" "$(fmt_us "$p50")" "$(fmt_us "$p99")" \
+        "$(fmt_us "$(awk -v a="$p50" -v b="$base50" 'BEGIN {printf "%.1f", a - b}')")" \
+        "$(fmt_us "$(awk -v a="$p99" -v b="$base99" 'BEGIN {printf "%.1f", a - b}')")" \
+        "$(fmt_int "$rps")" "$(fmt_us "$lp99")" "$bad"
+    done
+    echo
+    machine_info
+  }
+  emit report
 }
 
 emit() { # run a report function; print it and copy it to BENCH_OUT

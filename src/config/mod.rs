@@ -59,6 +59,8 @@ pub struct Config {
     pub webhooks: Vec<crate::features::webhooks::Webhook>,
     /// `[oauth2.NAME]` token sources.
     pub oauth2: Vec<crate::features::oauth2::OAuth2Config>,
+    /// `[state]`: the shared store; `None`: every counter stays in this process.
+    pub state: Option<crate::features::store::StateConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +126,9 @@ pub struct Route {
     pub allow_keyless: bool,
     /// `auth = { aws-sigv4 | hmac }` and `client-cert`/`client-key`: computed credentials.
     pub signing: crate::features::sign::Signing,
+    /// `on-error`: what the shared rate limit does when `[state]` cannot answer; `None`: the
+    /// `[state]` default.
+    pub on_error: Option<crate::features::store::OnError>,
 }
 
 impl Config {
@@ -450,6 +455,42 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
         }
     }
     let limits = keep(&mut errors, access::limits(&raw.server, source));
+    let state = match &raw.state {
+        Some(table) => keep(
+            &mut errors,
+            crate::features::store::StateConfig::from_raw(table, &secrets, source),
+        ),
+        None => None,
+    };
+    if raw.state.is_none() {
+        // `on-error` without a store would silently do nothing.
+        let stray = raw
+            .routes
+            .iter()
+            .filter_map(|(name, r)| {
+                r.get_ref()
+                    .on_error
+                    .as_ref()
+                    .map(|v| (format!("routes.{name}.on-error"), v))
+            })
+            .chain(raw.webhooks.iter().filter_map(|(name, w)| {
+                w.get_ref()
+                    .on_error
+                    .as_ref()
+                    .map(|v| (format!("webhooks.{name}.on-error"), v))
+            }));
+        for (key, value) in stray {
+            errors.push(
+                source
+                    .error(
+                        value.span(),
+                        key,
+                        "`on-error` applies to the shared store, and there is no `[state]`",
+                    )
+                    .with_help("add `[state] url = \"redis://...\"` or remove the key"),
+            );
+        }
+    }
     let shutdown_delay = match &raw.server.shutdown_delay {
         Some(text) => keep(
             &mut errors,
@@ -491,6 +532,7 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
         routes,
         webhooks,
         oauth2,
+        state,
     })
 }
 

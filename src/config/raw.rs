@@ -20,6 +20,8 @@ pub struct RawConfig {
     /// `[oauth2.NAME]` token sources (validated in `features::oauth2`).
     #[serde(default)]
     pub oauth2: BTreeMap<String, Spanned<RawOAuth2>>,
+    /// `[state]`: the shared store (validated in `features::store`).
+    pub state: Option<Spanned<RawState>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +113,8 @@ pub struct RawRoute {
     /// Secret names holding the PEM client certificate chain and key (mTLS, `features::sign`).
     pub client_cert: Option<Spanned<String>>,
     pub client_key: Option<Spanned<String>>,
+    /// What the route's shared rate limit does when `[state]` cannot answer.
+    pub on_error: Option<Spanned<String>>,
 }
 
 /// Shorthands for the `Authorization` header.
@@ -210,6 +214,8 @@ pub struct RawWebhook {
     /// The signature header for `verify = "hmac-sha256"`.
     pub header: Option<Spanned<String>>,
     pub max_body: Option<Spanned<RawSize>>,
+    /// What the replay check does when `[state]` cannot answer.
+    pub on_error: Option<Spanned<String>>,
 }
 
 /// `[oauth2.NAME]`: an OAuth2 client-credentials token source.
@@ -230,4 +236,20 @@ pub struct RawOAuth2 {
     pub client_auth: Option<Spanned<String>>,
     pub ca_file: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
+}
+
+/// `[state]`: the shared store (Redis/Valkey) for replicas.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawState {
+    pub url: Spanned<String>,
+    pub key_prefix: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub cool_down: Option<Spanned<String>>,
+    /// `"local"`, `"allow"` or `"deny"`: the default for routes and webhooks.
+    pub on_error: Option<Spanned<String>>,
+    /// Name of the `[secrets]` entry holding the store's password.
+    pub password: Option<Spanned<String>>,
+    /// PEM roots trusted for a `rediss://` store instead of the OS trust store.
+    pub ca_file: Option<Spanned<String>>,
 }

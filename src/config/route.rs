@@ -351,6 +351,23 @@ pub(super) fn validate_route(
         oauth2,
         allow_keyless: raw.allow_keyless,
         signing,
+        on_error: match &raw.on_error {
+            Some(value) if raw.rate_limit.is_none() => {
+                return Err(source
+                    .error(
+                        value.span(),
+                        key("on-error"),
+                        "`on-error` applies to the route's shared rate limit, and it has none",
+                    )
+                    .with_help("add a `rate-limit` or remove the key"));
+            }
+            Some(value) => Some(crate::features::store::OnError::from_raw(
+                value,
+                &key("on-error"),
+                source,
+            )?),
+            None => None,
+        },
     })
 }
 

@@ -66,6 +66,8 @@ pub struct Metrics {
     reload_failures: Counter<u64, AtomicU64>,
     secret_lookup_failures: Family<SecretLabels, Counter>,
     client_requests: Family<ClientLabels, Counter>,
+    /// The shared store's error and fallback counters (handed to each `Store`).
+    store: crate::features::store::StoreMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -134,8 +136,11 @@ impl Metrics {
             "Requests answered that came with a client key, by client name and status",
             client_requests.clone(),
         );
+        let store = crate::features::store::StoreMetrics::default();
+        store.register(&mut registry);
         Metrics {
             client_requests,
+            store,
             registry,
             started: Instant::now(),
             requests,
@@ -177,6 +182,11 @@ impl Metrics {
                 status,
             })
             .inc();
+    }
+
+    /// The shared store's counters, for the generation's `Store`.
+    pub fn store(&self) -> crate::features::store::StoreMetrics {
+        self.store.clone()
     }
 
     /// Counts a config reload that was swapped in. Called by the reload code.

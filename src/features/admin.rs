@@ -100,7 +100,7 @@ pub fn readiness_checks(generation: &Generation, readiness: &Readiness) -> Vec<C
     let missing = generation.missing_secrets().len();
     let declared = generation.config.secrets.len();
     let draining = readiness.is_draining();
-    vec![
+    let mut checks = vec![
         Check {
             name: "config",
             ready: true,
@@ -119,10 +119,22 @@ pub fn readiness_checks(generation: &Generation, readiness: &Readiness) -> Vec<C
             state: if draining { "draining" } else { "serving" },
             detail: json!({}),
         },
-        // The shared store's check goes here (`[state]`): `name: "store"`, ready unless a route
-        // with `on-error = "deny"` needs it and it is unreachable; a fail-open store only
-        // reports its state (`ready: true, state: "down"`).
-    ]
+    ];
+    // The shared store (`[state]`): ready unless a route or webhook with `on-error = "deny"`
+    // needs it and it was not reachable at its last operation; a fail-open store only reports
+    // its state. The probe starts a PING in the background, so the next probe sees a change.
+    if let Some(store) = &generation.store {
+        store.check_in_background();
+        let health = store.health();
+        let needed = generation.fails_closed();
+        checks.push(Check {
+            name: "store",
+            ready: !needed || health == crate::features::store::breaker::Health::Up,
+            state: health.as_str(),
+            detail: json!({ "fails_closed": needed }),
+        });
+    }
+    checks
 }
 
 /// The `ready` document and whether it says ready.
@@ -210,16 +222,25 @@ fn respond(method: &Method, content_type: &'static str, text: String) -> Respons
     response
 }
 
-/// The health document: always `200`; `status` is `degraded` while a secret is missing.
+/// The health document: always `200`; `status` is `degraded` while a secret is missing or the
+/// shared store (`[state]`, reported under `state`) is down.
 pub fn health(generation: &Generation, metrics: &Metrics) -> serde_json::Value {
     let missing = generation.missing_secrets();
-    json!({
-        "status": if missing.is_empty() { "ok" } else { "degraded" },
+    let store_down = generation
+        .store
+        .as_ref()
+        .is_some_and(|store| store.health() == crate::features::store::breaker::Health::Down);
+    let mut document = json!({
+        "status": if missing.is_empty() && !store_down { "ok" } else { "degraded" },
         "routes": generation.config.routes.len(),
         "missing_secrets": missing,
         "uptime_seconds": metrics.uptime().as_secs(),
         "config_generation": generation.number,
-    })
+    });
+    if let Some(store) = &generation.store {
+        document["state"] = store.health_json();
+    }
+    document
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod ratelimit;
 pub mod scrub;
 pub mod sign;
 pub mod static_site;
+pub mod store;
 pub mod transform;
 pub mod validate;
 pub mod webhooks;

@@ -1,15 +1,19 @@
 //! Rate limits per route: `rate-limit = { requests = 60, per = "1m", burst = 10 }`, one bucket
-//! for the whole route or one per client `Origin` (GCRA, the governor crate), and an optional
-//! `daily` quota per route (UTC days). Over a limit: `429` with `Retry-After`.
+//! for the whole route or one per client `Origin` (GCRA), and an optional `daily` quota per route
+//! (UTC days). Over a limit: `429` with `Retry-After`.
 //!
 //! Only requests that passed validation count: a refused request never reaches the upstream, so
 //! it costs nothing the limit protects.
 //!
+//! Where the counters live is [`LimitState`]: this process's memory (the governor crate), or,
+//! with `[state]`, the shared store, so every replica draws from one bucket and one quota (the
+//! same GCRA, run as a Lua script in Redis; see `features::store`). A shared limit keeps a
+//! memory limiter beside it for `on-error = "local"`.
+//!
 //! Reload is a diff: [`Limiters::build`] hands a route the very limiter (an `Arc`) of the previous
-//! generation when its `rate-limit` is equal, so buckets and daily quotas survive reloads that do
-//! not change them (a `route add` of another route, any unrelated edit); a changed or new limit
-//! starts fresh. Counters sit behind [`LimitState`], so a shared store (Redis, for several daemons
-//! under one quota) can hold them later as another variant.
+//! generation when its `rate-limit` (and store, and `on-error`) is equal, so buckets and daily
+//! quotas survive reloads that do not change them (a `route add` of another route, any unrelated
+//! edit); a changed or new limit starts fresh.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -23,6 +27,7 @@ use http::{HeaderMap, header};
 use crate::config::duration::{Zero, duration};
 use crate::config::raw::RawRateLimit;
 use crate::config::{ConfigError, Route, Source};
+use crate::features::store::{self, OnError, Store, Verdict};
 use crate::http::error::ProxyError;
 
 /// Per-origin buckets are pruned of idle entries once there are this many.
@@ -124,27 +129,97 @@ struct DailyCount {
     used: u64,
 }
 
-/// Where a route's counters live. Today: this process's memory. A shared store would be another
-/// variant (its check a network round trip, so `check` would become async at that point).
+/// Where a route's counters live.
 pub enum LimitState {
+    /// This process's memory.
     Memory(MemoryLimiter),
+    /// The shared store, with this process's memory for `on-error = "local"`.
+    Shared(SharedLimiter),
+}
+
+/// A route's limit in the shared store.
+pub struct SharedLimiter {
+    store: Arc<Store>,
+    key: LimitKey,
+    /// `rl:{ROUTE}` under the store's prefix; per-origin buckets append `:o:DIGEST`.
+    bucket: String,
+    /// `quota:{ROUTE}:` under the store's prefix; the UTC date is appended.
+    quota: String,
+    emission: Duration,
+    burst: u32,
+    daily: Option<u64>,
+    on_error: OnError,
+    local: MemoryLimiter,
 }
 
 impl LimitState {
-    fn new(limit: &RateLimit) -> LimitState {
+    fn memory(limit: &RateLimit) -> MemoryLimiter {
         let clock = DefaultClock::default();
         let bucket = match limit.key {
             LimitKey::Route => Bucket::Route(RateLimiter::direct_with_clock(limit.quota, clock.clone())),
             LimitKey::Origin => Bucket::Origin(RateLimiter::dashmap_with_clock(limit.quota, clock.clone())),
         };
         let daily = limit.daily.map(|n| (n, Mutex::new(DailyCount::default())));
-        LimitState::Memory(MemoryLimiter { bucket, daily, clock })
+        MemoryLimiter { bucket, daily, clock }
     }
 
-    /// Takes one request from the bucket and quota, or says when to come back.
-    pub fn check(&self, headers: &HeaderMap) -> Result<(), Limited> {
+    fn new(route: &str, limit: &RateLimit, shared: Option<(&Arc<Store>, OnError)>) -> LimitState {
+        let local = LimitState::memory(limit);
+        match shared {
+            None => LimitState::Memory(local),
+            Some((store, on_error)) => LimitState::Shared(SharedLimiter {
+                store: store.clone(),
+                key: limit.key,
+                bucket: store.key(&format!("rl:{{{route}}}")),
+                quota: store.key(&format!("quota:{{{route}}}:")),
+                emission: limit.quota.replenish_interval(),
+                burst: limit.quota.burst_size().get(),
+                daily: limit.daily,
+                on_error,
+                local,
+            }),
+        }
+    }
+
+    /// Takes one request from the bucket and quota, or says when to come back (or, for a shared
+    /// limit whose store cannot answer, applies the route's `on-error`).
+    pub async fn check(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
         match self {
-            LimitState::Memory(memory) => memory.check(headers),
+            LimitState::Memory(memory) => memory.check(headers).map_err(ProxyError::from),
+            LimitState::Shared(shared) => shared.check(headers).await,
+        }
+    }
+}
+
+impl SharedLimiter {
+    async fn check(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
+        // The bucket's dimension. A per-client-key dimension (client keys) is one more arm here:
+        // `format!("{}:k:{id}", self.bucket)` with the key's id, never the key itself.
+        let bucket = match self.key {
+            LimitKey::Route => std::borrow::Cow::Borrowed(self.bucket.as_str()),
+            LimitKey::Origin => {
+                let origin = headers.get(header::ORIGIN).map_or(&b""[..], |v| v.as_bytes());
+                std::borrow::Cow::Owned(format!("{}:o:{}", self.bucket, store::digest(&[origin])))
+            }
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let today = now / DAY;
+        let quota = format!("{}{}", self.quota, store::utc_date(today));
+        let daily = self.daily.map(|limit| (limit, (today + 1) * DAY));
+        match self.store.rate(&bucket, &quota, self.emission, self.burst, daily).await {
+            Ok(Verdict::Allowed) => Ok(()),
+            Ok(Verdict::Limited { retry_after, daily }) => Err(ProxyError::RateLimited { retry_after, daily }),
+            Err(_) => {
+                self.store.fell_back("rate_limit", self.on_error);
+                match self.on_error {
+                    OnError::Local => self.local.check(headers).map_err(ProxyError::from),
+                    OnError::Allow => Ok(()),
+                    OnError::Deny => Err(ProxyError::StateUnavailable),
+                }
+            }
         }
     }
 }
@@ -152,6 +227,8 @@ impl LimitState {
 /// One route's limit as configured, and the counters that enforce it.
 struct RouteLimit {
     limit: RateLimit,
+    /// The store (by identity) and policy the state was built for.
+    shared: Option<(usize, OnError)>,
     state: Arc<LimitState>,
 }
 
@@ -186,24 +263,31 @@ impl From<Limited> for ProxyError {
 }
 
 impl Limiters {
-    /// The limiters of `routes`. A route whose `rate-limit` equals its limit in `previous`
-    /// (matched by route name) keeps that limiter and so its buckets and quota.
-    pub fn build(routes: &[Route], previous: Option<&Limiters>) -> Limiters {
+    /// The limiters of `routes`, in the shared `store` when there is one. A route whose
+    /// `rate-limit` equals its limit in `previous` (matched by route name), with the same store
+    /// and `on-error`, keeps that limiter and so its buckets and quota.
+    pub fn build(routes: &[Route], previous: Option<&Limiters>, store: Option<&Arc<Store>>) -> Limiters {
         let mut kept = 0;
         let by_route: HashMap<String, RouteLimit> = routes
             .iter()
             .filter_map(|route| {
                 let limit = route.rate_limit.as_ref()?;
+                let shared = store.map(|store| {
+                    let on_error = route.on_error.unwrap_or(store.config.on_error);
+                    (store, on_error)
+                });
+                let identity = shared.map(|(store, on_error)| (Arc::as_ptr(store) as usize, on_error));
                 let carried = previous
                     .and_then(|previous| previous.by_route.get(&route.name))
-                    .filter(|old| old.limit == *limit)
+                    .filter(|old| old.limit == *limit && old.shared == identity)
                     .map(|old| old.state.clone());
                 kept += usize::from(carried.is_some());
-                let state = carried.unwrap_or_else(|| Arc::new(LimitState::new(limit)));
+                let state = carried.unwrap_or_else(|| Arc::new(LimitState::new(&route.name, limit, shared)));
                 Some((
                     route.name.clone(),
                     RouteLimit {
                         limit: limit.clone(),
+                        shared: identity,
                         state,
                     },
                 ))
@@ -275,7 +359,7 @@ mod tests {
 
     fn limiters(limit: &str) -> Limiters {
         let text = format!("[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nrate-limit = {limit}\n");
-        Limiters::build(&Config::parse(&text, "t").unwrap().routes, None)
+        Limiters::build(&Config::parse(&text, "t").unwrap().routes, None, None)
     }
 
     fn routes(text: &str) -> Vec<Route> {
@@ -283,9 +367,13 @@ mod tests {
     }
 
     impl Limiters {
-        /// Route `name`'s check, as its plan runs it.
+        /// Route `name`'s check, as its plan runs it (memory limiters answer at once).
         fn check(&self, name: &str, headers: &HeaderMap) -> Result<(), Limited> {
-            self.for_route(name).map_or(Ok(()), |state| state.check(headers))
+            match self.for_route(name).as_deref() {
+                None => Ok(()),
+                Some(LimitState::Memory(memory)) => memory.check(headers),
+                Some(LimitState::Shared(_)) => unreachable!("no store in these tests"),
+            }
         }
     }
 
@@ -294,25 +382,25 @@ mod tests {
         let none = HeaderMap::new();
         let a = "[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nrate-limit = { requests = 1, per = \"1h\", daily = 5 }\n";
         let b = "[routes.b]\npath = \"/b\"\nupstream = \"https://x/\"\nrate-limit = { requests = 1, per = \"1h\" }\n";
-        let first = Limiters::build(&routes(&format!("{a}{b}")), None);
+        let first = Limiters::build(&routes(&format!("{a}{b}")), None, None);
         assert!(first.check("a", &none).is_ok());
         assert!(first.check("b", &none).is_ok());
 
         // Another route added, `a` and `b` unchanged (b moved in the file): both stay used up.
         let c = "[routes.c]\npath = \"/c\"\nupstream = \"https://x/\"\n";
-        let second = Limiters::build(&routes(&format!("{b}{c}{a}")), Some(&first));
+        let second = Limiters::build(&routes(&format!("{b}{c}{a}")), Some(&first), None);
         assert!(second.check("a", &none).is_err());
         assert!(second.check("b", &none).is_err());
 
         // `a`'s limit changed: a fresh bucket; `b` still carries on.
         let a2 = a.replace("daily = 5", "daily = 6");
-        let third = Limiters::build(&routes(&format!("{a2}{b}")), Some(&second));
+        let third = Limiters::build(&routes(&format!("{a2}{b}")), Some(&second), None);
         assert!(third.check("a", &none).is_ok());
         assert!(third.check("b", &none).is_err());
 
         // A route removed and added again starts fresh.
-        let fourth = Limiters::build(&routes(b), Some(&third));
-        let fifth = Limiters::build(&routes(&format!("{a2}{b}")), Some(&fourth));
+        let fourth = Limiters::build(&routes(b), Some(&third), None);
+        let fifth = Limiters::build(&routes(&format!("{a2}{b}")), Some(&fourth), None);
         assert!(fifth.check("a", &none).is_ok());
     }
 

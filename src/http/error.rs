@@ -141,6 +141,10 @@ pub enum ProxyError {
     /// The upstream refused the TLS handshake over the client certificate (mTLS).
     #[error("the upstream refused the TLS connection: {0}")]
     UpstreamTlsRefused(&'static str),
+    /// The shared store (`[state]`) did not answer in time and the route or webhook fails
+    /// closed (`on-error = "deny"`).
+    #[error("the shared state store is unavailable and this endpoint fails closed (on-error = \"deny\")")]
+    StateUnavailable,
 }
 
 impl ProxyError {
@@ -223,6 +227,7 @@ impl ProxyError {
             ProxyError::LengthRequired { .. } => (StatusCode::LENGTH_REQUIRED, "length_required", Client, true),
             ProxyError::SignerUnusable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "signer_unusable", Internal, false),
             ProxyError::UpstreamTlsRefused(_) => (StatusCode::BAD_GATEWAY, "upstream_tls_refused", Upstream, false),
+            ProxyError::StateUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", Internal, false),
         };
         Spec {
             status,

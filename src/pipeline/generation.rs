@@ -1,6 +1,7 @@
 //! One generation of live state: the validated config, its route table, its secrets, the client
-//! key registry and one plan per route (upstream pools, metric handles, scrubber slot). Built completely (blocking: secrets are read) before it is swapped in, so a
-//! request always runs against one consistent generation from start to end.
+//! key registry, the shared store (`[state]`) and one plan per route (upstream pools, metric
+//! handles, scrubber slot). Built completely (blocking: secrets are read) before it is swapped
+//! in, so a request always runs against one consistent generation from start to end.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +40,8 @@ pub struct Generation {
     /// generation (a config reload keeps keys and their counters) and reloaded on its own when
     /// the state file changes.
     pub clients: Arc<crate::features::clients::Registry>,
+    /// The shared store of `[state]` (kept across reloads while the table is equal).
+    pub store: Option<Arc<crate::features::store::Store>>,
 }
 
 impl Generation {
@@ -56,7 +59,17 @@ impl Generation {
         number: u64,
         previous: Option<&Generation>,
     ) -> Result<Generation, ClientError> {
-        let limits = crate::features::ratelimit::Limiters::build(&config.routes, previous.map(|p| &p.limits));
+        let state_store = crate::features::store::Store::build(
+            config.state.as_ref(),
+            previous.and_then(|p| p.store.as_ref()),
+            store.clone(),
+            &config.secrets,
+        );
+        let limits = crate::features::ratelimit::Limiters::build(
+            &config.routes,
+            previous.map(|p| &p.limits),
+            state_store.as_ref(),
+        );
         let mut upstreams = Upstreams::default();
         let mut plans = config
             .routes
@@ -90,18 +103,34 @@ impl Generation {
             hook_metrics,
             limits,
             oauth2,
-            hooks: crate::features::webhooks::Hooks::build(&config.webhooks)?,
+            hooks: crate::features::webhooks::Hooks::build(&config.webhooks, state_store.clone())?,
             site: config
                 .server
                 .static_site
                 .clone()
                 .map(crate::features::static_site::Site::new),
+            store: state_store,
             number,
             clients: previous.map_or_else(Default::default, |p| p.clients.clone()),
             table: RouteTable::new(&config),
             config: Arc::new(config),
             secrets,
         })
+    }
+
+    /// True when some route with a rate limit, or some webhook, fails closed on the shared store
+    /// (`on-error = "deny"`, its own or `[state]`'s): then readiness needs the store.
+    pub fn fails_closed(&self) -> bool {
+        use crate::features::store::OnError;
+        let Some(state) = &self.config.state else {
+            return false;
+        };
+        let denies = |own: Option<OnError>| own.unwrap_or(state.on_error) == OnError::Deny;
+        self.config
+            .routes
+            .iter()
+            .any(|route| route.rate_limit.is_some() && denies(route.on_error))
+            || self.config.webhooks.iter().any(|hook| denies(hook.on_error))
     }
 
     /// Names of the secrets that are unavailable right now (never their values).
@@ -167,10 +196,14 @@ pub struct Live {
 impl Live {
     pub fn new(generation: Generation) -> Live {
         let next = generation.number + 1;
+        let metrics = Arc::new(Metrics::new());
+        if let Some(store) = &generation.store {
+            store.attach_metrics(metrics.store());
+        }
         Live {
             current: ArcSwap::from_pointee(generation),
             next_number: AtomicU64::new(next),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             readiness: Default::default(),
         }
     }
@@ -195,6 +228,67 @@ impl Live {
     }
 
     pub fn swap(&self, generation: Generation) {
+        if let Some(store) = &generation.store {
+            store.attach_metrics(self.metrics.store());
+        }
         self.current.store(Arc::new(generation));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::SystemStore;
+
+    fn generation(state: &str, previous: Option<&Generation>) -> Generation {
+        let text = format!(
+            "{state}\n[routes.a]\npath = \"/a\"\nupstream = \"https://x.example/\"\nrate-limit = {{ requests = 1, per = \"1h\" }}\n"
+        );
+        let config = Config::parse(&text, "t").unwrap();
+        Generation::build_after(config, Arc::new(SystemStore), 1, previous).unwrap()
+    }
+
+    #[test]
+    fn the_store_and_shared_limits_carry_over_while_state_is_unchanged() {
+        let state = "[state]\nurl = \"redis://127.0.0.1:1/0\"";
+        let first = generation(state, None);
+        let second = generation(state, Some(&first));
+        let (a, b) = (first.store.as_ref().unwrap(), second.store.as_ref().unwrap());
+        assert!(Arc::ptr_eq(a, b), "an equal [state] keeps the connection and breaker");
+        assert!(Arc::ptr_eq(
+            &first.limits.for_route("a").unwrap(),
+            &second.limits.for_route("a").unwrap()
+        ));
+        assert!(!second.fails_closed());
+
+        let changed = generation(&format!("{state}\non-error = \"deny\""), Some(&second));
+        assert!(!Arc::ptr_eq(b, changed.store.as_ref().unwrap()));
+        assert!(changed.fails_closed(), "a limited route now fails closed");
+        assert!(matches!(
+            changed.limits.for_route("a").as_deref(),
+            Some(crate::features::ratelimit::LimitState::Shared(_))
+        ));
+
+        // [state] removed: back to memory counters.
+        let local = generation("", Some(&changed));
+        assert!(local.store.is_none());
+        assert!(matches!(
+            local.limits.for_route("a").as_deref(),
+            Some(crate::features::ratelimit::LimitState::Memory(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn ready_needs_the_store_only_when_something_fails_closed() {
+        use crate::features::store::store_ready;
+        assert!(store_ready(&generation("", None)).await, "no [state]");
+        // Nothing listens on port 1: the store is unreachable.
+        let state = "[state]\nurl = \"redis://127.0.0.1:1/0\"\ntimeout = \"200ms\"";
+        assert!(store_ready(&generation(state, None)).await, "fails open: ready");
+        let closed = generation(&format!("{state}\non-error = \"deny\""), None);
+        assert!(
+            !store_ready(&closed).await,
+            "fails closed and the store is down: not ready"
+        );
     }
 }

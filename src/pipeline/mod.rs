@@ -292,7 +292,7 @@ async fn forward(
     };
     context.caller.spend()?;
     if let Some(limiter) = &plan.limiter {
-        limiter.check(&parts.headers)?;
+        limiter.check(&parts.headers).await?;
     }
 
     // Secrets: every one the route injects, or a 503 naming the first one missing.

@@ -137,7 +137,7 @@ mod tests {
             "t",
         )
         .unwrap();
-        let limits = crate::features::ratelimit::Limiters::build(&config.routes, None);
+        let limits = crate::features::ratelimit::Limiters::build(&config.routes, None, None);
         let plan = RoutePlan::build(&config.routes[0], &mut Upstreams::default(), &limits).unwrap();
         let first = Arc::new(SecretString::from("value-one".to_string()));
         let a = plan.redactor(std::slice::from_ref(&first)).unwrap();

@@ -36,3 +36,4 @@ mod run_mode;
 mod service;
 mod sign_hmac;
 mod sign_sigv4;
+mod store;

@@ -6,7 +6,9 @@
 //! ([`Hooks::find`]) and the forwarding to the target ([`Hooks::handle`]); the schemes themselves
 //! live in `signature.rs`. Nothing reaches the target unless the signature verifies: the body is
 //! read whole (up to `max-body`) before anything is sent, and a bad, missing, stale or replayed
-//! signature is answered `401` by the proxy itself.
+//! signature is answered `401` by the proxy itself. With `[state]`, the replay memory is the
+//! shared store's (`SET NX PX`), so a delivery replayed to another replica is refused too; when
+//! the store cannot answer, the webhook's `on-error` decides.
 
 mod signature;
 
@@ -31,6 +33,7 @@ use crate::config::duration::{Zero, duration};
 use crate::config::raw::RawWebhook;
 use crate::config::size::size;
 use crate::config::{ConfigError, Source};
+use crate::features::store::{OnError, Store};
 use crate::http::body::{BoxError, ProxyBody};
 use crate::http::error::{ProxyError, json_response};
 use crate::http::headers::strip_hop_by_hop;
@@ -55,6 +58,8 @@ pub struct Webhook {
     pub target: url::Url,
     pub tolerance: Duration,
     pub max_body: u64,
+    /// What the replay check does when `[state]` cannot answer; `None`: `[state]`'s default.
+    pub on_error: Option<OnError>,
 }
 
 impl Webhook {
@@ -149,6 +154,10 @@ impl Webhook {
             target,
             tolerance,
             max_body: size(raw.max_body.as_ref(), &key("max-body"), DEFAULT_MAX_BODY, source)?,
+            on_error: match &raw.on_error {
+                Some(value) => Some(OnError::from_raw(value, &key("on-error"), source)?),
+                None => None,
+            },
         })
     }
 }
@@ -160,6 +169,8 @@ pub struct Hooks {
     /// Each webhook's loopback target, by webhook name (the same client as routes use).
     targets: HashMap<String, Arc<Upstream>>,
     replays: Replays,
+    /// The shared store: with it, replay memory is shared by every replica.
+    store: Option<Arc<Store>>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -176,7 +187,7 @@ pub struct Handled {
 }
 
 impl Hooks {
-    pub fn build(webhooks: &[Webhook]) -> Result<Hooks, ClientError> {
+    pub fn build(webhooks: &[Webhook], store: Option<Arc<Store>>) -> Result<Hooks, ClientError> {
         let mut upstreams = Upstreams::default();
         let mut targets = HashMap::new();
         for hook in webhooks {
@@ -192,6 +203,7 @@ impl Hooks {
             by_path: webhooks.iter().map(|hook| (hook.path.clone(), hook.clone())).collect(),
             targets,
             replays: Replays::default(),
+            store,
         })
     }
 
@@ -276,9 +288,21 @@ impl Hooks {
             secret.expose_secret().as_bytes(),
             hook.tolerance,
             now,
-        )
-        .and_then(|verified| self.replays.remember(verified, now));
-        if let Err(rejection) = verified {
+        );
+        let verified = match verified {
+            Ok(verified) => self.remember(hook, verified, now).await,
+            Err(rejection) => Err(Some(rejection)),
+        };
+        if let Err(None) = verified {
+            let error = ProxyError::StateUnavailable;
+            tracing::warn!(webhook = %hook.name, "webhook refused: the shared store cannot check for replays (on-error = \"deny\")");
+            return Handled {
+                error: Some(error.code()),
+                response: error.into_response(None),
+                target_status: None,
+            };
+        }
+        if let Err(Some(rejection)) = verified {
             tracing::warn!(webhook = %hook.name, reason = %rejection, "webhook signature refused");
             return refuse(
                 StatusCode::UNAUTHORIZED,
@@ -330,6 +354,40 @@ impl Hooks {
                     error: Some(error.code()),
                     response: error.into_response(None),
                     target_status: None,
+                }
+            }
+        }
+    }
+}
+
+impl Hooks {
+    /// The replay check of a verified signature: in the shared store when there is one (a
+    /// digest of the signature, never the signature, kept until it is stale anyway), else in
+    /// this process. `Err(None)`: the store could not answer and the webhook fails closed.
+    async fn remember(&self, hook: &Webhook, verified: signature::Verified, now: u64) -> Result<(), Option<Rejection>> {
+        let Some(store) = &self.store else {
+            return self.replays.remember(verified, now).map_err(Some);
+        };
+        let Some((signature, expires)) = verified.replay_key() else {
+            return Ok(());
+        };
+        let key = store.key(&format!(
+            "wh:{{{}}}:{}",
+            hook.name,
+            crate::features::store::digest(&[signature])
+        ));
+        // Fresh until `expires` (and a second, for replicas whose clocks differ a little).
+        let ttl = Duration::from_secs(expires.saturating_sub(now) + 1);
+        match store.remember(&key, ttl).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Some(Rejection::Replayed)),
+            Err(_) => {
+                let policy = hook.on_error.unwrap_or(store.config.on_error);
+                store.fell_back("webhook_replay", policy);
+                match policy {
+                    OnError::Local => self.replays.remember(verified, now).map_err(Some),
+                    OnError::Allow => Ok(()),
+                    OnError::Deny => Err(None),
                 }
             }
         }

@@ -69,6 +69,16 @@ pub(super) struct Verified {
     replay_key: Option<(Vec<u8>, u64)>,
 }
 
+impl Verified {
+    /// The signature to remember against replays and the Unix second it goes stale; `None` for
+    /// schemes without a timestamp.
+    pub(super) fn replay_key(&self) -> Option<(&[u8], u64)> {
+        self.replay_key
+            .as_ref()
+            .map(|(signature, expires)| (signature.as_slice(), *expires))
+    }
+}
+
 fn mac(key: &[u8], parts: &[&[u8]]) -> Hmac<Sha256> {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
     for part in parts {
