@@ -114,6 +114,8 @@ pub struct Route {
     pub scrub_response: bool,
     /// `auth = { oauth2 = "NAME" }`: the token source whose bearer token is injected.
     pub oauth2: Option<String>,
+    /// `websocket = true`: the route relays WebSocket sessions, with these bounds.
+    pub websocket: Option<crate::features::websocket::WebSocketPolicy>,
 }
 
 impl Config {

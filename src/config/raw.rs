@@ -101,6 +101,11 @@ pub struct RawRoute {
     pub allowed_origins: Option<Spanned<Vec<Spanned<String>>>>,
     pub max_body: Option<Spanned<RawSize>>,
     pub scrub_response: Option<bool>,
+    /// `websocket = true`: `Upgrade: websocket` requests are relayed (see `features::websocket`).
+    pub websocket: Option<Spanned<bool>>,
+    pub websocket_idle_timeout: Option<Spanned<String>>,
+    pub websocket_max_duration: Option<Spanned<String>>,
+    pub websocket_max_message: Option<Spanned<RawSize>>,
 }
 
 /// Shorthands for the `Authorization` header.

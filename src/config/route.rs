@@ -254,6 +254,7 @@ pub(super) fn validate_route(
         Some(path) => Some(super::ca_file(path, key("ca-file"), source)?),
     };
 
+    let websocket = crate::features::websocket::WebSocketPolicy::from_raw(raw, name, &methods, source)?;
     Ok(Route {
         name: name.to_string(),
         path: path.clone(),
@@ -278,6 +279,7 @@ pub(super) fn validate_route(
         max_body: access::max_body(&raw.max_body, &key("max-body"), source)?,
         scrub_response: raw.scrub_response.unwrap_or(true),
         oauth2,
+        websocket,
     })
 }
 

@@ -16,3 +16,4 @@ pub mod static_site;
 pub mod transform;
 pub mod validate;
 pub mod webhooks;
+pub mod websocket;

@@ -34,7 +34,7 @@ use secrecy::SecretString;
 use tracing::instrument;
 
 use crate::daemon::metrics::RouteMetrics;
-use crate::features::{admin, cors, decode, guard, inject, limit, validate};
+use crate::features::{admin, cors, decode, guard, inject, limit, validate, websocket};
 use crate::http::body::{BoxError, ProxyBody, Upload};
 use crate::http::error::{ProxyError, Side};
 use access::{AccessRecord, Logged};
@@ -58,6 +58,8 @@ struct Context {
     query: Option<String>,
     upstream_status: Option<u16>,
     error: Option<&'static str>,
+    /// A WebSocket session that writes the access line when it ends (see [`websocket`]).
+    websocket: Option<websocket::LineAtEnd>,
 }
 
 impl Proxy {
@@ -106,6 +108,7 @@ impl Proxy {
             plan.map(|plan| &plan.route),
             origin.as_ref(),
         );
+        let session = context.websocket.take();
         let (route, metrics) = match (plan, context.hook) {
             (Some(plan), _) => (Some(plan.name.clone()), plan.metrics.clone()),
             (None, Some((label, metrics))) => (Some(label), metrics),
@@ -126,6 +129,15 @@ impl Proxy {
             bytes_in,
             metrics,
             in_flight,
+            frames: None,
+        };
+        // A WebSocket session keeps the record and writes the line when it ends.
+        let record = match session {
+            Some(session) => match session.send(record) {
+                Ok(()) => return response.map(Logged::detached),
+                Err(record) => record,
+            },
+            None => record,
         };
         let length = (record.method != http::Method::HEAD)
             .then(|| response.headers().get(header::CONTENT_LENGTH))
@@ -353,8 +365,16 @@ async fn forward(
         // The token is scrubbed like the route's secrets.
         values.push(token.value.clone());
     }
+    // A WebSocket route's upgrade request: everything above applied, the handshake goes upstream.
+    let upgrade = websocket::client_handshake(route, parts)?;
     let mut headers = inject::upstream_headers(std::mem::take(&mut parts.headers), route, injected_headers);
     let mut redactor = route.scrub_response.then(|| plan.redactor(&values)).flatten();
+    if let Some(upgrade) = upgrade {
+        let opened = Box::pin(websocket::open(plan, metrics, upgrade, headers, path_and_query, redactor, &values)).await?;
+        context.upstream_status = Some(opened.upstream_status);
+        context.websocket = Some(opened.line);
+        return Ok(opened.response);
+    }
     if redactor.is_some() || route.response.transform.is_some() {
         // Scrubbing and transforms read the body: ask for it unencoded.
         headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
