@@ -30,3 +30,4 @@ mod refusals;
 mod reload;
 mod reload_state;
 mod service;
+mod websocket;
