@@ -1,7 +1,10 @@
 //! The accept loop and graceful shutdown.
 //!
 //! One shutdown future stops accepting; in-flight requests and streams then get up to the drain
-//! deadline to finish before the connections are dropped.
+//! deadline to finish before the connections are dropped. Connections allow upgrades: a
+//! WebSocket session (see [`crate::features::websocket`]) outlives its connection's HTTP part,
+//! gets the shutdown signal through the request's extensions, closes both sides with `1001`,
+//! and is drained under the same deadline.
 //!
 //! Limits against hostile clients live here (values from `[server]`, read at start): request
 //! headers over `max-header-size` get `431` from hyper; a client that does not finish its headers

@@ -92,9 +92,18 @@ impl WebSocketPolicy {
         let enabled = raw.websocket.as_ref().is_some_and(|flag| *flag.get_ref());
         if !enabled {
             let stray = [
-                ("websocket-idle-timeout", raw.websocket_idle_timeout.as_ref().map(|v| v.span())),
-                ("websocket-max-duration", raw.websocket_max_duration.as_ref().map(|v| v.span())),
-                ("websocket-max-message", raw.websocket_max_message.as_ref().map(|v| v.span())),
+                (
+                    "websocket-idle-timeout",
+                    raw.websocket_idle_timeout.as_ref().map(|v| v.span()),
+                ),
+                (
+                    "websocket-max-duration",
+                    raw.websocket_max_duration.as_ref().map(|v| v.span()),
+                ),
+                (
+                    "websocket-max-message",
+                    raw.websocket_max_message.as_ref().map(|v| v.span()),
+                ),
             ];
             if let Some((field, Some(span))) = stray.into_iter().find(|(_, span)| span.is_some()) {
                 return Err(source
@@ -106,12 +115,22 @@ impl WebSocketPolicy {
         if !methods.contains(&Method::GET) {
             let span = raw.websocket.as_ref().map(|flag| flag.span()).unwrap_or_default();
             return Err(source
-                .error(span, key("websocket"), "a WebSocket handshake is a GET, which this route does not take")
+                .error(
+                    span,
+                    key("websocket"),
+                    "a WebSocket handshake is a GET, which this route does not take",
+                )
                 .with_help("add \"GET\" to the route's methods"));
         }
         let timeout = |value: &Option<toml::Spanned<String>>, field: &str, default| match value {
             None => Ok(default),
-            Some(text) => duration(text, &key(field), Zero::Refused, Some("e.g. \"30s\", \"5m\", \"1h\""), source),
+            Some(text) => duration(
+                text,
+                &key(field),
+                Zero::Refused,
+                Some("e.g. \"30s\", \"5m\", \"1h\""),
+                source,
+            ),
         };
         let max_message = crate::config::size::size(
             raw.websocket_max_message.as_ref(),
@@ -120,8 +139,16 @@ impl WebSocketPolicy {
             source,
         )?;
         Ok(Some(WebSocketPolicy {
-            idle_timeout: timeout(&raw.websocket_idle_timeout, "websocket-idle-timeout", DEFAULT_IDLE_TIMEOUT)?,
-            max_duration: timeout(&raw.websocket_max_duration, "websocket-max-duration", DEFAULT_MAX_DURATION)?,
+            idle_timeout: timeout(
+                &raw.websocket_idle_timeout,
+                "websocket-idle-timeout",
+                DEFAULT_IDLE_TIMEOUT,
+            )?,
+            max_duration: timeout(
+                &raw.websocket_max_duration,
+                "websocket-max-duration",
+                DEFAULT_MAX_DURATION,
+            )?,
             max_message: usize::try_from(max_message).unwrap_or(usize::MAX),
         }))
     }
@@ -163,7 +190,9 @@ pub fn client_handshake(route: &Route, parts: &mut Parts) -> Result<Option<Clien
         return Ok(None);
     }
     if parts.method != Method::GET || parts.version != http::Version::HTTP_11 {
-        return Err(ProxyError::BadRequest("a WebSocket handshake is an HTTP/1.1 GET".into()));
+        return Err(ProxyError::BadRequest(
+            "a WebSocket handshake is an HTTP/1.1 GET".into(),
+        ));
     }
     if !has_token(&parts.headers, &header::CONNECTION, "upgrade") {
         return Err(ProxyError::BadRequest(
@@ -198,7 +227,9 @@ pub fn client_handshake(route: &Route, parts: &mut Parts) -> Result<Option<Clien
     Ok(Some(ClientHandshake {
         policy: policy.clone(),
         accept,
-        protocols: tokens(&parts.headers, &SEC_WEBSOCKET_PROTOCOL).map(str::to_string).collect(),
+        protocols: tokens(&parts.headers, &SEC_WEBSOCKET_PROTOCOL)
+            .map(str::to_string)
+            .collect(),
         on_upgrade,
         draining: parts.extensions.remove::<Draining>(),
     }))
@@ -225,7 +256,12 @@ pub async fn open(
     let route = &plan.route;
     // The client's key, version and extensions belong to its own handshake with the proxy; the
     // upstream gets the proxy's. The subprotocol offer goes through as the client made it.
-    for name in [&SEC_WEBSOCKET_KEY, &SEC_WEBSOCKET_ACCEPT, &SEC_WEBSOCKET_VERSION, &SEC_WEBSOCKET_EXTENSIONS] {
+    for name in [
+        &SEC_WEBSOCKET_KEY,
+        &SEC_WEBSOCKET_ACCEPT,
+        &SEC_WEBSOCKET_VERSION,
+        &SEC_WEBSOCKET_EXTENSIONS,
+    ] {
         headers.remove(name);
     }
     let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
@@ -316,10 +352,14 @@ fn check_upstream_answer(
     let expected = derive_accept(key.as_bytes());
     let mut accepts = headers.get_all(&SEC_WEBSOCKET_ACCEPT).iter();
     if !matches!((accepts.next(), accepts.next()), (Some(accept), None) if *accept == expected) {
-        return Err(ProxyError::WebSocketHandshake("its Sec-WebSocket-Accept does not match the key"));
+        return Err(ProxyError::WebSocketHandshake(
+            "its Sec-WebSocket-Accept does not match the key",
+        ));
     }
     if headers.contains_key(&SEC_WEBSOCKET_EXTENSIONS) {
-        return Err(ProxyError::WebSocketHandshake("it chose an extension the proxy did not offer"));
+        return Err(ProxyError::WebSocketHandshake(
+            "it chose an extension the proxy did not offer",
+        ));
     }
     let mut chosen = headers.get_all(&SEC_WEBSOCKET_PROTOCOL).iter();
     match (chosen.next(), chosen.next()) {
@@ -331,7 +371,9 @@ fn check_upstream_answer(
         {
             Ok(Some(protocol.clone()))
         }
-        _ => Err(ProxyError::WebSocketHandshake("it chose a subprotocol the client did not offer")),
+        _ => Err(ProxyError::WebSocketHandshake(
+            "it chose a subprotocol the client did not offer",
+        )),
     }
 }
 
@@ -488,7 +530,13 @@ where
     };
     tokio::pin!(stop);
     let mut up = Box::pin(pump(&mut from_client, &mut to_upstream, None, &activity, up_counts));
-    let mut down = Box::pin(pump(&mut from_upstream, &mut to_client, redactor, &activity, down_counts));
+    let mut down = Box::pin(pump(
+        &mut from_upstream,
+        &mut to_client,
+        redactor,
+        &activity,
+        down_counts,
+    ));
     let ended = tokio::select! {
         end = &mut up => Ok((Side::Client, end)),
         end = &mut down => Ok((Side::Upstream, end)),
@@ -534,7 +582,11 @@ where
             drop(down);
             tokio::join!(
                 close_side(&mut to_client, &mut from_client, close_frame(CloseCode::Away, reason)),
-                close_side(&mut to_upstream, &mut from_upstream, close_frame(CloseCode::Away, reason)),
+                close_side(
+                    &mut to_upstream,
+                    &mut from_upstream,
+                    close_frame(CloseCode::Away, reason)
+                ),
             );
             outcome
         }
@@ -548,13 +600,7 @@ enum Side {
 }
 
 /// Passes messages from `from` to `to` (scrubbed when `redactor` is given) until `from` ends.
-async fn pump<R, W>(
-    from: &mut R,
-    to: &mut W,
-    redactor: Option<&Redactor>,
-    activity: &Activity,
-    counts: &Counts,
-) -> End
+async fn pump<R, W>(from: &mut R, to: &mut W, redactor: Option<&Redactor>, activity: &Activity, counts: &Counts) -> End
 where
     R: Stream<Item = Result<Message, WsError>> + Unpin,
     W: Sink<Message, Error = WsError> + Unpin,
@@ -659,9 +705,15 @@ mod tests {
     #[test]
     fn upstream_messages_are_scrubbed_whole() {
         let redactor = Redactor::from_values([b"sk-live-0123456789".as_slice()]).unwrap();
-        let text = scrub(&redactor, Message::text("key=sk-live-0123456789 and sk%2Dlive-0123456789"));
+        let text = scrub(
+            &redactor,
+            Message::text("key=sk-live-0123456789 and sk%2Dlive-0123456789"),
+        );
         assert_eq!(text, Message::text("key=[REDACTED] and [REDACTED]"));
-        let binary = scrub(&redactor, Message::Binary(Bytes::from_static(b"\x00sk-live-0123456789\xff")));
+        let binary = scrub(
+            &redactor,
+            Message::Binary(Bytes::from_static(b"\x00sk-live-0123456789\xff")),
+        );
         assert_eq!(binary, Message::Binary(Bytes::from_static(b"\x00[REDACTED]\xff")));
         let close = scrub(
             &redactor,
@@ -699,7 +751,10 @@ mod tests {
         headers.insert(SEC_WEBSOCKET_PROTOCOL.clone(), HeaderValue::from_static("other"));
         assert!(check_upstream_answer(&headers, key, &offered).is_err());
         headers.remove(&SEC_WEBSOCKET_PROTOCOL);
-        headers.insert(SEC_WEBSOCKET_EXTENSIONS.clone(), HeaderValue::from_static("permessage-deflate"));
+        headers.insert(
+            SEC_WEBSOCKET_EXTENSIONS.clone(),
+            HeaderValue::from_static("permessage-deflate"),
+        );
         assert!(check_upstream_answer(&headers, key, &offered).is_err());
         headers.remove(&SEC_WEBSOCKET_EXTENSIONS);
         headers.insert(SEC_WEBSOCKET_ACCEPT.clone(), HeaderValue::from_static("AAAA"));
@@ -714,7 +769,9 @@ mod tests {
                 "t",
             )
         };
-        let policy = route("websocket = true\nwebsocket-idle-timeout = \"2s\"\n").unwrap().routes[0]
+        let policy = route("websocket = true\nwebsocket-idle-timeout = \"2s\"\n")
+            .unwrap()
+            .routes[0]
             .websocket
             .clone()
             .unwrap();
@@ -722,8 +779,13 @@ mod tests {
         assert_eq!(policy.max_duration, DEFAULT_MAX_DURATION);
         assert!(route("").unwrap().routes[0].websocket.is_none());
         let stray = route("websocket-max-duration = \"1h\"\n").unwrap_err().to_string();
-        assert!(stray.contains("routes.ws.websocket-max-duration: applies only to WebSocket routes"), "{stray}");
-        let post = route("websocket = true\nmethods = [\"POST\"]\n").unwrap_err().to_string();
+        assert!(
+            stray.contains("routes.ws.websocket-max-duration: applies only to WebSocket routes"),
+            "{stray}"
+        );
+        let post = route("websocket = true\nmethods = [\"POST\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(post.contains("is a GET"), "{post}");
         assert!(route("websocket = true\nwebsocket-idle-timeout = \"0s\"\n").is_err());
     }

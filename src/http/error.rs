@@ -200,9 +200,7 @@ impl ProxyError {
                 };
                 (passed, "websocket_refused", Upstream, false)
             }
-            ProxyError::WebSocketHandshake(_) => {
-                (StatusCode::BAD_GATEWAY, "websocket_handshake", Upstream, false)
-            }
+            ProxyError::WebSocketHandshake(_) => (StatusCode::BAD_GATEWAY, "websocket_handshake", Upstream, false),
         };
         Spec {
             status,

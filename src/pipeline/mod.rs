@@ -6,6 +6,9 @@
 //!           -> scrub -> transform (+ response headers) -> CORS -> access log
 //! ```
 //!
+//! On a `websocket = true` route, an upgrade request leaves after inject: its send is the
+//! upstream handshake and the session's relay ([`websocket`]), which writes the access line.
+//!
 //! Each request takes the current [`Generation`] once and keeps it to the end, so a reload never
 //! changes a request midway. A matched request works from its route's [`plan::RoutePlan`], built
 //! when the generation was built: nothing here looks anything up by route name or takes a
@@ -370,7 +373,16 @@ async fn forward(
     let mut headers = inject::upstream_headers(std::mem::take(&mut parts.headers), route, injected_headers);
     let mut redactor = route.scrub_response.then(|| plan.redactor(&values)).flatten();
     if let Some(upgrade) = upgrade {
-        let opened = Box::pin(websocket::open(plan, metrics, upgrade, headers, path_and_query, redactor, &values)).await?;
+        let opened = Box::pin(websocket::open(
+            plan,
+            metrics,
+            upgrade,
+            headers,
+            path_and_query,
+            redactor,
+            &values,
+        ))
+        .await?;
         context.upstream_status = Some(opened.upstream_status);
         context.websocket = Some(opened.line);
         return Ok(opened.response);

@@ -154,7 +154,11 @@ fn client_command(daemon: &Daemon, scenario: &str, path: &str, origin: Option<&s
 fn run_client(daemon: &Daemon, scenario: &str, path: &str, origin: Option<&str>) -> Value {
     let output = client_command(daemon, scenario, path, origin).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "client failed: {stdout}\nlogs:\n{}", daemon.logs());
+    assert!(
+        output.status.success(),
+        "client failed: {stdout}\nlogs:\n{}",
+        daemon.logs()
+    );
     assert_no_secret(&stdout, &[KEY], "what the client received");
     let last = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(last).unwrap_or_else(|_| panic!("client printed no JSON: {stdout}"))
@@ -171,7 +175,11 @@ fn access_line(daemon: &Daemon, path: &str) -> Value {
         if let Some(line) = found {
             return line;
         }
-        assert!(Instant::now() < deadline, "no access line for {path}:\n{}", daemon.logs());
+        assert!(
+            Instant::now() < deadline,
+            "no access line for {path}:\n{}",
+            daemon.logs()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -197,7 +205,11 @@ fn handshake_is_injected_and_frames_flow_both_ways_scrubbed() {
     assert_eq!(seen["text"], "hello", "{seen}");
     assert_eq!(seen["binary"], "000162696e617279ff", "{seen}");
     assert_eq!(seen["leak_text"], "you sent the key [REDACTED], keep it safe", "{seen}");
-    assert_eq!(seen["leak_binary"], format!("00{}ff", hex::encode("[REDACTED]")), "{seen}");
+    assert_eq!(
+        seen["leak_binary"],
+        format!("00{}ff", hex::encode("[REDACTED]")),
+        "{seen}"
+    );
     assert_eq!(seen["pong"], true, "{seen}");
 
     // The client's close code reaches the upstream, and the client gets its close answered.
@@ -231,8 +243,20 @@ fn handshake_is_injected_and_frames_flow_both_ways_scrubbed() {
 /// The metrics text, fetched with a plain blocking request.
 fn reqwest_metrics(daemon: &Daemon) -> String {
     let url = daemon.url("/_secretproxy/metrics");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async { crate::harness::client().get(url).send().await.unwrap().text().await.unwrap() })
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        crate::harness::client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
 }
 
 #[test]
@@ -266,7 +290,11 @@ fn a_disallowed_origin_is_refused_before_any_upstream_contact() {
         .iter()
         .filter(|e| e["event"] == "connect" || e["event"] == "refused")
         .collect();
-    assert_eq!(handshakes.len(), 1, "the refused client reached the upstream: {events:?}");
+    assert_eq!(
+        handshakes.len(),
+        1,
+        "the refused client reached the upstream: {events:?}"
+    );
     let (_, logs) = daemon.terminate();
     assert_no_secret(&logs, &[KEY], "daemon logs");
 }
@@ -319,7 +347,10 @@ fn shutdown_closes_open_sessions_with_going_away() {
         .unwrap();
     let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
     let opened = lines.next().and_then(Result::ok).unwrap_or_default();
-    assert!(opened.contains("open"), "the client did not open its session: {opened:?}");
+    assert!(
+        opened.contains("open"),
+        "the client did not open its session: {opened:?}"
+    );
     upstream.wait_for("connect", "/silent");
 
     let (status, logs) = daemon.terminate();
