@@ -761,6 +761,108 @@ mod tests {
         assert!(check_upstream_answer(&headers, key, &offered).is_err());
     }
 
+    /// The proxy's relay between two in-memory peers, on the test's (paused) clock.
+    async fn relayed(
+        policy: WebSocketPolicy,
+    ) -> (
+        WebSocketStream<tokio::io::DuplexStream>,
+        WebSocketStream<tokio::io::DuplexStream>,
+        tokio::task::JoinHandle<&'static str>,
+    ) {
+        let (client_side, proxy_client) = tokio::io::duplex(64 * 1024);
+        let (proxy_upstream, upstream_side) = tokio::io::duplex(64 * 1024);
+        let relay = tokio::spawn(async move {
+            let config = Some(policy.config());
+            let client = WebSocketStream::from_raw_socket(proxy_client, Role::Server, config).await;
+            let upstream = WebSocketStream::from_raw_socket(proxy_upstream, Role::Client, config).await;
+            let (up, down) = (Counts::default(), Counts::default());
+            relay(client, upstream, &policy, None, None, &up, &down).await
+        });
+        let client = WebSocketStream::from_raw_socket(client_side, Role::Client, None).await;
+        let upstream = WebSocketStream::from_raw_socket(upstream_side, Role::Server, None).await;
+        (client, upstream, relay)
+    }
+
+    /// Reads until the close frame; returns it and when it came.
+    async fn close_of(side: &mut WebSocketStream<tokio::io::DuplexStream>) -> (Option<CloseFrame>, Instant) {
+        loop {
+            match side.next().await {
+                Some(Ok(Message::Close(frame))) => return (frame, Instant::now()),
+                Some(Ok(_)) => {}
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_session_still_ends_at_its_time_limit() {
+        let started = Instant::now();
+        let policy = WebSocketPolicy {
+            idle_timeout: Duration::from_secs(10),
+            max_duration: Duration::from_secs(60),
+            max_message: 1 << 20,
+        };
+        let (mut client, mut upstream, relay) = relayed(policy).await;
+        // A message every 5 s keeps the session from idling out.
+        let upstream_side = tokio::spawn(async move { close_of(&mut upstream).await });
+        let (frame, at) = loop {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(5)) => {
+                    let _ = client.send(Message::text("tick")).await;
+                }
+                message = client.next() => match message {
+                    Some(Ok(Message::Close(frame))) => break (frame, Instant::now()),
+                    other => panic!("unexpected {other:?}"),
+                },
+            }
+        };
+        let frame = frame.unwrap();
+        assert_eq!(
+            (frame.code, frame.reason.as_str()),
+            (CloseCode::Away, "session time limit")
+        );
+        assert_eq!(at - started, Duration::from_secs(60));
+        let (upstream_frame, _) = upstream_side.await.unwrap();
+        assert_eq!(upstream_frame.unwrap().code, CloseCode::Away);
+        assert_eq!(relay.await.unwrap(), "max_duration");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_session_ends_after_its_idle_timeout() {
+        let started = Instant::now();
+        let policy = WebSocketPolicy {
+            idle_timeout: Duration::from_secs(10),
+            max_duration: Duration::from_secs(3600),
+            max_message: 1 << 20,
+        };
+        let (mut client, mut upstream, relay) = relayed(policy).await;
+        // One message at 4 s: the idle clock starts again from it.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        client.send(Message::text("hi")).await.unwrap();
+        let upstream_side = tokio::spawn(async move { close_of(&mut upstream).await });
+        let (frame, at) = close_of(&mut client).await;
+        assert_eq!(frame.unwrap().reason.as_str(), "idle timeout");
+        assert_eq!(at - started, Duration::from_secs(14));
+        assert_eq!(upstream_side.await.unwrap().0.unwrap().code, CloseCode::Away);
+        assert_eq!(relay.await.unwrap(), "idle_timeout");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_oversized_message_ends_the_session_with_1009() {
+        let policy = WebSocketPolicy {
+            idle_timeout: Duration::from_secs(10),
+            max_duration: Duration::from_secs(3600),
+            max_message: 1024,
+        };
+        let (mut client, mut upstream, relay) = relayed(policy).await;
+        let upstream_side = tokio::spawn(async move { close_of(&mut upstream).await });
+        client.send(Message::text("x".repeat(2048))).await.unwrap();
+        let (upstream_frame, _) = upstream_side.await.unwrap();
+        assert_eq!(upstream_frame.unwrap().code, CloseCode::Size);
+        assert_eq!(close_of(&mut client).await.0.unwrap().code, CloseCode::Size);
+        assert_eq!(relay.await.unwrap(), "message_too_large");
+    }
+
     #[test]
     fn keys_are_checked() {
         let route = |extra: &str| {
