@@ -32,9 +32,14 @@ struct Upstream {
 
 impl Upstream {
     fn start() -> Upstream {
+        Upstream::start_with(&[])
+    }
+
+    fn start_with(args: &[&str]) -> Upstream {
         let mut child = Command::new(python())
             .arg(script())
             .args(["serve", "--key", KEY])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -362,5 +367,55 @@ fn shutdown_closes_open_sessions_with_going_away() {
     assert_eq!(seen["close_reason"], "the proxy is shutting down", "{seen}");
     assert_eq!(upstream.wait_for("closed", "/silent")["code"], 1001);
     assert!(logs.contains("\"outcome\":\"shutdown\""), "{logs}");
+    assert_no_secret(&logs, &[KEY], "daemon logs");
+}
+
+#[test]
+fn a_wss_upstream_is_verified_and_gets_the_injected_handshake() {
+    // A private CA the route trusts through `ca-file`; the upstream speaks wss.
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, key) = (dir.path().join("ca.pem"), dir.path().join("key.pem"));
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    std::fs::write(&key, cert.signing_key.serialize_pem()).unwrap();
+    let upstream = Upstream::start_with(&["--tls-cert", ca.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let config = format!(
+        r#"[secrets.ws]
+env = "WS_TEST_KEY"
+
+[routes.secure]
+path = "/secure/{{*rest}}"
+upstream = "https://localhost:{port}/{{rest}}"
+ca-file = {ca:?}
+websocket = true
+headers = {{ X-Api-Key = "${{ws}}" }}
+query = {{ key = "${{ws}}" }}
+
+[routes.untrusted]
+path = "/untrusted/{{*rest}}"
+upstream = "https://localhost:{port}/{{rest}}"
+websocket = true
+headers = {{ X-Api-Key = "${{ws}}" }}
+"#,
+        port = upstream.port,
+        ca = ca.display().to_string(),
+    );
+    let daemon = Daemon::start(&config, &[("WS_TEST_KEY", KEY), ("RUST_LOG", "debug")]);
+    let seen = run_client(&daemon, "frames", "/secure/echo", None);
+    assert_eq!(seen["text"], "hello", "{seen}");
+    assert_eq!(seen["leak_text"], "you sent the key [REDACTED], keep it safe", "{seen}");
+    assert_eq!(upstream.wait_for("closed", "/echo")["code"], 4001);
+    let connect = upstream.wait_for("connect", "/echo");
+    assert_eq!(
+        (connect["header_ok"].clone(), connect["query_ok"].clone()),
+        (Value::Bool(true), Value::Bool(true))
+    );
+
+    // Without the CA the certificate is refused before any handshake is sent.
+    let refused = run_client(&daemon, "frames", "/untrusted/echo", None);
+    assert_eq!(refused["status"], 502, "{refused}");
+    let body: Value = serde_json::from_str(refused["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["code"], "upstream_unreachable", "{body}");
+    let (_, logs) = daemon.terminate();
     assert_no_secret(&logs, &[KEY], "daemon logs");
 }

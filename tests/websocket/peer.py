@@ -5,7 +5,7 @@ port, then one JSON line per event (`connect`, `refused`, `closed`) on stdout. I
 handshake only when it carries `X-Api-Key: KEY` and `?key=KEY` (what the proxy injects), else
 answers 401. Paths: `/echo` echoes every message; the text `leak` gets the key back in a text and
 a binary message; `close:CODE` makes the server close with CODE and a reason quoting the key;
-`/silent` sends nothing and waits for the close.
+`/silent` sends nothing and waits for the close. With `--tls-cert/--tls-key` it serves `wss`.
 
 `peer.py client SCENARIO URL [--origin O]` is the client: it talks to the proxy and prints one
 JSON object with what it saw.
@@ -20,7 +20,7 @@ def emit(**event):
     print(json.dumps(event), flush=True)
 
 
-async def serve(key):
+async def serve(key, cert=None, private_key=None):
     import asyncio
     from http import HTTPStatus
     from urllib.parse import parse_qs, urlsplit
@@ -70,12 +70,20 @@ async def serve(key):
                 reason=received.reason if received else None,
             )
 
+    tls = None
+    if cert:
+        import ssl
+
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(cert, private_key)
+
     async with ws_serve(
         handler,
         "127.0.0.1",
         0,
         process_request=check,
         subprotocols=["chat.v1", "chat.v2"],
+        ssl=tls,
     ) as server:
         port = server.sockets[0].getsockname()[1]
         print(port, flush=True)
@@ -135,6 +143,8 @@ def main():
     sub = parser.add_subparsers(dest="command", required=True)
     server = sub.add_parser("serve")
     server.add_argument("--key", required=True)
+    server.add_argument("--tls-cert", help="serve wss with this PEM certificate")
+    server.add_argument("--tls-key", help="the certificate's PEM private key")
     run = sub.add_parser("client")
     run.add_argument("scenario")
     run.add_argument("url")
@@ -143,7 +153,7 @@ def main():
     if args.command == "serve":
         import asyncio
 
-        asyncio.run(serve(args.key))
+        asyncio.run(serve(args.key, args.tls_cert, args.tls_key))
     else:
         client(args.scenario, args.url, args.origin)
 
