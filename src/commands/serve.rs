@@ -100,9 +100,11 @@ async fn serve(
     // Bound, config valid, secrets read: only now is the service ready.
     notify::ready_serving(&live.current(), local);
     let watchdog = notify::spawn_watchdog();
-    let shutdown = async {
+    let draining = live.clone();
+    let shutdown = async move {
         shutdown.await;
         notify::stopping();
+        shutdown::delay(&draining).await;
     };
     server::serve(listener, Arc::new(Proxy::new(live)), shutdown, drain).await;
     crate::pipeline::access::flush();

@@ -72,6 +72,11 @@ pub struct ServerConfig {
     pub access: access::Access,
     /// Header size and time, connection cap.
     pub limits: access::ServerLimits,
+    /// `shutdown-delay`: how long SIGTERM reports not-ready while still serving, before the
+    /// drain; `None`: [`crate::daemon::shutdown::default_delay`] (0 s, 5 s in a Kubernetes pod).
+    pub shutdown_delay: Option<Duration>,
+    /// `trusted-proxies`: whose forwarding headers name the client.
+    pub trusted_proxies: crate::features::forwarded::TrustedProxies,
 }
 
 /// One entry of the route table.
@@ -442,11 +447,29 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
         }
     }
     let limits = keep(&mut errors, access::limits(&raw.server, source));
+    let shutdown_delay = match &raw.server.shutdown_delay {
+        Some(text) => keep(
+            &mut errors,
+            duration(
+                text,
+                "server.shutdown-delay",
+                Zero::Allowed,
+                Some("e.g. \"5s\" (Kubernetes: longer than the endpoints take to drop the pod)"),
+                source,
+            ),
+        ),
+        None => None,
+    };
+    let trusted_proxies = keep(
+        &mut errors,
+        crate::features::forwarded::TrustedProxies::from_raw(raw.server.trusted_proxies.as_ref(), source),
+    );
 
     if let Some(error) = ConfigError::collect(errors) {
         return Err(error);
     }
-    let (Some(listen), Some(shutdown_timeout), Some(access), Some(limits)) = (listen, shutdown_timeout, access, limits)
+    let (Some(listen), Some(shutdown_timeout), Some(access), Some(limits), Some(trusted_proxies)) =
+        (listen, shutdown_timeout, access, limits, trusted_proxies)
     else {
         unreachable!("every missing value recorded an error");
     };
@@ -458,6 +481,8 @@ fn validate(raw: RawConfig, source: &Source<'_>) -> Result<Config, ConfigError> 
             shutdown_timeout,
             access,
             limits,
+            shutdown_delay,
+            trusted_proxies,
         },
         secrets,
         routes,

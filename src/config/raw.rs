@@ -38,6 +38,10 @@ pub struct RawServer {
     pub max_header_size: Option<Spanned<RawSize>>,
     pub header_timeout: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<i64>>,
+    /// Not ready, still serving, for this long after SIGTERM before the drain (Kubernetes).
+    pub shutdown_delay: Option<Spanned<String>>,
+    /// Peers whose `X-Forwarded-For`/`Forwarded` are believed (`features::forwarded`).
+    pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// A byte size: an integer, `"10MiB"`-style text, or `"unlimited"` where allowed.

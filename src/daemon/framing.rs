@@ -106,6 +106,8 @@ impl<IO> Sniffed<IO> {
                 None => (State::ChunkEnd, bytes.len()),
             },
             State::Head(mut buf) => match head_end(&buf, bytes) {
+                // A head within one read (the usual case) is parsed where it lies.
+                Some(at) if buf.is_empty() => (self.after_head(&bytes[..at]), at),
                 Some(at) => {
                     buf.extend_from_slice(&bytes[..at]);
                     (self.after_head(&buf), at)
@@ -175,9 +177,12 @@ impl<IO> Sniffed<IO> {
     }
 
     fn after_head(&self, head: &[u8]) -> State {
-        let mut headers = [httparse::EMPTY_HEADER; 128];
-        let mut request = httparse::Request::new(&mut headers);
-        if !matches!(request.parse(head), Ok(httparse::Status::Complete(_))) {
+        let mut headers = [const { std::mem::MaybeUninit::uninit() }; 128];
+        let mut request = httparse::Request::new(&mut []);
+        if !matches!(
+            request.parse_with_uninit_headers(head, &mut headers),
+            Ok(httparse::Status::Complete(_))
+        ) {
             return State::Stopped;
         }
         let headers = &*request.headers;
@@ -188,16 +193,21 @@ impl<IO> Sniffed<IO> {
                 .next()
                 .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
         });
-        let lengths: Vec<Option<u64>> = named("content-length")
-            .map(|h| std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok()))
-            .collect();
-        self.verdicts.push(chunked.is_some() && !lengths.is_empty());
-        match (chunked, lengths.first()) {
+        let length = |h: &httparse::Header<'_>| {
+            std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let first_length = named("content-length").next().map(length);
+        self.verdicts.push(chunked.is_some() && first_length.is_some());
+        match (chunked, first_length) {
             (Some(true), _) => State::ChunkSize(Vec::new()),
             (Some(false), _) => State::Stopped,
             (None, None) => State::Head(Vec::new()),
             (None, Some(Some(0))) => State::Head(Vec::new()),
-            (None, Some(Some(length))) if lengths.iter().all(|l| *l == Some(*length)) => State::Body(*length),
+            (None, Some(Some(first))) if named("content-length").all(|h| length(h) == Some(first)) => {
+                State::Body(first)
+            }
             (None, Some(_)) => State::Stopped,
         }
     }
@@ -205,12 +215,24 @@ impl<IO> Sniffed<IO> {
 
 /// Where the head that `buf` started ends within `bytes` (just past its blank line).
 fn head_end(buf: &[u8], bytes: &[u8]) -> Option<usize> {
-    // Search the joint of the old and new bytes, so a `\r\n\r\n` split between reads is found.
+    // A `\r\n\r\n` split between reads begins in the last three bytes of `buf`.
     let overlap = buf.len().min(3);
-    let mut joint = buf[buf.len() - overlap..].to_vec();
-    joint.extend_from_slice(bytes);
-    let at = joint.windows(4).position(|window| window == b"\r\n\r\n")? + 4;
-    Some(at - overlap)
+    if overlap > 0 {
+        let mut joint = [0u8; 6];
+        let new = bytes.len().min(3);
+        joint[..overlap].copy_from_slice(&buf[buf.len() - overlap..]);
+        joint[overlap..overlap + new].copy_from_slice(&bytes[..new]);
+        if let Some(at) = joint[..overlap + new]
+            .windows(4)
+            .position(|window| window == b"\r\n\r\n")
+        {
+            return Some(at + 4 - overlap);
+        }
+    }
+    // A head is a few short lines: checking each line end is cheaper than a substring search.
+    memchr::memchr_iter(b'\n', bytes)
+        .find(|&at| at >= 3 && &bytes[at - 3..=at] == b"\r\n\r\n")
+        .map(|at| at + 1)
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Sniffed<IO> {

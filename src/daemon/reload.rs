@@ -12,8 +12,12 @@
 //! config's content — writes to the file itself, and a file of its name created or renamed into
 //! its directory (editors that save by renaming a temp file over the original, `route add`) —
 //! so reads of the file and writes to other files (a log next to it) never wake the daemon.
-//! A symlinked config is watched at the link and at its target. Events are debounced, and a file
-//! whose text is the one serving (from the start on) is not rebuilt.
+//! A symlinked config is watched at every link met on the way to the file it reads, and at that
+//! file: a Kubernetes ConfigMap mounts `proxy.toml -> ..data/proxy.toml` with
+//! `..data -> ..2026_.../`, and the kubelet updates it by renaming a new `..data` link over the
+//! old one, which is a `MOVED_TO ..data` event in the mount's directory (see [`links`]). After
+//! each such event the chain is resolved again, so the next swap is seen too. Events are
+//! debounced, and a file whose text is the one serving (from the start on) is not rebuilt.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -348,28 +352,78 @@ pub fn spawn(reloader: Arc<Reloader>) -> Watch {
     Watch { tasks }
 }
 
-/// The paths watched for `config`: the file as named and, for a symlink, its target.
-fn watched_paths(config: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let absolute = std::path::absolute(config)?;
-    let mut watched = vec![absolute.clone()];
-    if let Ok(target) = std::fs::canonicalize(&absolute)
-        && target != absolute
-    {
-        watched.push(target);
+/// What the config path depends on: every `(directory, name)` entry whose replacement changes
+/// what the path reads — each symlink met while resolving it, and the name of the file finally
+/// read — and that file. For a ConfigMap mount `/etc/sp/proxy.toml` this is `(/etc/sp,
+/// proxy.toml)`, `(/etc/sp, ..data)`, `(/etc/sp/..2026_x, proxy.toml)` and the file
+/// `/etc/sp/..2026_x/proxy.toml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Links {
+    pub entries: Vec<(PathBuf, std::ffi::OsString)>,
+    pub file: PathBuf,
+}
+
+/// Resolves `config` one component at a time, recording every symlink on the way (at most 40,
+/// as the kernel allows). A name that does not exist ends the walk: it is watched for.
+pub fn links(config: &Path) -> std::io::Result<Links> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    use std::path::Component;
+
+    /// The components still to resolve, in order (`..` included; `.` and the root dropped).
+    fn names(path: &Path) -> impl DoubleEndedIterator<Item = OsString> + '_ {
+        path.components()
+            .filter(|c| matches!(c, Component::Normal(_) | Component::ParentDir))
+            .map(|c| c.as_os_str().to_owned())
     }
-    Ok(watched)
+    let mut pending: VecDeque<OsString> = names(&std::path::absolute(config)?).collect();
+    let mut current = PathBuf::from("/");
+    let mut entries = Vec::new();
+    let mut hops = 0;
+    while let Some(name) = pending.pop_front() {
+        if name == ".." {
+            // `current` holds no symlink, so going up is lexical.
+            current.pop();
+            continue;
+        }
+        let next = current.join(&name);
+        match std::fs::symlink_metadata(&next) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(std::io::Error::other("too many levels of symbolic links"));
+                }
+                let target = std::fs::read_link(&next)?;
+                entries.push((current.clone(), name));
+                if target.is_absolute() {
+                    current = PathBuf::from("/");
+                }
+                for name in names(&target).rev() {
+                    pending.push_front(name);
+                }
+            }
+            _ => {
+                if pending.is_empty() {
+                    entries.push((current.clone(), name));
+                }
+                current = next;
+            }
+        }
+    }
+    Ok(Links { entries, file: current })
 }
 
 #[cfg(target_os = "linux")]
 mod watch {
-    //! inotify with exact masks: the kernel wakes the daemon only for the config file.
+    //! inotify with exact masks: the kernel wakes the daemon only for the entries the config
+    //! path depends on (see [`super::links`]).
 
-    use std::collections::HashSet;
+    use std::collections::{HashMap, HashSet};
     use std::ffi::OsString;
     use std::path::{Path, PathBuf};
 
     use futures_util::StreamExt;
-    use inotify::{EventMask, Inotify, WatchMask, Watches};
+    use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
     use tokio::sync::mpsc;
 
     /// On the file itself: its content was written.
@@ -377,57 +431,83 @@ mod watch {
     /// On its directory: an entry appeared under a name (created, or renamed into place).
     const DIR: WatchMask = WatchMask::CREATE.union(WatchMask::MOVED_TO).union(WatchMask::ONLYDIR);
 
+    /// The watches of one resolution of the config path.
+    #[derive(Default)]
+    struct Watching {
+        /// Directory watch -> the names in it that matter.
+        dirs: HashMap<WatchDescriptor, HashSet<OsString>>,
+        file: Option<WatchDescriptor>,
+    }
+
+    impl Watching {
+        /// Watches what `config` depends on now, dropping watches it no longer needs.
+        fn renew(&mut self, watches: &mut Watches, config: &Path) -> std::io::Result<()> {
+            let links = super::links(config)?;
+            let mut dirs: HashMap<WatchDescriptor, HashSet<OsString>> = HashMap::new();
+            for (dir, name) in links.entries {
+                let wd = watches.add(&dir, DIR)?;
+                dirs.entry(wd).or_default().insert(name);
+            }
+            // A file that does not exist (yet) is watched once a directory event announces it.
+            let file = watches.add(&links.file, FILE).ok();
+            for stale in self.dirs.keys().filter(|wd| !dirs.contains_key(*wd)) {
+                let _ = watches.remove(stale.clone());
+            }
+            if let Some(stale) = self.file.take().filter(|old| Some(old) != file.as_ref()) {
+                let _ = watches.remove(stale);
+            }
+            self.dirs = dirs;
+            self.file = file;
+            Ok(())
+        }
+    }
+
     pub(super) fn start(
         config: &Path,
         events: mpsc::UnboundedSender<()>,
     ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-        let files = super::watched_paths(config)?;
-        let names: HashSet<OsString> = files.iter().filter_map(|p| p.file_name().map(Into::into)).collect();
+        let config: PathBuf = std::path::absolute(config)?;
         let inotify = Inotify::init()?;
-        let mut watches = inotify.watches();
-        let mut dirs = HashSet::new();
-        for file in &files {
-            let dir = file.parent().unwrap_or(Path::new("/"));
-            dirs.insert(watches.add(dir, DIR)?);
-        }
-        watch_files(&mut watches, &files);
+        let mut watching = Watching::default();
+        watching.renew(&mut inotify.watches(), &config)?;
         let mut stream = inotify.into_event_stream([0u8; 4096])?;
         Ok(tokio::spawn(async move {
             while let Some(event) = stream.next().await {
                 let Ok(event) = event else { break };
                 if event.mask.contains(EventMask::IGNORED) || event.mask.contains(EventMask::Q_OVERFLOW) {
-                    // A watch that went away (its file was replaced) is renewed by the directory
-                    // event that replaced it; an overflow may have hidden a change.
+                    // A watch that went away (its file was replaced, an old ConfigMap directory
+                    // removed) is renewed by the directory event that replaced it; an overflow
+                    // may have hidden a change.
                     if event.mask.contains(EventMask::Q_OVERFLOW) {
+                        let _ = watching.renew(&mut stream.watches(), &config);
                         let _ = events.send(());
                     }
                     continue;
                 }
-                if dirs.contains(&event.wd) {
+                if let Some(names) = watching.dirs.get(&event.wd) {
                     if !event.name.as_ref().is_some_and(|name| names.contains(name)) {
                         continue;
                     }
-                    // A new file under the config's name: watch its content from now on.
-                    watch_files(&mut stream.watches(), &files);
+                    // A link or the file was replaced: follow the path anew (a kubelet's swap
+                    // points `..data` at a new directory).
+                    if let Err(error) = watching.renew(&mut stream.watches(), &config) {
+                        tracing::debug!(%error, "the config path did not resolve; watching what is left");
+                    }
+                } else if Some(&event.wd) != watching.file.as_ref() {
+                    // A watch this resolution no longer uses.
+                    continue;
                 }
                 let _ = events.send(());
             }
             tracing::warn!("the config watcher stopped; reload with SIGHUP instead");
         }))
     }
-
-    /// (Re)adds the watch on each file that exists now; a file that does not is watched once a
-    /// directory event announces it.
-    fn watch_files(watches: &mut Watches, files: &[PathBuf]) {
-        for file in files {
-            let _ = watches.add(file, FILE);
-        }
-    }
 }
 
 #[cfg(not(target_os = "linux"))]
 mod watch {
-    //! The portable watcher (notify): it observes the directories and filters by name and kind.
+    //! The portable watcher (notify): it observes the directories of the config's links (resolved
+    //! at start) and filters by name and kind.
 
     use std::path::Path;
 
@@ -438,11 +518,9 @@ mod watch {
         config: &Path,
         events: mpsc::UnboundedSender<()>,
     ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-        let files = super::watched_paths(config)?;
-        let names: Vec<_> = files
-            .iter()
-            .filter_map(|p| p.file_name().map(ToOwned::to_owned))
-            .collect();
+        let links = super::links(config)?;
+        let names: Vec<_> = links.entries.iter().map(|(_, name)| name.clone()).collect();
+        let dirs: std::collections::BTreeSet<_> = links.entries.iter().map(|(dir, _)| dir.clone()).collect();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
             let writes = matches!(
@@ -465,8 +543,7 @@ mod watch {
             }
         })
         .map_err(std::io::Error::other)?;
-        for file in &files {
-            let dir = file.parent().unwrap_or(Path::new("/"));
+        for dir in &dirs {
             watcher
                 .watch(dir, RecursiveMode::NonRecursive)
                 .map_err(std::io::Error::other)?;
@@ -476,5 +553,58 @@ mod watch {
             let _watcher = watcher;
             std::future::pending::<()>().await
         }))
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    #[test]
+    fn links_follow_a_configmap_mount() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().canonicalize().unwrap();
+        std::fs::create_dir(dir.join("..2026_12_01_00_00_00.1")).unwrap();
+        std::fs::write(dir.join("..2026_12_01_00_00_00.1/proxy.toml"), "").unwrap();
+        symlink("..2026_12_01_00_00_00.1", dir.join("..data")).unwrap();
+        symlink("..data/proxy.toml", dir.join("proxy.toml")).unwrap();
+        let found = links(&dir.join("proxy.toml")).unwrap();
+        let entry = |d: &Path, n: &str| (d.to_path_buf(), std::ffi::OsString::from(n));
+        assert_eq!(
+            found,
+            Links {
+                entries: vec![
+                    entry(&dir, "proxy.toml"),
+                    entry(&dir, "..data"),
+                    entry(&dir.join("..2026_12_01_00_00_00.1"), "proxy.toml"),
+                ],
+                file: dir.join("..2026_12_01_00_00_00.1/proxy.toml"),
+            }
+        );
+    }
+
+    #[test]
+    fn links_of_a_plain_file_an_absolute_link_and_a_missing_file() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().canonicalize().unwrap();
+        std::fs::create_dir(dir.join("etc")).unwrap();
+        std::fs::write(dir.join("etc/real.toml"), "").unwrap();
+        let plain = links(&dir.join("etc/real.toml")).unwrap();
+        assert_eq!(plain.entries, vec![(dir.join("etc"), "real.toml".into())]);
+        assert_eq!(plain.file, dir.join("etc/real.toml"));
+
+        symlink(dir.join("etc/real.toml"), dir.join("abs.toml")).unwrap();
+        symlink("etc/../etc", dir.join("up")).unwrap();
+        let linked = links(&dir.join("up/../abs.toml")).unwrap();
+        assert_eq!(linked.file, dir.join("etc/real.toml"));
+        assert_eq!(linked.entries.len(), 3, "{linked:?}");
+
+        let missing = links(&dir.join("none.toml")).unwrap();
+        assert_eq!(missing.entries, vec![(dir.clone(), "none.toml".into())]);
+
+        symlink("loop", dir.join("loop")).unwrap();
+        assert!(links(&dir.join("loop")).is_err());
     }
 }

@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::daemon::framing;
-use crate::features::guard::{AmbiguousFraming, LocalAddr};
+use crate::features::guard::Connection;
 use crate::pipeline::Proxy;
 
 /// The answer to a connection over `max-connections`.
@@ -66,7 +66,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
                     tokio::spawn(refuse_busy(stream));
                     continue;
                 };
-                let local = stream.local_addr().ok().map(LocalAddr);
+                let local = stream.local_addr().ok();
                 let verdicts = framing::Verdicts::default();
                 let stream = framing::Sniffed::new(stream, verdicts.clone());
                 let proxy = proxy.clone();
@@ -76,13 +76,12 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
                     if request.headers().contains_key(hyper::header::UPGRADE) {
                         request.extensions_mut().insert(session_drain.clone());
                     }
-                    if let Some(local) = local {
-                        request.extensions_mut().insert(local);
-                    }
-                    if verdicts.next_is_ambiguous() {
-                        request.extensions_mut().insert(AmbiguousFraming);
-                    }
-                    async move { Ok::<_, Infallible>(proxy.handle(request, peer).await) }
+                    let connection = Connection {
+                        peer,
+                        local,
+                        ambiguous_framing: verdicts.next_is_ambiguous(),
+                    };
+                    async move { Ok::<_, Infallible>(proxy.handle(request, connection).await) }
                 });
                 let connection = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
                 let mut watch = draining.clone();

@@ -3,10 +3,16 @@
 //! Checks run in this order, and the first refusal answers: ambiguous framing (`400`, connection
 //! closed), the request target ([`super::path`], `400`), the `Host` header against the loopback
 //! names and `allowed-hosts` (`403`, DNS rebinding), `Origin` against `allowed-origins` or the
-//! proxy's own origin (`403`, every method), `Sec-Fetch-Site` on requests without `Origin` (`403` for `cross-site` and
-//! `same-site`: `<img>`, `<script>`, navigations, no-cors posts), the non-browser policy, and the
-//! client token (`401`). None of these contacts an upstream. The client token is compared in
-//! constant time and removed from the request before it is forwarded.
+//! proxy's own origin (`403`, every method), `Sec-Fetch-Site` on requests without `Origin` (`403`
+//! for `cross-site` and `same-site`: `<img>`, `<script>`, navigations, no-cors posts), the
+//! non-browser policy, and the client token (`401`). None of these contacts an upstream. The
+//! client token is compared in constant time and removed from the request before it is forwarded.
+//!
+//! The readiness and liveness probes (`features::admin`) pass the browser rules only (`Origin`,
+//! `Sec-Fetch-Site`): a kubelet calls them with the pod's IP as `Host`, without a token. Every
+//! other path, `/_secretproxy/health` included, goes through all of them. Forwarding headers play
+//! no part here: `Host` and `Origin` are judged as the request carries them, also behind a load
+//! balancer (see `features::forwarded`).
 
 use std::net::SocketAddr;
 
@@ -20,14 +26,17 @@ use crate::config::access::Access;
 use crate::http::error::ProxyError;
 use crate::pipeline::generation::Generation;
 
-/// The local address of the connection a request came in on; inserted by the server.
+/// What the server knows of the connection a request came in on (passed along with the request,
+/// not in its extensions: that would cost a map allocation per request).
 #[derive(Debug, Clone, Copy)]
-pub struct LocalAddr(pub SocketAddr);
-
-/// Marks a request whose head had both `Content-Length` and `Transfer-Encoding`; inserted by the
-/// server, which saw the raw bytes (hyper drops one of the two before the request gets here).
-#[derive(Debug, Clone, Copy)]
-pub struct AmbiguousFraming;
+pub struct Connection {
+    pub peer: SocketAddr,
+    /// The address the connection was accepted on.
+    pub local: Option<SocketAddr>,
+    /// The request's head had both `Content-Length` and `Transfer-Encoding` (the server saw the
+    /// raw bytes; hyper drops one of the two before the request gets here).
+    pub ambiguous_framing: bool,
+}
 
 /// The header a client may use for the client token instead of `Authorization: Bearer`.
 pub static TOKEN_HEADER: HeaderName = HeaderName::from_static("x-secretproxy-token");
@@ -36,16 +45,20 @@ pub static TOKEN_HEADER: HeaderName = HeaderName::from_static("x-secretproxy-tok
 const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
 
 /// Runs every server-wide check; on success the request may be matched and forwarded.
-pub async fn admit(generation: &Generation, parts: &mut Parts) -> Result<(), ProxyError> {
-    if parts.extensions.get::<AmbiguousFraming>().is_some() {
+pub async fn admit(generation: &Generation, parts: &mut Parts, connection: &Connection) -> Result<(), ProxyError> {
+    if connection.ambiguous_framing {
         return Err(ProxyError::AmbiguousFraming);
     }
     super::path::check(&parts.method, &parts.uri)?;
     normalise_uri(&mut parts.uri)?;
     let access = &generation.config.server.access;
-    let local = parts.extensions.get::<LocalAddr>().map(|local| local.0);
-    check_host(access, &parts.headers, local)?;
-    check_caller(access, &parts.headers)?;
+    if super::admin::is_probe(parts.uri.path()) {
+        // A kubelet sends the pod's IP as `Host` and cannot hold the client token; the probes
+        // spend no secret and say nothing secret, so only the browser rules apply to them.
+        return check_caller(access, &parts.headers, true);
+    }
+    check_host(access, &parts.headers, connection.local)?;
+    check_caller(access, &parts.headers, access.allow_non_browser)?;
     if let Some(name) = &access.client_token
         && !super::cors::is_preflight(parts)
     {
@@ -177,8 +190,15 @@ fn check_host(access: &Access, headers: &HeaderMap, local: Option<SocketAddr>) -
     let (Some(host), None) = (hosts.next(), hosts.next()) else {
         return Err(refused());
     };
-    let host = host.to_str().map_err(|_| refused())?.to_ascii_lowercase();
-    let (name, port) = split_host(&host).ok_or_else(refused)?;
+    let host = host.to_str().map_err(|_| refused())?;
+    // Lower-cased only when it has to be (clients send `localhost:PORT` as it is).
+    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    };
+    let host = &*host;
+    let (name, port) = split_host(host).ok_or_else(refused)?;
     let port_matches = local.is_none_or(|local| port.unwrap_or(80) == local.port());
     if LOOPBACK_NAMES.contains(&name) && port_matches {
         return Ok(());
@@ -211,7 +231,8 @@ fn split_host(host: &str) -> Option<(&str, Option<u16>)> {
     }
 }
 
-fn check_caller(access: &Access, headers: &HeaderMap) -> Result<(), ProxyError> {
+/// The browser rules; `non_browser` says whether a request without browser metadata may pass.
+fn check_caller(access: &Access, headers: &HeaderMap, non_browser: bool) -> Result<(), ProxyError> {
     let mut origins = headers.get_all(header::ORIGIN).iter();
     match (origins.next(), origins.next()) {
         (Some(origin), None) => {
@@ -230,7 +251,7 @@ fn check_caller(access: &Access, headers: &HeaderMap) -> Result<(), ProxyError> 
             "a request from another site without an Origin header (an image, script, navigation or form) may not use this proxy",
         )),
         Some(_) => Ok(()),
-        None if access.allow_non_browser => Ok(()),
+        None if non_browser => Ok(()),
         None => Err(forbidden_with(
             "non_browser",
             "requests without browser metadata are turned off (`[server] allow-non-browser = false`)".into(),

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod cors;
 pub mod decode;
+pub mod forwarded;
 pub mod guard;
 pub mod inject;
 pub mod jq;

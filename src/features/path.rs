@@ -58,11 +58,11 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
     let Some(rest) = path.strip_prefix('/') else {
         return Err(PathError::NotOriginForm);
     };
-    let segments: Vec<&str> = rest.split('/').collect();
-    for (index, segment) in segments.iter().enumerate() {
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
         // A single trailing slash (`/api/items/`) is an ordinary path; `//` anywhere is not.
         if segment.is_empty() {
-            if index + 1 == segments.len() {
+            if segments.peek().is_none() {
                 continue;
             }
             return Err(PathError::EmptySegment);
@@ -76,14 +76,15 @@ fn check_segment(raw: &[u8]) -> Result<(), PathError> {
     if !well_formed(raw) {
         return Err(PathError::Encoding);
     }
-    let mut level = raw.to_vec();
+    // Most segments hold no escape: checked where they lie, copied only to be decoded.
+    let mut level = std::borrow::Cow::Borrowed(raw);
     for depth in 0..=MAX_DECODE_DEPTH {
         // `.` and `..`, and lookalikes that some servers trim into them (`...`, `..%20`: Windows
         // drops trailing dots and spaces, URL parsers trim spaces at the end).
         if level.iter().all(|b| *b == b'.' || *b == b' ') && level.contains(&b'.') {
             return Err(PathError::DotSegment);
         }
-        for &byte in &level {
+        for &byte in level.iter() {
             match byte {
                 b'\\' => return Err(PathError::Slash),
                 b'/' if depth > 0 => return Err(PathError::Slash),
@@ -104,7 +105,7 @@ fn check_segment(raw: &[u8]) -> Result<(), PathError> {
         if std::str::from_utf8(&decoded).is_err() {
             return Err(PathError::Encoding);
         }
-        level = decoded;
+        level = std::borrow::Cow::Owned(decoded);
     }
     Err(PathError::TooDeep)
 }

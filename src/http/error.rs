@@ -106,7 +106,7 @@ pub enum ProxyError {
     /// The proxy's own endpoints answer loopback clients only, never through a front proxy.
     #[error("{}", if *forwarded { "the /_secretproxy endpoints do not answer requests forwarded by a reverse proxy" } else { "the /_secretproxy endpoints answer loopback clients only" })]
     AdminNotLocal { forwarded: bool },
-    #[error("unknown endpoint; the proxy serves /_secretproxy/health and /_secretproxy/metrics")]
+    #[error("unknown endpoint; the proxy serves /_secretproxy/health{{,/live,/ready}} and /_secretproxy/metrics")]
     NoEndpoint,
     /// The route's OAuth2 token source could not get a token: the endpoint is unreachable,
     /// timed out or failed (5xx). Names the source, never its credentials.

@@ -18,6 +18,31 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
+/// The index of `name` in [`HOP_BY_HOP`]: a `match` on the text compares lengths first, so most
+/// names are ruled out at once (this runs for every header of every request and response).
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "te" => 2,
+        "trailer" => 3,
+        "transfer-encoding" => 4,
+        "upgrade" => 5,
+        "proxy-authenticate" => 6,
+        "proxy-authorization" => 7,
+        "proxy-connection" => 8,
+        _ => return None,
+    })
+}
+
+/// Whether `name`, in any case, is one of [`HOP_BY_HOP`] (`Connection` tokens are usually
+/// lower-case already: `keep-alive`, `upgrade`).
+fn is_hop_by_hop_in_any_case(name: &str) -> bool {
+    hop_by_hop_index(name).is_some()
+        || name.bytes().any(|b| b.is_ascii_uppercase())
+            && HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop.as_str()))
+}
+
 /// Client headers withheld from the upstream unless the route lists them in `forward-headers`.
 pub static WITHHELD_FROM_UPSTREAM: [HeaderName; 3] = [header::AUTHORIZATION, header::COOKIE, header::HOST];
 
@@ -28,18 +53,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut found = [false; HOP_BY_HOP.len()];
     let mut proxy = false;
     for name in headers.keys() {
-        match HOP_BY_HOP.iter().position(|hop| hop == name) {
+        match hop_by_hop_index(name.as_str()) {
             Some(index) => found[index] = true,
             None => proxy |= name.as_str().starts_with("proxy-"),
         }
     }
     if found[0] {
+        // Names in `Connection` that are hop-by-hop anyway (`keep-alive`) cost nothing; only
+        // other names are collected and removed.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|name| !is_hop_by_hop_in_any_case(name))
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
             .collect();
         for name in &named {
             headers.remove(name);
@@ -65,6 +94,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_index_names_the_list() {
+        for (index, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name.as_str()), Some(index));
+        }
+        assert_eq!(hop_by_hop_index("x-connection"), None);
+    }
 
     #[test]
     fn strips_connection_named_and_proxy_headers() {

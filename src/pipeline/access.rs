@@ -7,10 +7,11 @@
 //! answered requests and WARN for refusals and 5xx answers.
 //!
 //! Human lines read `INFO GET /api/gh/user -> gh (api.github.com) 200 upstream=200 12.3ms in=0B
-//! out=1532B`; JSON lines keep the fields of earlier versions (`method`, `route`, `path`, `query`,
-//! `status`, `upstream_status`, `error`, `duration_ms`, `bytes_in`, `bytes_out`, `outcome`) plus
-//! `upstream` (the host). A record holds no secret: the query has injected values replaced by
-//! `[REDACTED]` before it gets here.
+//! out=1532B client=127.0.0.1`; JSON lines keep the fields of earlier versions (`method`,
+//! `route`, `path`, `query`, `status`, `upstream_status`, `error`, `duration_ms`, `bytes_in`,
+//! `bytes_out`, `outcome`) plus `upstream` (the host) and `client` (the peer's address, or the one
+//! a trusted proxy forwarded, see `features::forwarded`). A record holds no secret: the query has
+//! injected values replaced by `[REDACTED]` before it gets here.
 
 use std::io::Write;
 use std::pin::Pin;
@@ -85,6 +86,9 @@ fn write_out(buffer: &mut Vec<u8>) {
 
 /// What the access line says about one request.
 pub struct AccessRecord {
+    /// The client: the TCP peer, or the address a trusted proxy forwarded for
+    /// (`features::forwarded`).
+    pub client: std::net::IpAddr,
     pub method: http::Method,
     /// The request target as received (its path and query are logged).
     pub uri: http::Uri,
@@ -197,8 +201,8 @@ impl Line<'_> {
                 let millis = (duration.as_secs_f64() * 1_000_000.0).round() / 1000.0;
                 writeln!(
                     out,
-                    ",\"duration_ms\":{millis},\"bytes_in\":{},\"bytes_out\":{},\"outcome\":\"{}\",\"target\":\"secretproxy::access\"}}",
-                    self.bytes_in, self.bytes_out, self.outcome
+                    ",\"client\":\"{}\",\"duration_ms\":{millis},\"bytes_in\":{},\"bytes_out\":{},\"outcome\":\"{}\",\"target\":\"secretproxy::access\"}}",
+                    r.client, self.bytes_in, self.bytes_out, self.outcome
                 )
             }
             Format::Pretty { .. } | Format::Journald => {
@@ -244,6 +248,7 @@ impl Line<'_> {
                 if self.outcome != "complete" {
                     write!(out, " outcome={}", self.outcome)?;
                 }
+                write!(out, " client={}", r.client)?;
                 out.push(b'\n');
                 Ok(())
             }

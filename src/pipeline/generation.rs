@@ -148,6 +148,8 @@ pub struct Live {
     current: ArcSwap<Generation>,
     next_number: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Whether the shutdown has begun (the readiness probe's answer across generations).
+    readiness: crate::features::admin::Readiness,
 }
 
 impl Live {
@@ -157,7 +159,13 @@ impl Live {
             current: ArcSwap::from_pointee(generation),
             next_number: AtomicU64::new(next),
             metrics: Arc::new(Metrics::new()),
+            readiness: Default::default(),
         }
+    }
+
+    /// The process's readiness beyond its config (see `features::admin`).
+    pub fn readiness(&self) -> &crate::features::admin::Readiness {
+        &self.readiness
     }
 
     /// The process's metrics; the reload code counts reloads here.

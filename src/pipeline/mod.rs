@@ -23,7 +23,7 @@ pub mod generation;
 pub mod plan;
 pub mod routes;
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
@@ -74,9 +74,11 @@ impl Proxy {
         &self.live
     }
 
-    /// Answers one client request from `peer`. Never fails: errors become JSON responses.
+    /// Answers one client request that came in on `connection`. Never fails: errors become JSON
+    /// responses.
     #[instrument(skip_all, name = "request", level = "debug")]
-    pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Logged> {
+    pub async fn handle(&self, request: Request<Incoming>, connection: guard::Connection) -> Response<Logged> {
+        let peer = connection.peer;
         let started = Instant::now();
         let in_flight = self.live.metrics().request_started();
         let generation = self.live.current();
@@ -84,13 +86,15 @@ impl Proxy {
         let (mut parts, body) = request.into_parts();
         let method = parts.method.clone();
         let origin = parts.headers.get(header::ORIGIN).cloned();
+        let client = generation.config.server.trusted_proxies.client(peer, &parts.headers);
         let mut context = Context::default();
         let mut response = match dispatch(
             &generation,
-            self.live.metrics(),
+            &self.live,
             &mut parts,
             body,
-            peer,
+            &connection,
+            client,
             &bytes_in,
             &mut context,
         )
@@ -99,7 +103,7 @@ impl Proxy {
             Ok(response) => response,
             Err(error) => {
                 let route = context.route.map(|index| &*generation.plans[index].name);
-                refused(&error, route, &parts, peer);
+                refused(&error, route, &parts, client);
                 context.error = Some(error.code());
                 error.into_response(route)
             }
@@ -118,6 +122,7 @@ impl Proxy {
             (None, None) => (None, generation.unrouted.clone()),
         };
         let record = AccessRecord {
+            client,
             method,
             uri: parts.uri,
             route,
@@ -151,10 +156,10 @@ impl Proxy {
 }
 
 /// Logs why a request was refused, with the fix when there is one.
-fn refused(error: &ProxyError, route: Option<&str>, parts: &Parts, peer: SocketAddr) {
+fn refused(error: &ProxyError, route: Option<&str>, parts: &Parts, client: IpAddr) {
     match error {
         ProxyError::Forbidden { code, reason, hint } => tracing::warn!(
-            %peer,
+            %client,
             path = parts.uri.path(),
             route = route.unwrap_or("-"),
             code = *code,
@@ -177,25 +182,22 @@ fn refused(error: &ProxyError, route: Option<&str>, parts: &Parts, peer: SocketA
 
 /// Dispatch: the guard for every path, then the proxy's own endpoints, preflights, webhooks, the
 /// routes, and the static site for what no route matches.
+#[allow(clippy::too_many_arguments)]
 async fn dispatch(
     generation: &Generation,
-    metrics: &crate::daemon::metrics::Metrics,
+    live: &Live,
     parts: &mut Parts,
     body: Incoming,
-    peer: SocketAddr,
+    connection: &guard::Connection,
+    client: IpAddr,
     bytes_in: &Arc<AtomicU64>,
     context: &mut Context,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    guard::admit(generation, parts).await?;
+    let peer = connection.peer;
+    let metrics = live.metrics();
+    guard::admit(generation, parts, connection).await?;
     if admin::is_reserved(parts.uri.path()) {
-        return admin::answer(
-            &parts.method,
-            parts.uri.path(),
-            &parts.headers,
-            peer,
-            generation,
-            metrics,
-        );
+        return admin::answer(&parts.method, parts.uri.path(), &parts.headers, peer, generation, live);
     }
     if cors::is_preflight(parts) {
         let (response, route) = cors::preflight(generation, parts);
@@ -241,8 +243,7 @@ async fn dispatch(
                 return Ok(served.response);
             }
             let path = parts.uri.path();
-            let near = peer
-                .ip()
+            let near = client
                 .is_loopback()
                 .then(|| generation.table.closest(path).map(str::to_string))
                 .flatten();

@@ -166,6 +166,21 @@ impl SecretCache {
         lock(&slot.state).result()
     }
 
+    /// Starts a read of every secret whose last read is older than [`REFRESH_AFTER`] and that no
+    /// lookup is reading now, without waiting for any. The readiness probe calls it: a pod that
+    /// is not ready gets no requests, so nothing else would read a missing secret again.
+    pub fn refresh_stale(&self) {
+        for slot in self.slots.values() {
+            let mut state = lock(&slot.state);
+            let settled = matches!(slot.source, SecretSource::Env(_)) && state.value.is_some();
+            if settled || state.flight.is_some() || state.checked.elapsed() < REFRESH_AFTER {
+                continue;
+            }
+            state.flight = Some(Instant::now());
+            tokio::spawn(refresh(self.store.clone(), slot.clone()));
+        }
+    }
+
     /// Each secret's name, source and, if it is missing, why.
     pub fn status(&self) -> Vec<(String, SecretSource, Option<LookupError>)> {
         self.slots
@@ -392,6 +407,23 @@ mod tests {
         age(&cache);
         assert_eq!(cache.get("x").await.unwrap().expose_secret(), "kept");
         assert!(cache.status()[0].2.is_none());
+    }
+
+    #[tokio::test]
+    async fn refresh_stale_reads_old_entries_without_waiting() {
+        let store = Arc::new(MemoryStore::default());
+        let source = SecretSource::File("/x".into());
+        let cache = one(store.clone(), &source);
+        assert!(cache.status()[0].2.is_some());
+        store.values.lock().unwrap().insert(source.to_string(), "v1".into());
+        // Fresh: nothing is read.
+        cache.refresh_stale();
+        assert!(cache.slots["x"].state.lock().unwrap().flight.is_none());
+        age(&cache);
+        let mut done = cache.slots["x"].done.subscribe();
+        cache.refresh_stale();
+        done.changed().await.unwrap();
+        assert!(cache.status()[0].2.is_none(), "resolved by the background read");
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod daemon;
 mod harness;
 mod jq_conformance;
 mod keyring;
+mod kubernetes;
 mod oauth2;
 mod presets;
 mod proxy;

@@ -33,6 +33,8 @@ pub struct Engine {
     plus: Set,
     /// Whether both sets are the same (no pattern holds `+` or a space).
     same_sets: bool,
+    /// The shortest pattern's length.
+    shortest: usize,
 }
 
 pub(super) struct Set {
@@ -69,6 +71,12 @@ impl Set {
         })
     }
 
+    /// Whether `bytes` ends in a proper prefix of a pattern (as [`View::settle`] looks for one).
+    pub(super) fn ends_in_prefix(&self, bytes: &[u8]) -> bool {
+        let from = bytes.len().saturating_sub(self.longest - 1);
+        (from..bytes.len()).any(|q| self.first[bytes[q] as usize] && self.starts_pattern(&bytes[q..]))
+    }
+
     /// Whether `tail` is a proper prefix of a pattern: more bytes could complete a match.
     pub(super) fn starts_pattern(&self, tail: &[u8]) -> bool {
         self.patterns.iter().any(|p| {
@@ -92,7 +100,9 @@ impl Engine {
             .map(|f| Zeroizing::new(f.iter().map(|&b| plus_to_space(b)).collect::<Vec<u8>>()))
             .collect();
         let same_sets = !raw.iter().any(|f| f.contains(&b'+') || f.contains(&b' '));
+        let shortest = raw.iter().map(|f| f.len()).min()?;
         Some(Engine {
+            shortest,
             raw: Set::new(raw, caseless)?,
             plus: Set::new(plus, caseless)?,
             same_sets,
@@ -103,13 +113,30 @@ impl Engine {
         if decoding.percent() { &self.plus } else { &self.raw }
     }
 
-    /// True when `bytes` certainly holds no form of a secret: nothing a view would decode (no
-    /// `%` or `\\`, and no `+` or space when those matter to the patterns), so every view reads
-    /// the raw bytes, and the raw patterns do not occur. One automaton pass, no allocation.
+    /// True when `bytes` certainly holds no form of a secret: too short for any, or nothing a view
+    /// would decode and no pattern found as they are. No allocation.
     pub fn clean(&self, bytes: &[u8]) -> bool {
-        let escapes = memchr::memchr2(b'%', b'\\', bytes).is_some()
-            || (!self.same_sets && memchr::memchr2(b'+', b' ', bytes).is_some());
-        !escapes && !self.raw.automaton.is_match(bytes)
+        // Decoding never lengthens: bytes shorter than every pattern cannot hold one in any view
+        // (most header names and many values).
+        bytes.len() < self.shortest || self.undecoded(bytes, |set| !set.automaton.is_match(bytes))
+    }
+
+    /// True when every view would read `bytes` as they are (nothing to decode), find no pattern in
+    /// them and keep no tail: what a scanner at rest may pass on untouched.
+    fn passes(&self, bytes: &[u8]) -> bool {
+        self.undecoded(bytes, |set| {
+            !set.automaton.is_match(bytes) && !set.ends_in_prefix(bytes)
+        })
+    }
+
+    /// Whether no view decodes anything in `bytes` (no `%` or `\\`; no `+`, which the percent
+    /// views read as a space, when that matters to the patterns) and `plain` holds for each set
+    /// the views read them with. A space needs no decoding: with patterns that hold `+` or a space,
+    /// the percent views' set is checked as well as the raw one.
+    fn undecoded(&self, bytes: &[u8], plain: impl Fn(&Set) -> bool) -> bool {
+        memchr::memchr2(b'%', b'\\', bytes).is_none()
+            && plain(&self.raw)
+            && (self.same_sets || memchr::memchr(b'+', bytes).is_none() && plain(&self.plus))
     }
 
     /// `bytes` scrubbed whole, and whether anything was redacted.
@@ -118,7 +145,7 @@ impl Engine {
             return (bytes.to_vec(), false);
         }
         let mut scanner = Scanner::default();
-        let mut out = scanner.push(self, bytes).to_vec();
+        let mut out = scanner.scan(self, bytes).to_vec();
         out.extend_from_slice(&scanner.finish(self));
         (out, scanner.redacted)
     }
@@ -131,7 +158,9 @@ pub(super) fn plus_to_space(b: u8) -> u8 {
 /// Scrubs one stream: raw bytes in, scrubbed bytes out, holding back only what may still turn
 /// out to be part of a secret.
 pub struct Scanner {
-    views: [View; 4],
+    /// Made on the first chunk that needs them (a body whose chunks all pass untouched never
+    /// does).
+    views: Option<Box<[View; 4]>>,
     /// Raw bytes not yet sent; the first is at stream offset `base`.
     held: BytesMut,
     base: u64,
@@ -146,12 +175,7 @@ pub struct Scanner {
 impl Default for Scanner {
     fn default() -> Scanner {
         Scanner {
-            views: [
-                View::new(Decoding::Raw),
-                View::new(Decoding::Percent),
-                View::new(Decoding::Json),
-                View::new(Decoding::JsonPercent),
-            ],
+            views: None,
             held: BytesMut::new(),
             base: 0,
             spans: Vec::new(),
@@ -163,22 +187,55 @@ impl Default for Scanner {
 
 impl Scanner {
     /// Takes the next chunk; returns what may be sent now (possibly nothing).
-    pub fn push(&mut self, engine: &Engine, chunk: &[u8]) -> Bytes {
+    pub fn push(&mut self, engine: &Engine, chunk: &Bytes) -> Bytes {
+        // Nothing held, and nothing in this chunk that a view would decode, that matches, or that
+        // the next chunk could complete: every view would pass it through unchanged and keep
+        // nothing, so it goes out as it is, uncopied (most chunks of most bodies).
+        if self.at_rest() && engine.passes(chunk) {
+            let end = self.base + chunk.len() as u64;
+            self.base = end;
+            for view in self.views.iter_mut().flat_map(|views| views.iter_mut()) {
+                view.fed = end;
+            }
+            return chunk.clone();
+        }
+        self.scan(engine, chunk)
+    }
+
+    /// Whether no byte is held back and no view has a tail or a pending escape.
+    fn at_rest(&self) -> bool {
+        self.held.is_empty()
+            && self.spans.is_empty()
+            && self.views.as_ref().is_none_or(|views| views.iter().all(View::at_rest))
+    }
+
+    /// [`Scanner::push`] through every view.
+    pub(super) fn scan(&mut self, engine: &Engine, chunk: &[u8]) -> Bytes {
         let at = self.base + self.held.len() as u64;
         self.held.extend_from_slice(chunk);
         let end = at + chunk.len() as u64;
         let mut hold = end;
+        // Views start where scanning starts: everything before went out untouched at rest.
+        let views = self.views.get_or_insert_with(|| {
+            Box::new(
+                [Decoding::Raw, Decoding::Percent, Decoding::Json, Decoding::JsonPercent].map(|decoding| {
+                    let mut view = View::new(decoding);
+                    view.fed = at;
+                    view
+                }),
+            )
+        });
         // A view whose state equals an earlier view's, and that sees none of its escapes in this
         // chunk, would decode and match exactly as that one does: it takes that one's result
         // instead of scanning again (most chunks of most bodies have no escapes at all).
         let twins = if self.share {
-            self.twins(engine, chunk)
+            Scanner::twins(views, engine, chunk)
         } else {
             [None; 4]
         };
         let mut holds = [end; 4];
-        for i in 0..self.views.len() {
-            let (done, rest) = self.views.split_at_mut(i);
+        for i in 0..views.len() {
+            let (done, rest) = views.split_at_mut(i);
             let view = &mut rest[0];
             if let Some(twin) = twins[i] {
                 view.copy_from(&done[twin]);
@@ -196,8 +253,8 @@ impl Scanner {
     }
 
     /// For each view, an earlier view it may copy for this chunk (see [`Scanner::push`]).
-    fn twins(&self, engine: &Engine, chunk: &[u8]) -> [Option<usize>; 4] {
-        let [raw, percent, json, json_percent] = &self.views;
+    fn twins(views: &[View; 4], engine: &Engine, chunk: &[u8]) -> [Option<usize>; 4] {
+        let [raw, percent, json, json_percent] = views;
         let no_backslash = memchr::memchr(b'\\', chunk).is_none();
         // Percent decoding changes nothing without `%`; its `+`/space spelling matters only if the
         // patterns or the text hold one.
@@ -215,7 +272,10 @@ impl Scanner {
 
     /// Ends the stream: returns everything still held, scrubbed.
     pub fn finish(&mut self, engine: &Engine) -> Bytes {
-        for view in &mut self.views {
+        if self.at_rest() {
+            return Bytes::new();
+        }
+        for view in self.views.iter_mut().flat_map(|views| views.iter_mut()) {
             view.finish();
             view.matches(engine.set(view.decoding), &mut self.spans);
             view.decoded.clear();

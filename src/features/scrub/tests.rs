@@ -20,7 +20,7 @@ fn scrub_chunked(redactor: &Redactor, text: &[u8], cuts: &[usize]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut at = 0;
     for cut in cuts.into_iter().chain([text.len()]) {
-        out.extend_from_slice(&scanner.push(&redactor.exact, &text[at..cut]));
+        out.extend_from_slice(&scanner.push(&redactor.exact, &Bytes::copy_from_slice(&text[at..cut])));
         at = cut;
     }
     out.extend_from_slice(&scanner.finish(&redactor.exact));
@@ -305,6 +305,25 @@ proptest! {
         prop_assert_eq!(String::from_utf8_lossy(&out), text);
     }
 
+    /// The shortcut never calls clean what a full scan would redact (secrets with `+` and spaces,
+    /// text with spaces and escapes).
+    #[test]
+    fn clean_means_a_full_scan_redacts_nothing(
+        filler in prop::collection::vec(prop::sample::select(vec![
+            "a b", "a", "b", "c", " ", "+", "%20", "%2B", "/", "c/d", " c", "\\u0020", "x y",
+        ]), 0..12),
+    ) {
+        let text = filler.concat().into_bytes();
+        let redactor = redactor(&["a b+c/d", "ab cd"]);
+        let mut scanner = Scanner::default();
+        scanner.share = false;
+        let mut scanned = scanner.scan(&redactor.exact, &text).to_vec();
+        scanned.extend_from_slice(&scanner.finish(&redactor.exact));
+        if redactor.exact.clean(&text) {
+            prop_assert_eq!(scanned, text);
+        }
+    }
+
     /// However the body is split into chunks, the output equals scrubbing it whole.
     #[test]
     fn chunk_boundaries_do_not_matter(
@@ -318,7 +337,7 @@ proptest! {
         // Whole, and with every view scanning for itself.
         let mut scanner = Scanner::default();
         scanner.share = false;
-        let mut whole = scanner.push(&redactor.exact, &text).to_vec();
+        let mut whole = scanner.scan(&redactor.exact, &text).to_vec();
         whole.extend_from_slice(&scanner.finish(&redactor.exact));
         let streamed = scrub_chunked(&redactor, &text, &cuts);
         prop_assert_eq!(streamed, whole);
@@ -371,12 +390,56 @@ fn a_chunk_that_cannot_begin_a_secret_goes_out_at_once() {
     let mut scanner = Scanner::default();
     // An SSE event: nothing at its end could start a secret, so nothing is held back.
     let event = b"data: {\"token\": \"hello\"}\n\n";
-    assert_eq!(&scanner.push(&redactor.exact, event)[..], event);
+    assert_eq!(&scanner.push(&redactor.exact, &Bytes::from_static(event))[..], event);
     // A tail that may begin a secret (raw, or as an escape) waits for the next chunk.
-    assert_eq!(&scanner.push(&redactor.exact, b"data: sk_li")[..], b"data: ");
-    assert_eq!(&scanner.push(&redactor.exact, b"ve_abcdef!\n")[..], b"[REDACTED]!\n");
-    assert_eq!(&scanner.push(&redactor.exact, b"x %7")[..], b"x ");
-    assert_eq!(&scanner.push(&redactor.exact, b"3k_live_abcdef")[..], b"[REDACTED]");
+    assert_eq!(
+        &scanner.push(&redactor.exact, &Bytes::from_static(b"data: sk_li"))[..],
+        b"data: "
+    );
+    assert_eq!(
+        &scanner.push(&redactor.exact, &Bytes::from_static(b"ve_abcdef!\n"))[..],
+        b"[REDACTED]!\n"
+    );
+    assert_eq!(&scanner.push(&redactor.exact, &Bytes::from_static(b"x %7"))[..], b"x ");
+    assert_eq!(
+        &scanner.push(&redactor.exact, &Bytes::from_static(b"3k_live_abcdef"))[..],
+        b"[REDACTED]"
+    );
+    assert_eq!(&scanner.finish(&redactor.exact)[..], b"");
+}
+
+#[test]
+fn spaces_alone_are_clean_unless_a_pattern_reads_them() {
+    let redactor = redactor(&["a b+c/d"]);
+    // A `Date` header: spaces, nothing to decode, no pattern.
+    assert!(redactor.exact.clean(b"Tue, 01 Dec 2026 19:28:31 GMT"));
+    // The percent views read the secret's `+` as a space: this spelling is a match.
+    assert!(!redactor.exact.clean(b"x a b c/d y"));
+    assert_eq!(redactor.text("x a b c/d y"), "x [REDACTED] y");
+}
+
+#[test]
+fn a_clean_chunk_at_rest_is_passed_on_uncopied() {
+    let redactor = redactor(&["sk_live_abcdef"]);
+    let mut scanner = Scanner::default();
+    let chunk = Bytes::from_static(b"{\"ok\":true}");
+    let out = scanner.push(&redactor.exact, &chunk);
+    assert_eq!(out.as_ptr(), chunk.as_ptr());
+    // The stream offsets moved on: a secret split over the next chunks is still found whole.
+    assert_eq!(
+        &scanner.push(&redactor.exact, &Bytes::from_static(b" sk_live"))[..],
+        b" "
+    );
+    assert_eq!(
+        &scanner.push(&redactor.exact, &Bytes::from_static(b"_abcdef."))[..],
+        b"[REDACTED]."
+    );
+    // Not at rest (an escape begun): scanned, even though the chunk itself is clean.
+    assert_eq!(&scanner.push(&redactor.exact, &Bytes::from_static(b"%"))[..], b"");
+    assert_eq!(
+        &scanner.push(&redactor.exact, &Bytes::from_static(b"73k_live_abcdef"))[..],
+        b"[REDACTED]"
+    );
     assert_eq!(&scanner.finish(&redactor.exact)[..], b"");
 }
 
@@ -453,10 +516,11 @@ fn throughput() {
     ] {
         let mut text = line.repeat(8 * 1024 * 1024 / line.len());
         text.push_str(secret);
+        let chunks: Vec<Bytes> = text.as_bytes().chunks(16 * 1024).map(Bytes::copy_from_slice).collect();
         let started = std::time::Instant::now();
         let mut scanner = Scanner::default();
         let mut out = 0usize;
-        for chunk in text.as_bytes().chunks(16 * 1024) {
+        for chunk in &chunks {
             out += scanner.push(&redactor.exact, chunk).len();
         }
         out += scanner.finish(&redactor.exact).len();

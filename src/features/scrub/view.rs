@@ -339,6 +339,11 @@ impl View {
         self.fed = other.fed;
     }
 
+    /// Whether this view holds nothing: no decoded tail, no escape pending.
+    pub(super) fn at_rest(&self) -> bool {
+        self.decoded.is_empty() && self.segments.is_empty() && self.pending_len == 0 && self.percent_len == 0
+    }
+
     /// Where this view's undecided raw bytes begin, if any.
     pub(super) fn undecided(&self) -> Option<u64> {
         let json = (self.pending_len > 0).then_some(self.pending_at);
