@@ -129,6 +129,8 @@ pub struct Route {
     /// `on-error`: what the shared rate limit does when `[state]` cannot answer; `None`: the
     /// `[state]` default.
     pub on_error: Option<crate::features::store::OnError>,
+    /// `websocket = true`: the route relays WebSocket sessions, with these bounds.
+    pub websocket: Option<crate::features::websocket::WebSocketPolicy>,
 }
 
 impl Config {

@@ -325,6 +325,7 @@ pub(super) fn validate_route(
         }
     }
 
+    let websocket = crate::features::websocket::WebSocketPolicy::from_raw(raw, name, &methods, source)?;
     Ok(Route {
         name: name.to_string(),
         path: path.clone(),
@@ -368,6 +369,7 @@ pub(super) fn validate_route(
             )?),
             None => None,
         },
+        websocket,
     })
 }
 

@@ -1,7 +1,10 @@
 //! The accept loop and graceful shutdown.
 //!
 //! One shutdown future stops accepting; in-flight requests and streams then get up to the drain
-//! deadline to finish before the connections are dropped.
+//! deadline to finish before the connections are dropped. Connections allow upgrades: a
+//! WebSocket session (see [`crate::features::websocket`]) outlives its connection's HTTP part,
+//! gets the shutdown signal through the request's extensions, closes both sides with `1001`,
+//! and is drained under the same deadline.
 //!
 //! Limits against hostile clients live here (values from `[server]`, read at start): request
 //! headers over `max-header-size` get `431` from hyper; a client that does not finish its headers
@@ -19,7 +22,6 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::daemon::framing;
@@ -35,7 +37,9 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves connections from `listener` until `shutdown` resolves, then drains for up to `drain`.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>, drain: Duration) {
-    let graceful = GracefulShutdown::new();
+    // Every connection and WebSocket session holds a receiver; the drain waits until all are
+    // dropped. (hyper-util's GracefulShutdown cannot watch a connection that allows upgrades.)
+    let (stop, draining) = tokio::sync::watch::channel(());
     let limits = proxy.live().current().config.server.limits.clone();
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut http = http1::Builder::new();
@@ -66,8 +70,12 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
                 let verdicts = framing::Verdicts::default();
                 let stream = framing::Sniffed::new(stream, verdicts.clone());
                 let proxy = proxy.clone();
-                let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let session_drain = crate::features::websocket::Draining(draining.clone());
+                let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                     let proxy = proxy.clone();
+                    if request.headers().contains_key(hyper::header::UPGRADE) {
+                        request.extensions_mut().insert(session_drain.clone());
+                    }
                     let connection = Connection {
                         peer,
                         local,
@@ -75,11 +83,21 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
                     };
                     async move { Ok::<_, Infallible>(proxy.handle(request, connection).await) }
                 });
-                let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                let connection = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+                let mut watch = draining.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = connection.await {
+                    tokio::pin!(connection);
+                    let ended = tokio::select! {
+                        ended = connection.as_mut() => ended,
+                        _ = watch.changed() => {
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
+                        }
+                    };
+                    if let Err(err) = ended {
                         tracing::debug!(%peer, error = %err, "connection ended with an error");
                     }
+                    drop(watch);
                     drop(permit);
                 });
             }
@@ -91,7 +109,9 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
         deadline_secs = drain.as_secs(),
         "shutting down: no new connections, draining in-flight requests"
     );
-    match tokio::time::timeout(drain, graceful.shutdown()).await {
+    drop(draining);
+    let _ = stop.send(());
+    match tokio::time::timeout(drain, stop.closed()).await {
         Ok(()) => tracing::info!("all connections drained"),
         Err(_) => tracing::warn!("drain deadline passed; closing remaining connections"),
     }

@@ -33,7 +33,12 @@ pub fn init(format: LogFormat) {
         LogFormat::Pretty => crate::pipeline::access::Format::Pretty { color },
         LogFormat::Json => crate::pipeline::access::Format::Json,
     });
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        // tungstenite logs whole WebSocket frames (payloads, close reasons: where an echoed
+        // secret travels) at debug and trace: never shown, whatever RUST_LOG asks for.
+        .add_directive("tungstenite=info".parse().expect("a valid directive"))
+        .add_directive("tokio_tungstenite=info".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

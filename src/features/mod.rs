@@ -20,3 +20,4 @@ pub mod store;
 pub mod transform;
 pub mod validate;
 pub mod webhooks;
+pub mod websocket;

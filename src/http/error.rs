@@ -115,6 +115,14 @@ pub enum ProxyError {
     /// The token endpoint refused the client's credentials or answered with no usable token.
     #[error("OAuth2 token source `{token_source}` got no token: {reason}")]
     TokenRefused { token_source: String, reason: String },
+    /// The upstream answered a WebSocket handshake with another status than `101`; the client
+    /// gets that status (a `4xx`/`5xx`), with no upstream text.
+    #[error("the upstream refused the WebSocket upgrade with status {}", status.as_u16())]
+    UpgradeRefused { status: StatusCode },
+    /// The upstream's `101` is not a valid WebSocket handshake (wrong accept key, an extension or
+    /// subprotocol nobody asked for).
+    #[error("the upstream's WebSocket handshake is invalid: {0}")]
+    WebSocketHandshake(&'static str),
     /// The route's transform failed or passed a bound.
     #[error("{message}")]
     Transform { code: &'static str, message: String },
@@ -228,6 +236,15 @@ impl ProxyError {
             ProxyError::SignerUnusable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "signer_unusable", Internal, false),
             ProxyError::UpstreamTlsRefused(_) => (StatusCode::BAD_GATEWAY, "upstream_tls_refused", Upstream, false),
             ProxyError::StateUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "state_unavailable", Internal, false),
+            ProxyError::UpgradeRefused { status } => {
+                let passed = if status.is_client_error() || status.is_server_error() {
+                    *status
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                (passed, "websocket_refused", Upstream, false)
+            }
+            ProxyError::WebSocketHandshake(_) => (StatusCode::BAD_GATEWAY, "websocket_handshake", Upstream, false),
         };
         Spec {
             status,
@@ -277,6 +294,7 @@ impl ProxyError {
                     "see the key's routes with `secretproxy client list`; a key for more routes needs a new `client add` (revoke `{client}` first)"
                 ));
             }
+            ProxyError::UpgradeRefused { status } => body["upstream_status"] = Value::from(status.as_u16()),
             ProxyError::TokenUnavailable {
                 token_source: source, ..
             }

@@ -106,9 +106,17 @@ pub struct AccessRecord {
     pub in_flight: InFlight,
     /// The client key's name (or `client-token`) the request came with; never the key.
     pub client_key: Option<Arc<str>>,
+    /// A WebSocket session's messages (client to upstream, upstream to client), set when it ends.
+    pub frames: Option<(u64, u64)>,
 }
 
 impl AccessRecord {
+    /// Writes the line of a WebSocket session when it ends ([`crate::features::websocket`]):
+    /// `bytes_in` holds the client's payload bytes, `bytes_out` is the upstream's as sent.
+    pub fn finish_session(self, bytes_out: u64, outcome: &'static str) {
+        self.emit(bytes_out, outcome);
+    }
+
     fn emit(self, bytes_out: u64, outcome: &'static str) {
         let bytes_in = self.bytes_in.load(Ordering::Relaxed);
         self.metrics
@@ -196,6 +204,9 @@ impl Line<'_> {
                     out.extend_from_slice(b",\"client_key\":");
                     json_str(out, client)?;
                 }
+                if let Some((frames_in, frames_out)) = r.frames {
+                    write!(out, ",\"frames_in\":{frames_in},\"frames_out\":{frames_out}")?;
+                }
                 let millis = (duration.as_secs_f64() * 1_000_000.0).round() / 1000.0;
                 writeln!(
                     out,
@@ -243,6 +254,9 @@ impl Line<'_> {
                     self.bytes_in,
                     self.bytes_out
                 )?;
+                if let Some((frames_in, frames_out)) = r.frames {
+                    write!(out, " frames_in={frames_in} frames_out={frames_out}")?;
+                }
                 if self.outcome != "complete" {
                     write!(out, " outcome={}", self.outcome)?;
                 }
@@ -284,6 +298,17 @@ impl Logged {
             expected: inner.size_hint().exact().or(length),
             inner,
             record: Some(record),
+            bytes_out: 0,
+        }
+    }
+
+    /// A body whose request is logged elsewhere: a `101` whose WebSocket session writes the
+    /// line when it ends.
+    pub fn detached(inner: ProxyBody) -> Self {
+        Logged {
+            expected: None,
+            inner,
+            record: None,
             bytes_out: 0,
         }
     }

@@ -507,6 +507,42 @@ impl Upstream {
     }
 }
 
+/// A connection that an upgrade takes over (see [`Upstream::connect_upgradable`]).
+pub trait UpgradableIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> UpgradableIo for T {}
+
+impl Upstream {
+    /// A fresh connection to this origin for a request that upgrades it (WebSocket): TCP, then
+    /// TLS with the same trust settings as the pool but only `http/1.1` offered by ALPN (an
+    /// upgrade is HTTP/1.1), within the connect timeout. Never pooled: the upgrade keeps it.
+    /// Returns the stream and the `Host` header for the handshake.
+    pub async fn connect_upgradable(&self) -> Result<(Box<dyn UpgradableIo>, HeaderValue), SendError> {
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect((self.connect_host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| SendError::ConnectTimeout(self.connect_timeout))?
+        .map_err(SendError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        let io: Box<dyn UpgradableIo> = match &self.tls {
+            None => Box::new(tcp),
+            Some((config, name)) => {
+                // Rare (once per session): a copy of the shared config with the one ALPN value.
+                let mut config = rustls::ClientConfig::clone(config);
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+                let tls = tokio::time::timeout(self.connect_timeout, connector.connect(name.clone(), tcp))
+                    .await
+                    .map_err(|_| SendError::ConnectTimeout(self.connect_timeout))?
+                    .map_err(SendError::Tls)?;
+                Box::new(tls)
+            }
+        };
+        Ok((io, self.host_header.clone()))
+    }
+}
+
 /// A response body that hands its HTTP/1.1 connection back to the pool once read to the end.
 pub struct PooledBody {
     inner: Incoming,

@@ -6,6 +6,9 @@
 //!           -> scrub -> transform (+ response headers) -> CORS -> access log
 //! ```
 //!
+//! On a `websocket = true` route, an upgrade request leaves after inject: its send is the
+//! upstream handshake and the session's relay ([`websocket`]), which writes the access line.
+//!
 //! Each request takes the current [`Generation`] once and keeps it to the end, so a reload never
 //! changes a request midway. A matched request works from its route's [`plan::RoutePlan`], built
 //! when the generation was built: nothing here looks anything up by route name or takes a
@@ -34,7 +37,7 @@ use secrecy::SecretString;
 use tracing::instrument;
 
 use crate::daemon::metrics::RouteMetrics;
-use crate::features::{admin, cors, decode, guard, inject, limit, sign, validate};
+use crate::features::{admin, cors, decode, guard, inject, limit, sign, validate, websocket};
 use crate::http::body::{BoxError, ProxyBody, Upload};
 use crate::http::error::{ProxyError, Side};
 use access::{AccessRecord, Logged};
@@ -60,6 +63,8 @@ struct Context {
     error: Option<&'static str>,
     /// Who called (client key, client token, none), decided by the guard.
     caller: guard::Caller,
+    /// A WebSocket session that writes the access line when it ends (see [`websocket`]).
+    websocket: Option<websocket::LineAtEnd>,
 }
 
 impl Proxy {
@@ -112,6 +117,7 @@ impl Proxy {
             plan.map(|plan| &plan.route),
             origin.as_ref(),
         );
+        let session = context.websocket.take();
         let (route, metrics) = match (plan, context.hook) {
             (Some(plan), _) => (Some(plan.name.clone()), plan.metrics.clone()),
             (None, Some((label, metrics))) => (Some(label), metrics),
@@ -134,6 +140,15 @@ impl Proxy {
             metrics,
             in_flight,
             client_key: context.caller.name(),
+            frames: None,
+        };
+        // A WebSocket session keeps the record and writes the line when it ends.
+        let record = match session {
+            Some(session) => match session.send(record) {
+                Ok(()) => return response.map(Logged::detached),
+                Err(record) => record,
+            },
+            None => record,
         };
         let length = (record.method != http::Method::HEAD)
             .then(|| response.headers().get(header::CONTENT_LENGTH))
@@ -372,8 +387,25 @@ async fn forward(
         // The token is scrubbed like the route's secrets.
         values.push(token.value.clone());
     }
+    // A WebSocket route's upgrade request: everything above applied, the handshake goes upstream.
+    let upgrade = websocket::client_handshake(route, parts)?;
     let mut headers = inject::upstream_headers(std::mem::take(&mut parts.headers), route, injected_headers);
     let mut redactor = route.scrub_response.then(|| plan.redactor(&values)).flatten();
+    if let Some(upgrade) = upgrade {
+        let opened = Box::pin(websocket::open(
+            plan,
+            metrics,
+            upgrade,
+            headers,
+            path_and_query,
+            redactor,
+            &values,
+        ))
+        .await?;
+        context.upstream_status = Some(opened.upstream_status);
+        context.websocket = Some(opened.line);
+        return Ok(opened.response);
+    }
     if redactor.is_some() || route.response.transform.is_some() {
         // Scrubbing and transforms read the body: ask for it unencoded.
         headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));

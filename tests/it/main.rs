@@ -37,3 +37,4 @@ mod service;
 mod sign_hmac;
 mod sign_sigv4;
 mod store;
+mod websocket;
