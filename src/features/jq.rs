@@ -231,11 +231,15 @@ impl Program {
             Some(Ok(value)) => value,
             Some(Err(exception)) => {
                 let message = describe(exception);
-                return Err(if message.contains(FROMJSON_TOO_DEEP) {
-                    RunError::Limit(message)
-                } else {
-                    RunError::Program(message)
-                });
+                // The depth bounds of `fromjson` and `tojson` are limits like the others, not
+                // faults of the program (which one a runaway program hits first is a race).
+                return Err(
+                    if message.contains(FROMJSON_TOO_DEEP) || message.contains(&too_deep()) {
+                        RunError::Limit(message)
+                    } else {
+                        RunError::Program(message)
+                    },
+                );
             }
         };
         let mut out = Vec::new();

@@ -103,9 +103,21 @@ fn serve() -> io::Result<()> {
                 let cut = (0..=cut).rev().find(|at| message.is_char_boundary(*at)).unwrap_or(0);
                 protocol::write_reply(&mut output, kind, &message.as_bytes()[..cut])?;
             }
-            Err(_) => {
-                // State behind a panic is suspect: say so, then start over in a new process.
-                let _ = protocol::write_reply(&mut output, protocol::INTERNAL, b"the jq engine failed");
+            Err(panic) => {
+                // State behind a panic is suspect: say so, then start over in a new process. A
+                // collection that could not grow under `RLIMIT_AS` panics rather than aborting
+                // (`capacity overflow`, a failed reserve): that is the memory limit at work.
+                let text = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("");
+                let (kind, message): (u8, &[u8]) = if text.contains("capacity overflow") || text.contains("alloc") {
+                    (protocol::LIMIT, b"the transform ran out of memory")
+                } else {
+                    (protocol::INTERNAL, b"the jq engine failed")
+                };
+                let _ = protocol::write_reply(&mut output, kind, message);
                 std::process::exit(70);
             }
         }
