@@ -202,17 +202,7 @@ pub fn token_sources_table(config: &Config, report: &SecretReport) -> Table {
         let mut secrets: Vec<&str> = source.secrets().collect();
         secrets.sort_unstable();
         secrets.dedup();
-        let states: Vec<String> = secrets
-            .iter()
-            .map(|name| {
-                let state = report
-                    .rows
-                    .iter()
-                    .find(|row| row.name == *name)
-                    .map_or_else(|| "undeclared".to_string(), |row| status_text(&row.status));
-                format!("{name}: {state}")
-            })
-            .collect();
+        let states = secret_states(report, &secrets);
         let routes: Vec<&str> = config
             .routes
             .iter()
@@ -222,7 +212,7 @@ pub fn token_sources_table(config: &Config, report: &SecretReport) -> Table {
         table.row([
             source.name.clone(),
             source.token_url.to_string(),
-            states.join(", "),
+            states,
             if routes.is_empty() {
                 "-".to_string()
             } else {
@@ -239,21 +229,27 @@ pub fn signers_table(config: &Config, report: &SecretReport) -> Table {
     let mut table = Table::new(["ROUTE", "SIGNER", "SECRETS"]);
     for route in &config.routes {
         for (signer, secrets) in route.signing.describe() {
-            let states: Vec<String> = secrets
-                .iter()
-                .map(|name| {
-                    let state = report
-                        .rows
-                        .iter()
-                        .find(|row| row.name == *name)
-                        .map_or_else(|| "undeclared".to_string(), |row| status_text(&row.status));
-                    format!("{name}: {state}")
-                })
-                .collect();
-            table.row([route.name.clone(), signer, states.join(", ")]);
+            table.row([route.name.clone(), signer, secret_states(report, &secrets)]);
         }
     }
     table
+}
+
+/// `name: state` for each secret, comma-separated (`undeclared` for a name with no entry).
+fn secret_states(report: &SecretReport, names: &[impl AsRef<str>]) -> String {
+    names
+        .iter()
+        .map(|name| {
+            let name = name.as_ref();
+            let state = report
+                .rows
+                .iter()
+                .find(|row| row.name == name)
+                .map_or_else(|| "undeclared".to_string(), |row| status_text(&row.status));
+            format!("{name}: {state}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn status_text(status: &Result<(), LookupError>) -> String {

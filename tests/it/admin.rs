@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
 
-use crate::harness::{TestProxy, Upstream, assert_no_secret, client};
+use crate::harness::{Netns, TestProxy, Upstream, assert_no_secret, client};
 
 const SECRET: &str = "sk_admin_Metrics_5150";
 
@@ -239,77 +239,13 @@ async fn reserved_paths_refuse_requests_forwarded_by_a_reverse_proxy() {
     proxy.shutdown().await;
 }
 
-/// A network namespace joined to this one by a veth pair: `host` on our side, `inner` inside.
-/// Deleting the namespace removes both ends of the link.
-struct Netns {
-    name: String,
-    host: String,
-    inner: String,
-}
-
-impl Netns {
-    fn create() -> Netns {
-        let id = std::process::id() % 50_000;
-        let name = format!("sp-test-{id}");
-        let subnet = format!("10.213.{}", id % 250);
-        let (host, inner) = (format!("{subnet}.1"), format!("{subnet}.2"));
-        let veth = format!("spv{id}");
-        let ns = Netns { name, host, inner };
-        let _ = Command::new("ip")
-            .args(["netns", "del", &ns.name])
-            .stderr(Stdio::null())
-            .status();
-        ns.ip(&["netns", "add", &ns.name]);
-        ns.ip(&[
-            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-        ]);
-        ns.ip(&["addr", "add", &format!("{}/30", ns.host), "dev", &veth]);
-        ns.ip(&["link", "set", &veth, "up"]);
-        ns.ip(&[
-            "-n",
-            &ns.name,
-            "addr",
-            "add",
-            &format!("{}/30", ns.inner),
-            "dev",
-            "eth0",
-        ]);
-        ns.ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
-        ns.ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let output = Command::new("ip").args(args).output().expect("iproute2 is installed");
-        assert!(
-            output.status.success(),
-            "`ip {}` failed (this test needs root or CAP_NET_ADMIN to create a network namespace): {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
-    /// A command run inside the namespace.
-    fn command(&self, program: &str) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.name, program]);
-        command
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
-
 /// The daemon runs inside the namespace listening on all of its addresses. A loopback client
 /// (curl, inside the namespace) gets health and metrics; a client coming over the veth link
 /// (this test process, peer address 10.213.x.1) is refused on both, while the same client gets
 /// ordinary proxy answers on other paths — so the refusal is about the peer, not the link.
 #[tokio::test]
 async fn reserved_paths_refuse_non_loopback_clients() {
-    let ns = Netns::create();
+    let ns = Netns::create("sp-test", 213);
     let dir = tempfile::tempdir().unwrap();
     let secret_path = dir.path().join("key");
     std::fs::write(&secret_path, SECRET).unwrap();

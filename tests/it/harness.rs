@@ -505,3 +505,76 @@ pub fn unique(prefix: &str) -> String {
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// A network namespace joined to this one by a veth pair: `host` on our side, `inner` inside
+/// (10.`net`.x.1 and .2, x from the process id, so tests with different `net`s can run at once).
+/// Deleting the namespace removes both ends of the link. Needs root or CAP_NET_ADMIN.
+pub struct Netns {
+    pub name: String,
+    pub host: String,
+    pub inner: String,
+}
+
+impl Netns {
+    pub fn create(prefix: &str, net: u8) -> Netns {
+        use std::process::{Command, Stdio};
+        let id = std::process::id() % 50_000;
+        let subnet = format!("10.{net}.{}", id % 250);
+        let ns = Netns {
+            name: format!("{prefix}-{id}"),
+            host: format!("{subnet}.1"),
+            inner: format!("{subnet}.2"),
+        };
+        let veth = format!("sp{net}v{id}");
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns.name])
+            .stderr(Stdio::null())
+            .status();
+        ns.ip(&["netns", "add", &ns.name]);
+        ns.ip(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ]);
+        ns.ip(&["addr", "add", &format!("{}/30", ns.host), "dev", &veth]);
+        ns.ip(&["link", "set", &veth, "up"]);
+        ns.ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{}/30", ns.inner),
+            "dev",
+            "eth0",
+        ]);
+        ns.ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
+        ns.ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let output = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .expect("iproute2 is installed");
+        assert!(
+            output.status.success(),
+            "`ip {}` failed (this test needs root or CAP_NET_ADMIN to create a network namespace): {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// A command run inside the namespace.
+    pub fn command(&self, program: &str) -> std::process::Command {
+        let mut command = std::process::Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_norway::Value;
 
-use crate::harness::{Daemon, Recorded, Upstream, assert_no_secret, client, text};
+use crate::harness::{Daemon, Netns, Recorded, Upstream, assert_no_secret, client, text};
 
 const LIVE: &str = "/_secretproxy/health/live";
 const READY: &str = "/_secretproxy/health/ready";
@@ -595,66 +595,6 @@ async fn forwarded_headers_count_only_from_trusted_proxies() {
 // The pod network
 // ------------------------------------------------------------------------------------------
 
-/// A network namespace joined to this one by a veth pair (a pod and its node): `host` on our
-/// side, `inner` inside. Names and subnet differ from the admin tests' namespace, so both can run
-/// at once.
-struct Netns {
-    name: String,
-    host: String,
-    inner: String,
-}
-
-impl Netns {
-    fn create() -> Netns {
-        let id = std::process::id() % 50_000;
-        let subnet = format!("10.214.{}", id % 250);
-        let ns = Netns {
-            name: format!("sp-k8s-{id}"),
-            host: format!("{subnet}.1"),
-            inner: format!("{subnet}.2"),
-        };
-        let veth = format!("spk{id}");
-        let _ = Command::new("ip")
-            .args(["netns", "del", &ns.name])
-            .stderr(Stdio::null())
-            .status();
-        ns.ip(&["netns", "add", &ns.name]);
-        ns.ip(&[
-            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-        ]);
-        ns.ip(&["addr", "add", &format!("{}/30", ns.host), "dev", &veth]);
-        ns.ip(&["link", "set", &veth, "up"]);
-        ns.ip(&[
-            "-n",
-            &ns.name,
-            "addr",
-            "add",
-            &format!("{}/30", ns.inner),
-            "dev",
-            "eth0",
-        ]);
-        ns.ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
-        ns.ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let output = Command::new("ip").args(args).output().expect("iproute2 is installed");
-        assert!(
-            output.status.success(),
-            "`ip {}` failed (this test needs root or CAP_NET_ADMIN): {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
-
 const CLIENT_TOKEN: &str = "k8s-client-token-Never_Logged_31";
 
 /// The daemon in a namespace ("the pod") listening on all addresses with a client token; a
@@ -663,7 +603,7 @@ const CLIENT_TOKEN: &str = "k8s-client-token-Never_Logged_31";
 /// reads it again), while `/_secretproxy/health` and the routes stay closed to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_answer_the_pod_network_without_a_token() {
-    let ns = Netns::create();
+    let ns = Netns::create("sp-k8s", 214);
     let root = tempfile::tempdir().unwrap();
     let mut secrets = AtomicDir::new(&root.path().join("secrets"));
     secrets.write(&[("client-token", CLIENT_TOKEN)]);
