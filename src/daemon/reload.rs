@@ -345,7 +345,7 @@ pub fn spawn(reloader: Arc<Reloader>) -> Watch {
         Err(error) => tracing::warn!(%error, "cannot install a SIGHUP handler; reload by file change only"),
     }
 
-    let (events, mut changed) = mpsc::unbounded_channel::<()>();
+    let (events, changed) = mpsc::unbounded_channel::<()>();
     match watch::start(reloader.path(), events) {
         Ok(task) => tasks.push(task),
         Err(error) => {
@@ -356,20 +356,14 @@ pub fn spawn(reloader: Arc<Reloader>) -> Watch {
             );
         }
     }
-    tasks.push(tokio::spawn(async move {
-        while changed.recv().await.is_some() {
-            // Debounce: wait until no event came for DEBOUNCE.
-            loop {
-                tokio::select! {
-                    more = changed.recv() => if more.is_none() { return },
-                    () = tokio::time::sleep(DEBOUNCE) => break,
-                }
-            }
+    tasks.push(tokio::spawn(debounced(changed, move || {
+        let reloader = reloader.clone();
+        async move {
             let _ = reloader.apply(Trigger::File).await;
         }
-    }));
+    })));
 
-    let (events, mut changed) = mpsc::unbounded_channel::<()>();
+    let (events, changed) = mpsc::unbounded_channel::<()>();
     match watch::start(&clients_path, events) {
         Ok(task) => tasks.push(task),
         Err(error) => tracing::warn!(
@@ -378,18 +372,31 @@ pub fn spawn(reloader: Arc<Reloader>) -> Watch {
             "cannot watch the client key file; `client add`/`revoke` take effect after SIGHUP"
         ),
     }
-    tasks.push(tokio::spawn(async move {
-        while changed.recv().await.is_some() {
-            loop {
-                tokio::select! {
-                    more = changed.recv() => if more.is_none() { return },
-                    () = tokio::time::sleep(DEBOUNCE) => break,
-                }
-            }
-            let _ = reload_clients().await;
+    tasks.push(tokio::spawn(debounced(changed, move || {
+        let reload = reload_clients();
+        async move {
+            let _ = reload.await;
         }
-    }));
+    })));
     Watch { tasks }
+}
+
+/// Runs `action` once per burst of events: after an event, waits until none came for
+/// [`DEBOUNCE`]; ends when the watcher's channel closes.
+async fn debounced<F, Fut>(mut changed: mpsc::UnboundedReceiver<()>, action: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    while changed.recv().await.is_some() {
+        loop {
+            tokio::select! {
+                more = changed.recv() => if more.is_none() { return },
+                () = tokio::time::sleep(DEBOUNCE) => break,
+            }
+        }
+        action().await;
+    }
 }
 
 /// What the config path depends on: every `(directory, name)` entry whose replacement changes

@@ -451,7 +451,8 @@ impl Upstream {
         Ok((self.connect().await?, false))
     }
 
-    async fn connect(&self) -> Result<Sender, SendError> {
+    /// A TCP connection to the origin within the connect timeout, Nagle off.
+    async fn connect_tcp(&self) -> Result<TcpStream, SendError> {
         let tcp = tokio::time::timeout(
             self.connect_timeout,
             TcpStream::connect((self.connect_host.as_str(), self.port)),
@@ -460,6 +461,11 @@ impl Upstream {
         .map_err(|_| SendError::ConnectTimeout(self.connect_timeout))?
         .map_err(SendError::Connect)?;
         let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+
+    async fn connect(&self) -> Result<Sender, SendError> {
+        let tcp = self.connect_tcp().await?;
         match &self.tls {
             None => self.handshake_h1(tcp).await,
             Some((config, name)) => {
@@ -517,14 +523,7 @@ impl Upstream {
     /// upgrade is HTTP/1.1), within the connect timeout. Never pooled: the upgrade keeps it.
     /// Returns the stream and the `Host` header for the handshake.
     pub async fn connect_upgradable(&self) -> Result<(Box<dyn UpgradableIo>, HeaderValue), SendError> {
-        let tcp = tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect((self.connect_host.as_str(), self.port)),
-        )
-        .await
-        .map_err(|_| SendError::ConnectTimeout(self.connect_timeout))?
-        .map_err(SendError::Connect)?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = self.connect_tcp().await?;
         let io: Box<dyn UpgradableIo> = match &self.tls {
             None => Box::new(tcp),
             Some((config, name)) => {
