@@ -53,6 +53,7 @@ macro_rules! eoutln {
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod configkit;
 pub mod daemon;
 pub mod features;
 pub mod http;

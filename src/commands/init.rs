@@ -95,7 +95,7 @@ fn ask(args: &mut InitArgs) -> anyhow::Result<()> {
 pub fn run(mut args: InitArgs) -> anyhow::Result<()> {
     ask(&mut args)?;
     for origin in &args.origins {
-        crate::config::access::normalize_origin(origin).map_err(|message| anyhow::anyhow!("--origin: {message}"))?;
+        crate::configkit::access::normalize_origin(origin).map_err(|message| anyhow::anyhow!("--origin: {message}"))?;
     }
     let text = starter(&args.origins, args.static_dir.as_deref());
     let path = args

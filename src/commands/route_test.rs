@@ -18,8 +18,8 @@ use http_body_util::BodyExt;
 use zeroize::Zeroizing;
 
 use crate::cli::RouteTestArgs;
-use crate::config::template::ValueTemplate;
 use crate::config::{self, Config, Route};
+use crate::configkit::template::ValueTemplate;
 use crate::features::inject::{build_query, error_chain, render_value, upstream_headers};
 use crate::pipeline::client::{UpstreamBody, Upstreams};
 use crate::secrets::{ExposeSecret, SecretStore, SecretString, SystemStore};

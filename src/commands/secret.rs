@@ -45,7 +45,7 @@ pub fn run(command: SecretCommand) -> anyhow::Result<()> {
 /// given for a new secret), then, for a keyring source, store the value.
 fn set(args: SecretSetArgs) -> anyhow::Result<()> {
     let name = args.name;
-    if !crate::config::template::is_name(&name) {
+    if !crate::configkit::template::is_name(&name) {
         anyhow::bail!("`{name}` is not a secret name: use letters, digits, `-` and `_`");
     }
     let path = config::locate(args.config.config.as_deref())?;

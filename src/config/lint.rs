@@ -9,10 +9,10 @@ use std::collections::BTreeSet;
 
 use toml::Spanned;
 
-use super::error::Source;
 use super::raw::RawConfig;
-use super::template::{ValuePart, ValueTemplate};
 use super::{Config, Location};
+use crate::configkit::Source;
+use crate::configkit::template::{ValuePart, ValueTemplate};
 
 /// One finding of [`lint`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,7 +154,10 @@ impl Lints<'_> {
                 );
                 return;
             }
-            if let Some(param) = segment.strip_prefix(':').filter(|p| super::template::is_name(p)) {
+            if let Some(param) = segment
+                .strip_prefix(':')
+                .filter(|p| crate::configkit::template::is_name(p))
+            {
                 self.warn(
                     path,
                     key.to_string(),
@@ -253,7 +256,7 @@ fn braced_name(text: &str) -> Option<&str> {
         }
         let rest = &text[at + 1..];
         let name = &rest[..rest.find('}')?];
-        super::template::is_name(name).then_some(name)
+        crate::configkit::template::is_name(name).then_some(name)
     })
 }
 

@@ -7,16 +7,10 @@
 //! webhooks); one route's table is validated in `route.rs`, the browser boundary and limits in
 //! [`access`], and every duration and byte size goes through `duration.rs` and [`size`].
 
-pub mod access;
-pub(crate) mod duration;
 pub mod edit;
-mod error;
 pub mod lint;
 pub(crate) mod raw;
 mod route;
-pub mod size;
-pub mod strip;
-pub mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -25,13 +19,15 @@ use std::time::Duration;
 
 use http::{HeaderName, Method};
 
-use duration::{Zero, duration};
-pub(crate) use error::Source;
-pub use error::{ConfigError, Location};
 use raw::{RawConfig, RawKeyring, RawSecret};
 use route::validate_route;
-pub use strip::{DEFAULT_STRIPPED, StripHeaders};
-use template::{UrlTemplate, ValueTemplate, is_name};
+
+use crate::configkit::Source;
+use crate::configkit::StripHeaders;
+use crate::configkit::access::{self, Access, ServerLimits};
+use crate::configkit::duration::{Zero, duration};
+use crate::configkit::template::{UrlTemplate, ValueTemplate, is_name};
+pub use crate::configkit::{ConfigError, Location};
 
 use crate::secrets::SecretSource;
 
@@ -71,9 +67,9 @@ pub struct ServerConfig {
     /// How long in-flight requests and streams may run on after SIGTERM/SIGINT.
     pub shutdown_timeout: Duration,
     /// Who may call: origins, hosts, non-browser clients, client token.
-    pub access: access::Access,
+    pub access: Access,
     /// Header size and time, connection cap.
-    pub limits: access::ServerLimits,
+    pub limits: ServerLimits,
     /// `shutdown-delay`: how long SIGTERM reports not-ready while still serving, before the
     /// drain; `None`: [`crate::daemon::shutdown::default_delay`] (0 s, 5 s in a Kubernetes pod).
     pub shutdown_delay: Option<Duration>,
@@ -190,27 +186,6 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         source,
     })?;
     Config::parse(&text, &path.display().to_string())
-}
-
-/// A path from the config, relative to the config file's directory unless absolute.
-pub(crate) fn relative_to_config(source: &Source<'_>, path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        return path.to_path_buf();
-    }
-    match Path::new(source.name).parent() {
-        Some(dir) if !dir.as_os_str().is_empty() && !source.name.starts_with('<') => dir.join(path),
-        _ => path.to_path_buf(),
-    }
-}
-
-/// A `ca-file` key: a PEM file, relative paths taken from the config file's directory (like
-/// `static-dir` and schema files).
-pub(crate) fn ca_file(path: &toml::Spanned<String>, key: String, source: &Source<'_>) -> Result<PathBuf, ConfigError> {
-    let resolved = relative_to_config(source, Path::new(path.get_ref()));
-    if !resolved.is_file() {
-        return Err(source.error(path.span(), key, format!("`{}` is not a readable file", path.get_ref())));
-    }
-    Ok(resolved)
 }
 
 /// `listen` as users write it: `IP:PORT`, `[::1]:PORT`, `localhost:PORT` (127.0.0.1), or a port

@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use http::{HeaderName, Method};
 
-use super::duration::{Zero, duration};
-use super::error::Source;
 use super::raw::RawRoute;
-use super::template::{UrlTemplate, ValuePart, ValueTemplate, is_name};
-use super::{ConfigError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, Route, access};
+use super::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, Route};
+use crate::configkit::duration::{Zero, duration};
+use crate::configkit::template::{UrlTemplate, ValuePart, ValueTemplate, is_name};
+use crate::configkit::{ConfigError, Source, access};
 use crate::secrets::SecretSource;
 
 /// Headers a route may not inject: they belong to the connection or the proxy.
@@ -254,7 +254,8 @@ pub(super) fn validate_route(
         forward_headers.push(parsed);
     }
 
-    let strip_headers = super::strip::strip_headers(raw.strip_headers.as_ref(), &key("strip-headers"), source)?;
+    let strip_headers =
+        crate::configkit::strip::strip_headers(raw.strip_headers.as_ref(), &key("strip-headers"), source)?;
     if let Some(both) = forward_headers.iter().find(|h| strip_headers.strips(h)) {
         let span = raw.strip_headers.as_ref().map_or(span.clone(), |l| l.span());
         return Err(source.error(
@@ -277,7 +278,7 @@ pub(super) fn validate_route(
 
     let ca_file = match &raw.ca_file {
         None => None,
-        Some(path) => Some(super::ca_file(path, key("ca-file"), source)?),
+        Some(path) => Some(crate::configkit::ca_file(path, key("ca-file"), source)?),
     };
 
     used.extend(signed);

@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc};
 
-use crate::config::access::ServerLimits;
 use crate::config::{Config, ConfigError};
+use crate::configkit::access::ServerLimits;
 use crate::pipeline::client::ClientError;
 use crate::pipeline::generation::{Generation, Live};
 use crate::secrets::SecretStore;

@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, hea
 
 use super::guard;
 use crate::config::Route;
-use crate::config::access::Access;
+use crate::configkit::access::Access;
 use crate::http::body::{ProxyBody, empty};
 use crate::http::error::ProxyError;
 use crate::pipeline::generation::Generation;

@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::HeaderMap;
 use toml::Spanned;
 
-use crate::config::{ConfigError, Source};
+use crate::configkit::{ConfigError, Source};
 
 /// One `trusted-proxies` entry: an address with a prefix length (`10.0.0.0/8`, `::1/128`; a bare
 /// address means the one host).

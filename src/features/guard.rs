@@ -31,7 +31,7 @@ use subtle::ConstantTimeEq;
 
 use super::clients::Client;
 use crate::config::Route;
-use crate::config::access::Access;
+use crate::configkit::access::Access;
 use crate::http::error::ProxyError;
 use crate::pipeline::generation::Generation;
 

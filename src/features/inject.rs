@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use crate::config::Route;
-use crate::config::template::{ValuePart, ValueTemplate};
+use crate::configkit::template::{ValuePart, ValueTemplate};
 
 /// A rendered value template: the secret-bearing text is zeroized when dropped. The buffer is
 /// sized up front so it never reallocates (which would leave an unzeroized copy behind).

@@ -34,9 +34,8 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use crate::config::raw::RawOAuth2;
-use crate::config::template::{ValuePart, ValueTemplate, is_name};
-use crate::config::{ConfigError, Source};
+use crate::configkit::template::{ValuePart, ValueTemplate, is_name};
+use crate::configkit::{ConfigError, Source};
 use crate::http::error::ProxyError;
 use crate::pipeline::client::{Upstream, Upstreams};
 use crate::secrets::{SecretCache, SecretSource};
@@ -76,6 +75,26 @@ pub struct OAuth2Config {
 
 /// Form fields the proxy sets itself; `params` may not override them.
 const RESERVED_PARAMS: &[&str] = &["grant_type", "client_id", "client_secret", "scope", "audience"];
+
+/// `[oauth2.NAME]`: an OAuth2 client-credentials token source.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawOAuth2 {
+    pub token_url: toml::Spanned<String>,
+    /// A template: may take `${secret}`.
+    pub client_id: toml::Spanned<String>,
+    /// A template naming at least one secret.
+    pub client_secret: toml::Spanned<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub params: BTreeMap<String, toml::Spanned<String>>,
+    /// `"basic"` (default) or `"body"`.
+    pub client_auth: Option<toml::Spanned<String>>,
+    pub ca_file: Option<toml::Spanned<String>>,
+    pub timeout: Option<toml::Spanned<String>>,
+}
 
 impl OAuth2Config {
     pub(crate) fn from_raw(
@@ -182,14 +201,14 @@ impl OAuth2Config {
         }
         let ca_file = match &raw.ca_file {
             None => None,
-            Some(path) => Some(crate::config::ca_file(path, key("ca-file"), source)?),
+            Some(path) => Some(crate::configkit::ca_file(path, key("ca-file"), source)?),
         };
         let timeout = match &raw.timeout {
             None => DEFAULT_TIMEOUT,
-            Some(text) => crate::config::duration::duration(
+            Some(text) => crate::configkit::duration::duration(
                 text,
                 &key("timeout"),
-                crate::config::duration::Zero::Refused,
+                crate::configkit::duration::Zero::Refused,
                 Some("e.g. \"10s\""),
                 source,
             )?,

@@ -24,9 +24,9 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderMap, header};
 
-use crate::config::duration::{Zero, duration};
-use crate::config::raw::RawRateLimit;
-use crate::config::{ConfigError, Route, Source};
+use crate::config::Route;
+use crate::configkit::duration::{Zero, duration};
+use crate::configkit::{ConfigError, Source};
 use crate::features::store::{self, OnError, Store, Verdict};
 use crate::http::error::ProxyError;
 
@@ -49,6 +49,18 @@ pub struct RateLimit {
     pub quota: Quota,
     pub key: LimitKey,
     pub daily: Option<u64>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawRateLimit {
+    pub requests: toml::Spanned<u64>,
+    pub per: toml::Spanned<String>,
+    pub burst: Option<toml::Spanned<u64>>,
+    /// `"route"` (one bucket, the default) or `"origin"` (one per client `Origin`).
+    pub key: Option<toml::Spanned<String>>,
+    /// Requests per UTC day for the whole route.
+    pub daily: Option<toml::Spanned<u64>>,
 }
 
 impl RateLimit {

@@ -15,8 +15,8 @@ use http_body_util::BodyExt;
 use hyper_staticfile::{ResolveResult, Resolver, ResponseBuilder};
 use percent_encoding::percent_decode_str;
 
-use crate::config::raw::RawServer;
-use crate::config::{ConfigError, Source, relative_to_config};
+use crate::configkit::raw::RawServer;
+use crate::configkit::{ConfigError, Source, relative_to_config};
 use crate::http::body::{BoxError, ProxyBody, empty};
 use crate::secrets::SecretSource;
 

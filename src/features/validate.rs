@@ -20,9 +20,8 @@ use percent_encoding::percent_decode_str;
 use regex::Regex;
 use serde_json::Value;
 
-use crate::config::raw::{RawRequest, RawSchema};
-use crate::config::size::size;
-use crate::config::{ConfigError, Source, relative_to_config};
+use crate::configkit::size::size;
+use crate::configkit::{ConfigError, Source, relative_to_config};
 use crate::http::body::{Upload, Watched};
 use crate::http::error::ProxyError;
 use crate::pipeline::client::UpstreamBody;
@@ -91,6 +90,32 @@ impl Refusal {
             reasons,
         }
     }
+}
+
+/// `request.*` on a route: checks made before the upstream is contacted.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawRequest {
+    #[serde(default)]
+    pub query: std::collections::BTreeMap<String, toml::Spanned<RawQueryRule>>,
+    pub schema: Option<toml::Spanned<RawSchema>>,
+    pub schema_limit: Option<toml::Spanned<crate::configkit::raw::RawSize>>,
+    pub content_types: Option<toml::Spanned<Vec<toml::Spanned<String>>>>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawQueryRule {
+    pub required: Option<bool>,
+    pub pattern: Option<toml::Spanned<String>>,
+}
+
+/// A JSON Schema: a file path, JSON text, or a TOML table.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+pub enum RawSchema {
+    Text(String),
+    Table(toml::Table),
 }
 
 impl RequestRules {

@@ -43,9 +43,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::config::duration::{Zero, duration};
+use crate::config::Route;
 use crate::config::raw::RawRoute;
-use crate::config::{ConfigError, Route, Source};
+use crate::configkit::duration::{Zero, duration};
+use crate::configkit::{ConfigError, Source};
 use crate::daemon::metrics::Metrics;
 use crate::features::scrub::Redactor;
 use crate::http::body::{ProxyBody, empty};
@@ -132,7 +133,7 @@ impl WebSocketPolicy {
                 source,
             ),
         };
-        let max_message = crate::config::size::size(
+        let max_message = crate::configkit::size::size(
             raw.websocket_max_message.as_ref(),
             &key("websocket-max-message"),
             DEFAULT_MAX_MESSAGE,

@@ -20,7 +20,7 @@ use toml::Spanned;
 use zeroize::Zeroizing;
 
 use super::{Outgoing, RawHmac};
-use crate::config::{ConfigError, Source};
+use crate::configkit::{ConfigError, Source};
 use crate::features::validate::RequestBody;
 use crate::http::error::ProxyError;
 use crate::secrets::SecretSource;
@@ -131,7 +131,7 @@ pub fn parse_message(text: &str) -> Result<Vec<Piece>, String> {
             pieces.push(Piece::Literal(std::mem::take(&mut literal)));
         }
         pieces.push(if secret {
-            if !crate::config::template::is_name(name) {
+            if !crate::configkit::template::is_name(name) {
                 return Err(format!("`${{{name}}}` is not a secret name"));
             }
             Piece::Secret(name.to_string())

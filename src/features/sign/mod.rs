@@ -33,8 +33,8 @@ use sha2::Digest;
 use toml::Spanned;
 use zeroize::Zeroizing;
 
-use crate::config::template::{ValuePart, ValueTemplate};
-use crate::config::{ConfigError, Source};
+use crate::configkit::template::{ValuePart, ValueTemplate};
+use crate::configkit::{ConfigError, Source};
 use crate::features::validate::RequestBody;
 use crate::http::error::ProxyError;
 use crate::secrets::SecretSource;

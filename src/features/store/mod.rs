@@ -36,9 +36,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
-use crate::config::duration::{Zero, duration};
-use crate::config::raw::RawState;
-use crate::config::{ConfigError, Source};
+use crate::configkit::duration::{Zero, duration};
+use crate::configkit::{ConfigError, Source};
 use crate::secrets::{SecretSource, SecretStore};
 use breaker::{Breaker, Gate, Health};
 
@@ -108,6 +107,22 @@ pub struct StateConfig {
     pub ca: Option<(std::path::PathBuf, Vec<u8>)>,
 }
 
+/// `[state]`: the shared store (Redis/Valkey) for replicas.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawState {
+    pub url: toml::Spanned<String>,
+    pub key_prefix: Option<toml::Spanned<String>>,
+    pub timeout: Option<toml::Spanned<String>>,
+    pub cool_down: Option<toml::Spanned<String>>,
+    /// `"local"`, `"allow"` or `"deny"`: the default for routes and webhooks.
+    pub on_error: Option<toml::Spanned<String>>,
+    /// Name of the `[secrets]` entry holding the store's password.
+    pub password: Option<toml::Spanned<String>>,
+    /// PEM roots trusted for a `rediss://` store instead of the OS trust store.
+    pub ca_file: Option<toml::Spanned<String>>,
+}
+
 impl StateConfig {
     pub(crate) fn from_raw(
         raw: &toml::Spanned<RawState>,
@@ -166,7 +181,7 @@ impl StateConfig {
                     .with_help("write the URL as rediss://HOST:PORT/DB"));
             }
             Some(path) => {
-                let resolved = crate::config::ca_file(path, "state.ca-file".into(), source)?;
+                let resolved = crate::configkit::ca_file(path, "state.ca-file".into(), source)?;
                 let pem = std::fs::read(&resolved)
                     .map_err(|error| source.error(path.span(), "state.ca-file", format!("cannot be read: {error}")))?;
                 Some((resolved, pem))

@@ -25,9 +25,8 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 
 use super::jq::{CompileError, Program};
-use crate::config::raw::RawResponse;
-use crate::config::size::size;
-use crate::config::{ConfigError, Source};
+use crate::configkit::size::size;
+use crate::configkit::{ConfigError, Source};
 use crate::http::body::{BoxError, ProxyBody, full};
 use crate::http::error::ProxyError;
 
@@ -183,6 +182,28 @@ pub struct ResponsePolicy {
     pub on_error: OnError,
     pub set_headers: Vec<(HeaderName, HeaderValue)>,
     pub remove_headers: Vec<HeaderName>,
+}
+
+/// `response.*` on a route: reshape the upstream's answer.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawResponse {
+    /// A jq program run on JSON bodies.
+    pub transform: Option<toml::Spanned<String>>,
+    /// The most of a body the transform buffers, e.g. `"4MiB"` or a byte count.
+    pub transform_limit: Option<toml::Spanned<crate::configkit::raw::RawSize>>,
+    /// `"error"` (502, the default) or `"pass"` (send the body unchanged).
+    pub on_transform_error: Option<toml::Spanned<String>>,
+    pub headers: Option<toml::Spanned<RawResponseHeaders>>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawResponseHeaders {
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, toml::Spanned<String>>,
+    #[serde(default)]
+    pub remove: Vec<toml::Spanned<String>>,
 }
 
 impl ResponsePolicy {

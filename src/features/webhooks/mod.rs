@@ -29,10 +29,9 @@ use serde_json::json;
 
 use signature::{Replays, verify};
 
-use crate::config::duration::{Zero, duration};
-use crate::config::raw::RawWebhook;
-use crate::config::size::size;
-use crate::config::{ConfigError, Source};
+use crate::configkit::duration::{Zero, duration};
+use crate::configkit::size::size;
+use crate::configkit::{ConfigError, Source};
 use crate::features::store::{OnError, Store};
 use crate::http::body::{BoxError, ProxyBody};
 use crate::http::error::{ProxyError, json_response};
@@ -60,6 +59,23 @@ pub struct Webhook {
     pub max_body: u64,
     /// What the replay check does when `[state]` cannot answer; `None`: `[state]`'s default.
     pub on_error: Option<OnError>,
+}
+
+/// `[webhooks.NAME]`: an inbound, signed endpoint forwarded to a local target.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawWebhook {
+    pub path: toml::Spanned<String>,
+    pub verify: toml::Spanned<String>,
+    /// Name of the `[secrets]` entry holding the signing secret.
+    pub secret: toml::Spanned<String>,
+    pub target: toml::Spanned<String>,
+    pub tolerance: Option<toml::Spanned<String>>,
+    /// The signature header for `verify = "hmac-sha256"`.
+    pub header: Option<toml::Spanned<String>>,
+    pub max_body: Option<toml::Spanned<crate::configkit::raw::RawSize>>,
+    /// What the replay check does when `[state]` cannot answer.
+    pub on_error: Option<toml::Spanned<String>>,
 }
 
 impl Webhook {
@@ -125,7 +141,7 @@ impl Webhook {
         }
         let target = url::Url::parse(raw.target.get_ref())
             .ok()
-            .filter(|url| matches!(url.scheme(), "http" | "https") && crate::config::template::is_loopback_url(url))
+            .filter(|url| matches!(url.scheme(), "http" | "https") && crate::configkit::template::is_loopback_url(url))
             .ok_or_else(|| {
                 source
                     .error(

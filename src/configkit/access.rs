@@ -99,7 +99,7 @@ impl Default for ServerLimits {
 
 type Secrets = std::collections::BTreeMap<String, crate::secrets::SecretSource>;
 
-pub(super) fn access(raw: &RawServer, secrets: &Secrets, source: &Source<'_>) -> Result<Access, ConfigError> {
+pub(crate) fn access(raw: &RawServer, secrets: &Secrets, source: &Source<'_>) -> Result<Access, ConfigError> {
     let allowed_origins = match &raw.allowed_origins {
         None => Vec::new(),
         Some(list) => origins(list, "server.allowed-origins", source)?,
@@ -159,7 +159,7 @@ fn client_token(text: &Spanned<String>, secrets: &Secrets, source: &Source<'_>) 
 }
 
 /// Normalizes an origin list; `*`, `null` and anything with a path are refused.
-pub(super) fn origins(
+pub(crate) fn origins(
     list: &Spanned<Vec<Spanned<String>>>,
     key: &str,
     source: &Source<'_>,
@@ -210,7 +210,7 @@ pub fn normalize_origin(text: &str) -> Result<String, String> {
 }
 
 /// A route's `max-body`: `None` means unlimited.
-pub(super) fn max_body(
+pub(crate) fn max_body(
     raw: &Option<Spanned<RawSize>>,
     key: &str,
     source: &Source<'_>,
@@ -224,7 +224,7 @@ pub(super) fn max_body(
     }
 }
 
-pub(super) fn limits(raw: &RawServer, source: &Source<'_>) -> Result<ServerLimits, ConfigError> {
+pub(crate) fn limits(raw: &RawServer, source: &Source<'_>) -> Result<ServerLimits, ConfigError> {
     let mut limits = ServerLimits::default();
     if let Some(value) = &raw.max_header_size {
         let key = "server.max-header-size";

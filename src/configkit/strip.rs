@@ -89,7 +89,7 @@ impl StripHeaders {
 }
 
 /// Validates a route's `strip-headers` (`None`: the default list).
-pub(super) fn strip_headers(
+pub(crate) fn strip_headers(
     raw: Option<&Spanned<Vec<Spanned<String>>>>,
     key: &str,
     source: &Source<'_>,
