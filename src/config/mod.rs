@@ -17,16 +17,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::{HeaderName, Method};
-
 use raw::{RawConfig, RawKeyring, RawSecret};
 use route::validate_route;
 
 use crate::configkit::Source;
-use crate::configkit::StripHeaders;
+use crate::configkit::RouteBase;
 use crate::configkit::access::{self, Access, ServerLimits};
 use crate::configkit::duration::{Zero, duration};
-use crate::configkit::template::{UrlTemplate, ValueTemplate, is_name};
+use crate::configkit::template::is_name;
 pub use crate::configkit::{ConfigError, Location};
 
 use crate::secrets::SecretSource;
@@ -77,49 +75,17 @@ pub struct ServerConfig {
     pub trusted_proxies: crate::features::forwarded::TrustedProxies,
 }
 
-/// One entry of the route table.
+/// One entry of the route table: what every route has ([`RouteBase`], read by the features
+/// through `Deref`) and the validated tables of the features that own them.
 #[derive(Debug, Clone)]
 pub struct Route {
-    pub name: String,
-    /// matchit syntax: `/api/{id}/x/{*rest}`.
-    pub path: String,
-    pub methods: Vec<Method>,
-    pub upstream: UrlTemplate,
-    /// Injected headers; they replace any the client sent with the same name.
-    pub headers: Vec<(HeaderName, ValueTemplate)>,
-    /// Injected query parameters; they replace any the client sent with the same name.
-    pub query: Vec<(String, ValueTemplate)>,
-    /// Client headers forwarded although they are withheld by default (Authorization, Cookie,
-    /// Host).
-    pub forward_headers: Vec<HeaderName>,
-    /// Client headers never sent upstream (`strip-headers`, default [`DEFAULT_STRIPPED`]).
-    pub strip_headers: StripHeaders,
-    /// Pass the upstream's `Set-Cookie` to the client (dropped by default).
-    pub keep_set_cookie: bool,
-    /// Extra PEM roots trusted for this route's upstream, on top of the OS trust store.
-    pub ca_file: Option<PathBuf>,
-    pub connect_timeout: Duration,
-    pub response_timeout: Duration,
-    /// Every secret this route injects.
-    pub secrets: BTreeSet<String>,
+    pub base: RouteBase,
     /// `response.*`: transform and header changes on the way back.
     pub response: crate::features::transform::ResponsePolicy,
     /// `request.*`: checks made before the upstream is contacted.
     pub request: crate::features::validate::RequestRules,
     /// `rate-limit`: buckets and daily quota.
     pub rate_limit: Option<crate::features::ratelimit::RateLimit>,
-    /// Origins allowed on this route, narrowing `[server] allowed-origins`; `None`: the server's.
-    pub allowed_origins: Option<Vec<String>>,
-    /// Request body limit in bytes (`413` beyond it); `None`: unlimited.
-    pub max_body: Option<u64>,
-    /// Replace injected values echoed in the upstream's response headers and body by
-    /// `[REDACTED]` (default on).
-    pub scrub_response: bool,
-    /// `auth = { oauth2 = "NAME" }`: the token source whose bearer token is injected.
-    pub oauth2: Option<String>,
-    /// `allow-keyless = true`: once client keys are in use, requests without one are still
-    /// served here (from loopback sockets) — what browser pages of the allowed origins call.
-    pub allow_keyless: bool,
     /// `auth = { aws-sigv4 | hmac }` and `client-cert`/`client-key`: computed credentials.
     pub signing: crate::features::sign::Signing,
     /// `on-error`: what the shared rate limit does when `[state]` cannot answer; `None`: the
@@ -127,6 +93,34 @@ pub struct Route {
     pub on_error: Option<crate::features::store::OnError>,
     /// `websocket = true`: the route relays WebSocket sessions, with these bounds.
     pub websocket: Option<crate::features::websocket::WebSocketPolicy>,
+}
+
+impl std::ops::Deref for Route {
+    type Target = RouteBase;
+
+    fn deref(&self) -> &RouteBase {
+        &self.base
+    }
+}
+
+impl crate::features::ratelimit::LimitedRoute for Route {
+    fn name(&self) -> &str {
+        &self.base.name
+    }
+
+    fn rate_limit(&self) -> Option<&crate::features::ratelimit::RateLimit> {
+        self.rate_limit.as_ref()
+    }
+
+    fn on_error(&self) -> Option<crate::features::store::OnError> {
+        self.on_error
+    }
+}
+
+impl crate::features::websocket::WebSocketRoute for Route {
+    fn websocket(&self) -> Option<&crate::features::websocket::WebSocketPolicy> {
+        self.websocket.as_ref()
+    }
 }
 
 impl Config {

@@ -9,6 +9,7 @@ use http::{HeaderName, Method};
 
 use super::raw::RawRoute;
 use super::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, Route};
+use crate::configkit::RouteBase;
 use crate::configkit::duration::{Zero, duration};
 use crate::configkit::template::{UrlTemplate, ValuePart, ValueTemplate, is_name};
 use crate::configkit::{ConfigError, Source, access};
@@ -326,32 +327,52 @@ pub(super) fn validate_route(
         }
     }
 
-    let websocket = crate::features::websocket::WebSocketPolicy::from_raw(raw, name, &methods, source)?;
-    Ok(Route {
-        name: name.to_string(),
-        path: path.clone(),
-        methods,
-        upstream,
-        headers,
-        query,
-        forward_headers,
-        strip_headers,
-        keep_set_cookie: raw.keep_set_cookie,
-        ca_file,
-        connect_timeout: timeout(&raw.connect_timeout, "connect-timeout", DEFAULT_CONNECT_TIMEOUT)?,
-        response_timeout: timeout(&raw.response_timeout, "response-timeout", DEFAULT_RESPONSE_TIMEOUT)?,
-        secrets: used,
-        response: crate::features::transform::ResponsePolicy::from_raw(raw.response.as_ref(), name, source)?,
-        request: crate::features::validate::RequestRules::from_raw(raw.request.as_ref(), name, source)?,
-        rate_limit: crate::features::ratelimit::RateLimit::from_raw(raw.rate_limit.as_ref(), name, source)?,
-        allowed_origins: match &raw.allowed_origins {
-            None => None,
-            Some(list) => Some(access::origins(list, &key("allowed-origins"), source)?),
+    let websocket = crate::features::websocket::WebSocketPolicy::from_raw(
+        crate::features::websocket::RawWebSocket {
+            websocket: &raw.websocket,
+            websocket_idle_timeout: &raw.websocket_idle_timeout,
+            websocket_max_duration: &raw.websocket_max_duration,
+            websocket_max_message: &raw.websocket_max_message,
         },
-        max_body: access::max_body(&raw.max_body, &key("max-body"), source)?,
-        scrub_response: raw.scrub_response.unwrap_or(true),
-        oauth2,
-        allow_keyless: raw.allow_keyless,
+        name,
+        &methods,
+        source,
+    )?;
+    // In the order they were always checked, so the first mistake reported stays the same.
+    let connect_timeout = timeout(&raw.connect_timeout, "connect-timeout", DEFAULT_CONNECT_TIMEOUT)?;
+    let response_timeout = timeout(&raw.response_timeout, "response-timeout", DEFAULT_RESPONSE_TIMEOUT)?;
+    let response = crate::features::transform::ResponsePolicy::from_raw(raw.response.as_ref(), name, source)?;
+    let request = crate::features::validate::RequestRules::from_raw(raw.request.as_ref(), name, source)?;
+    let rate_limit = crate::features::ratelimit::RateLimit::from_raw(raw.rate_limit.as_ref(), name, source)?;
+    let allowed_origins = match &raw.allowed_origins {
+        None => None,
+        Some(list) => Some(access::origins(list, &key("allowed-origins"), source)?),
+    };
+    let max_body = access::max_body(&raw.max_body, &key("max-body"), source)?;
+    Ok(Route {
+        base: RouteBase {
+            name: name.to_string(),
+            path: path.clone(),
+            methods,
+            upstream,
+            headers,
+            query,
+            forward_headers,
+            strip_headers,
+            keep_set_cookie: raw.keep_set_cookie,
+            ca_file,
+            connect_timeout,
+            response_timeout,
+            secrets: used,
+            allowed_origins,
+            max_body,
+            scrub_response: raw.scrub_response.unwrap_or(true),
+            oauth2,
+            allow_keyless: raw.allow_keyless,
+        },
+        response,
+        request,
+        rate_limit,
         signing,
         on_error: match &raw.on_error {
             Some(value) if raw.rate_limit.is_none() => {

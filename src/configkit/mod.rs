@@ -10,6 +10,7 @@ pub mod access;
 pub(crate) mod duration;
 mod error;
 pub(crate) mod raw;
+mod route;
 pub mod size;
 pub mod strip;
 pub mod template;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 pub(crate) use error::Source;
 pub use error::{ConfigError, Location};
+pub use route::RouteBase;
 pub use strip::{DEFAULT_STRIPPED, StripHeaders};
 
 /// A path from the config, relative to the config file's directory unless absolute.

@@ -11,7 +11,7 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
 
 use super::guard;
-use crate::config::Route;
+use crate::configkit::RouteBase;
 use crate::configkit::access::Access;
 use crate::http::body::{ProxyBody, empty};
 use crate::http::error::ProxyError;
@@ -101,7 +101,7 @@ pub fn preflight(generation: &Generation, parts: &Parts) -> (Response<ProxyBody>
 }
 
 /// The names in `Access-Control-Request-Headers` the page may send on this route.
-fn allowed_request_headers(route: &Route, request: &HeaderMap, token: bool) -> Vec<String> {
+fn allowed_request_headers(route: &RouteBase, request: &HeaderMap, token: bool) -> Vec<String> {
     request
         .get_all(header::ACCESS_CONTROL_REQUEST_HEADERS)
         .iter()
@@ -143,7 +143,7 @@ pub fn strip_upstream(headers: &mut HeaderMap) {
 pub fn decorate(
     response: &mut Response<ProxyBody>,
     access: &Access,
-    route: Option<&Route>,
+    route: Option<&impl std::ops::Deref<Target = RouteBase>>,
     origin: Option<&HeaderValue>,
 ) {
     let headers = response.headers_mut();
@@ -152,7 +152,7 @@ pub fn decorate(
     }
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
     let Some(origin) = origin else { return };
-    if !guard::origin_allowed(access, route, origin) {
+    if !guard::origin_allowed(access, route.map(|route| &**route), origin) {
         return;
     }
     let exposed: Vec<&str> = headers

@@ -30,7 +30,7 @@ use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 
 use super::clients::Client;
-use crate::config::Route;
+use crate::configkit::RouteBase;
 use crate::configkit::access::Access;
 use crate::http::error::ProxyError;
 use crate::pipeline::generation::Generation;
@@ -86,7 +86,7 @@ impl Caller {
     /// Refuses a request that needs a valid key and has none; for a client key, checks expiry
     /// and (once the route is known) scope. `route` is `None` for the proxy's own endpoints and
     /// paths no route matches, which need a key whenever keys are in use.
-    pub fn require(&self, route: Option<&Route>) -> Result<(), ProxyError> {
+    pub fn require(&self, route: Option<&RouteBase>) -> Result<(), ProxyError> {
         match self {
             Caller::Open | Caller::Token => Ok(()),
             Caller::Client(client) => client.admit(route.map(|r| r.name.as_str()), std::time::SystemTime::now()),
@@ -163,7 +163,7 @@ fn normalise_uri(uri: &mut http::Uri) -> Result<(), super::path::PathError> {
 }
 
 /// A route's narrower origin list, after the route is known.
-pub fn admit_route(route: &Route, headers: &HeaderMap) -> Result<(), ProxyError> {
+pub fn admit_route(route: &RouteBase, headers: &HeaderMap) -> Result<(), ProxyError> {
     if let (Some(allowed), Some(origin)) = (&route.allowed_origins, headers.get(header::ORIGIN))
         && !allowed.iter().any(|a| a.as_bytes() == origin.as_bytes())
         && !same_origin(headers, origin)
@@ -174,7 +174,7 @@ pub fn admit_route(route: &Route, headers: &HeaderMap) -> Result<(), ProxyError>
 }
 
 /// True when `origin` is in the server's list and, once the route is known, in the route's.
-pub fn origin_allowed(access: &Access, route: Option<&Route>, origin: &HeaderValue) -> bool {
+pub fn origin_allowed(access: &Access, route: Option<&RouteBase>, origin: &HeaderValue) -> bool {
     let listed = |list: &[String]| list.iter().any(|a| a.as_bytes() == origin.as_bytes());
     listed(&access.allowed_origins) && route.and_then(|r| r.allowed_origins.as_deref()).is_none_or(listed)
 }

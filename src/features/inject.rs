@@ -12,7 +12,7 @@ use percent_encoding::percent_decode_str;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-use crate::config::Route;
+use crate::configkit::RouteBase;
 use crate::configkit::template::{ValuePart, ValueTemplate};
 
 /// A rendered value template: the secret-bearing text is zeroized when dropped. The buffer is
@@ -97,7 +97,7 @@ pub fn build_query(
 /// injected ones set.
 pub fn upstream_headers(
     mut headers: HeaderMap,
-    route: &Route,
+    route: &RouteBase,
     injected: Vec<(http::HeaderName, HeaderValue)>,
 ) -> HeaderMap {
     crate::http::headers::strip_hop_by_hop(&mut headers);

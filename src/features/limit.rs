@@ -12,12 +12,12 @@ use bytes::Bytes;
 use http::{HeaderMap, header};
 use http_body::{Body, Frame, SizeHint};
 
-use crate::config::Route;
+use crate::configkit::RouteBase;
 use crate::http::body::BoxError;
 use crate::http::error::ProxyError;
 
 /// Refuses a request whose declared length is over the route's limit.
-pub fn check_declared(route: &Route, headers: &HeaderMap) -> Result<(), ProxyError> {
+pub fn check_declared(route: &RouteBase, headers: &HeaderMap) -> Result<(), ProxyError> {
     let Some(limit) = route.max_body else {
         return Ok(());
     };

@@ -24,7 +24,6 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderMap, header};
 
-use crate::config::Route;
 use crate::configkit::duration::{Zero, duration};
 use crate::configkit::{ConfigError, Source};
 use crate::features::store::{self, OnError, Store, Verdict};
@@ -274,29 +273,37 @@ impl From<Limited> for ProxyError {
     }
 }
 
+/// What the limiters read of a route (`config::Route` answers it): its name, its `rate-limit`
+/// and its `on-error`.
+pub trait LimitedRoute {
+    fn name(&self) -> &str;
+    fn rate_limit(&self) -> Option<&RateLimit>;
+    fn on_error(&self) -> Option<OnError>;
+}
+
 impl Limiters {
     /// The limiters of `routes`, in the shared `store` when there is one. A route whose
     /// `rate-limit` equals its limit in `previous` (matched by route name), with the same store
     /// and `on-error`, keeps that limiter and so its buckets and quota.
-    pub fn build(routes: &[Route], previous: Option<&Limiters>, store: Option<&Arc<Store>>) -> Limiters {
+    pub fn build<R: LimitedRoute>(routes: &[R], previous: Option<&Limiters>, store: Option<&Arc<Store>>) -> Limiters {
         let mut kept = 0;
         let by_route: HashMap<String, RouteLimit> = routes
             .iter()
             .filter_map(|route| {
-                let limit = route.rate_limit.as_ref()?;
+                let limit = route.rate_limit()?;
                 let shared = store.map(|store| {
-                    let on_error = route.on_error.unwrap_or(store.config.on_error);
+                    let on_error = route.on_error().unwrap_or(store.config.on_error);
                     (store, on_error)
                 });
                 let identity = shared.map(|(store, on_error)| (Arc::as_ptr(store) as usize, on_error));
                 let carried = previous
-                    .and_then(|previous| previous.by_route.get(&route.name))
+                    .and_then(|previous| previous.by_route.get(route.name()))
                     .filter(|old| old.limit == *limit && old.shared == identity)
                     .map(|old| old.state.clone());
                 kept += usize::from(carried.is_some());
-                let state = carried.unwrap_or_else(|| Arc::new(LimitState::new(&route.name, limit, shared)));
+                let state = carried.unwrap_or_else(|| Arc::new(LimitState::new(route.name(), limit, shared)));
                 Some((
-                    route.name.clone(),
+                    route.name().to_string(),
                     RouteLimit {
                         limit: limit.clone(),
                         shared: identity,
@@ -367,7 +374,7 @@ impl MemoryLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, Route};
 
     fn limiters(limit: &str) -> Limiters {
         let text = format!("[routes.a]\npath = \"/a\"\nupstream = \"https://x/\"\nrate-limit = {limit}\n");

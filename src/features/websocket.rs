@@ -43,8 +43,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::config::Route;
-use crate::config::raw::RawRoute;
+use crate::configkit::raw::RawSize;
 use crate::configkit::duration::{Zero, duration};
 use crate::configkit::{ConfigError, Source};
 use crate::daemon::metrics::Metrics;
@@ -69,6 +68,15 @@ static SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocke
 static SEC_WEBSOCKET_PROTOCOL: HeaderName = HeaderName::from_static("sec-websocket-protocol");
 static SEC_WEBSOCKET_EXTENSIONS: HeaderName = HeaderName::from_static("sec-websocket-extensions");
 
+/// The `websocket*` keys of a route's table (`[routes.NAME]`), as written.
+#[derive(Clone, Copy)]
+pub struct RawWebSocket<'a> {
+    pub websocket: &'a Option<toml::Spanned<bool>>,
+    pub websocket_idle_timeout: &'a Option<toml::Spanned<String>>,
+    pub websocket_max_duration: &'a Option<toml::Spanned<String>>,
+    pub websocket_max_message: &'a Option<toml::Spanned<RawSize>>,
+}
+
 /// A route's WebSocket bounds (`websocket = true` and the `websocket-*` keys).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebSocketPolicy {
@@ -84,7 +92,7 @@ impl WebSocketPolicy {
     /// The route's policy, `None` unless it sets `websocket = true`. The `websocket-*` keys are
     /// refused on other routes (they would silently do nothing), and the route must take `GET`.
     pub(crate) fn from_raw(
-        raw: &RawRoute,
+        raw: RawWebSocket<'_>,
         name: &str,
         methods: &[Method],
         source: &Source<'_>,
@@ -181,10 +189,16 @@ pub struct ClientHandshake {
     draining: Option<Draining>,
 }
 
+/// What the handshake reads of a route (`config::Route` answers it): its policy, `None` unless
+/// it sets `websocket = true`.
+pub trait WebSocketRoute {
+    fn websocket(&self) -> Option<&WebSocketPolicy>;
+}
+
 /// The route's handshake, when this request is one on a WebSocket route; `None` for every other
 /// request (a route without `websocket = true` drops `Upgrade` as a hop-by-hop header).
-pub fn client_handshake(route: &Route, parts: &mut Parts) -> Result<Option<ClientHandshake>, ProxyError> {
-    let Some(policy) = &route.websocket else {
+pub fn client_handshake(route: &impl WebSocketRoute, parts: &mut Parts) -> Result<Option<ClientHandshake>, ProxyError> {
+    let Some(policy) = route.websocket() else {
         return Ok(None);
     };
     if !has_token(&parts.headers, &header::UPGRADE, "websocket") {

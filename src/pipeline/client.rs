@@ -36,7 +36,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sha2::Digest;
 use tokio::net::TcpStream;
 
-use crate::config::Route;
+use crate::configkit::RouteBase as Route;
 use crate::http::body::BoxError;
 
 /// The request body type sent upstream.

@@ -68,7 +68,7 @@ impl RoutePlan {
             metrics: Arc::new(RouteMetrics::new(&route.name)),
             limiter: limits.for_route(&route.name),
             oauth2: None,
-            client_cert: crate::features::sign::mtls::ClientCertSlot::for_route(route),
+            client_cert: crate::features::sign::mtls::ClientCertSlot::for_route(route, &route.signing),
             redactor: ArcSwapOption::empty(),
             route: route.clone(),
         })

@@ -24,7 +24,7 @@ use http_body_util::BodyExt;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-use crate::config::Route;
+use crate::configkit::RouteBase as Route;
 use crate::http::body::{BoxError, ProxyBody};
 
 pub use scan::REDACTED;

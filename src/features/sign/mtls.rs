@@ -20,7 +20,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use secrecy::SecretString;
 
-use crate::config::Route;
+use crate::configkit::RouteBase;
 use crate::http::error::ProxyError;
 use crate::pipeline::client::{ClientIdentity, Upstream, Upstreams};
 
@@ -45,8 +45,8 @@ struct Cached {
 
 impl ClientCertSlot {
     /// The slot of a route with `client-cert` and `client-key`, else `None`.
-    pub fn for_route(route: &Route) -> Option<ClientCertSlot> {
-        let names = route.signing.client_cert.as_ref()?;
+    pub fn for_route(route: &RouteBase, signing: &super::Signing) -> Option<ClientCertSlot> {
+        let names = signing.client_cert.as_ref()?;
         let position = |name: &str| route.secrets.iter().position(|n| n == name);
         Some(ClientCertSlot {
             cert: position(&names.cert)?,
