@@ -59,6 +59,7 @@ pub mod features;
 pub mod http;
 pub mod pipeline;
 pub mod secrets;
+pub mod upstream;
 
 use std::process::ExitCode;
 

@@ -20,8 +20,9 @@ use zeroize::Zeroizing;
 use crate::cli::RouteTestArgs;
 use crate::config::{self, Config, Route};
 use crate::configkit::template::ValueTemplate;
-use crate::features::inject::{build_query, error_chain, render_value, upstream_headers};
-use crate::pipeline::client::{UpstreamBody, Upstreams};
+use crate::features::inject::{build_query, render_value, upstream_headers};
+use crate::http::error_chain;
+use crate::upstream::{UpstreamBody, Upstreams};
 use crate::secrets::{ExposeSecret, SecretStore, SecretString, SystemStore};
 
 /// What a masked secret looks like in the printed request.
@@ -372,7 +373,7 @@ fn send(
     // With a client certificate, the connection presents it as the proxy's would.
     let identity = match &route.signing.client_cert {
         Some(names) => Some(
-            crate::pipeline::client::ClientIdentity::from_pem(
+            crate::upstream::ClientIdentity::from_pem(
                 secret(&names.cert).expose_secret().as_bytes(),
                 secret(&names.key).expose_secret().as_bytes(),
             )

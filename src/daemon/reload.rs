@@ -32,7 +32,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::config::{Config, ConfigError};
 use crate::configkit::access::ServerLimits;
-use crate::pipeline::client::ClientError;
+use crate::upstream::ClientError;
 use crate::pipeline::generation::{Generation, Live};
 use crate::secrets::SecretStore;
 

@@ -37,7 +37,7 @@ use zeroize::Zeroizing;
 use crate::configkit::template::{ValuePart, ValueTemplate, is_name};
 use crate::configkit::{ConfigError, Source};
 use crate::http::error::ProxyError;
-use crate::pipeline::client::{Upstream, Upstreams};
+use crate::upstream::{Upstream, Upstreams};
 use crate::secrets::{SecretCache, SecretSource};
 
 /// Lifetime assumed when the endpoint sends no `expires_in` (RFC 6749 makes it optional); a
@@ -471,7 +471,7 @@ pub fn build_sources(
     configs: &[OAuth2Config],
     previous: Option<&TokenSources>,
     upstreams: &mut Upstreams,
-) -> Result<TokenSources, crate::pipeline::client::ClientError> {
+) -> Result<TokenSources, crate::upstream::ClientError> {
     let mut sources = TokenSources::new();
     for config in configs {
         if let Some(kept) = previous
@@ -483,7 +483,7 @@ pub fn build_sources(
         }
         let upstream = upstreams
             .for_origin(&config.token_url, config.ca_file.as_deref(), config.timeout)
-            .map_err(|message| crate::pipeline::client::ClientError {
+            .map_err(|message| crate::upstream::ClientError {
                 route: format!("oauth2.{}", config.name),
                 message,
             })?;
@@ -491,7 +491,7 @@ pub fn build_sources(
             Some(query) => format!("{}?{query}", config.token_url.path()),
             None => config.token_url.path().to_string(),
         };
-        let target = PathAndQuery::try_from(target).map_err(|_| crate::pipeline::client::ClientError {
+        let target = PathAndQuery::try_from(target).map_err(|_| crate::upstream::ClientError {
             route: format!("oauth2.{}", config.name),
             message: "the token URL's path is not valid".into(),
         })?;

@@ -24,7 +24,7 @@ use crate::configkit::size::size;
 use crate::configkit::{ConfigError, Source, relative_to_config};
 use crate::http::body::{Upload, Watched};
 use crate::http::error::ProxyError;
-use crate::pipeline::client::UpstreamBody;
+use crate::upstream::UpstreamBody;
 
 /// Default for `request.schema-limit`.
 pub const DEFAULT_SCHEMA_LIMIT: u64 = 1024 * 1024;

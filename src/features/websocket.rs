@@ -298,7 +298,7 @@ pub async fn open(
     let sent_at = std::time::Instant::now();
     let (io, host) = match plan.upstream.connect_upgradable().await {
         Ok(connected) => connected,
-        Err(crate::pipeline::client::SendError::ConnectTimeout(after)) => return Err(ProxyError::Timeout(after)),
+        Err(crate::upstream::SendError::ConnectTimeout(after)) => return Err(ProxyError::Timeout(after)),
         Err(error) => return Err(unreachable(error.chain())),
     };
     headers.entry(header::HOST).or_insert(host);
@@ -320,7 +320,7 @@ pub async fn open(
     };
     let response = match tokio::time::timeout(route.response_timeout, handshake).await {
         Err(_) => return Err(ProxyError::Timeout(route.response_timeout)),
-        Ok(Err(error)) => return Err(unreachable(crate::features::inject::error_chain(&error))),
+        Ok(Err(error)) => return Err(unreachable(crate::http::error_chain(&error))),
         Ok(Ok(response)) => response,
     };
     plan.metrics.upstream_answered(metrics, sent_at.elapsed());
@@ -332,7 +332,7 @@ pub async fn open(
     let protocol = check_upstream_answer(response.headers(), &key, &client.protocols)?;
     let upstream = hyper::upgrade::on(response)
         .await
-        .map_err(|error| unreachable(crate::features::inject::error_chain(&error)))?;
+        .map_err(|error| unreachable(crate::http::error_chain(&error)))?;
 
     let mut answer = Response::new(empty());
     *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::Config;
 use crate::daemon::metrics::{Metrics, RouteMetrics};
-use crate::pipeline::client::{ClientError, Upstreams};
+use crate::upstream::{ClientError, Upstreams};
 use crate::pipeline::plan::RoutePlan;
 use crate::pipeline::routes::RouteTable;
 use crate::secrets::{SecretCache, SecretStore};

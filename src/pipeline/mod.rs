@@ -18,7 +18,6 @@
 //! response body ends ([`access`]).
 
 pub mod access;
-pub mod client;
 pub mod generation;
 pub mod plan;
 pub mod routes;
@@ -40,6 +39,7 @@ use crate::daemon::metrics::RouteMetrics;
 use crate::features::{admin, cors, decode, guard, inject, limit, sign, validate, websocket};
 use crate::http::body::{BoxError, ProxyBody, Upload};
 use crate::http::error::{ProxyError, Side};
+use crate::upstream as client;
 use access::{AccessRecord, Logged};
 use generation::{Generation, Live};
 use plan::RoutePlan;

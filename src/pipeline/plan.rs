@@ -17,7 +17,7 @@ use crate::config::Route;
 use crate::daemon::metrics::RouteMetrics;
 use crate::features::ratelimit::{LimitState, Limiters};
 use crate::features::scrub::Redactor;
-use crate::pipeline::client::{ClientError, Upstream, Upstreams};
+use crate::upstream::{ClientError, Upstream, Upstreams};
 
 /// One route, ready to serve.
 pub struct RoutePlan {

@@ -286,7 +286,7 @@ impl TestProxy {
 
 /// A plain client that follows no redirects and uses no proxy.
 pub fn client() -> reqwest::Client {
-    secretproxy::pipeline::client::install_crypto_provider();
+    secretproxy::upstream::install_crypto_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()

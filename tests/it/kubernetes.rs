@@ -544,7 +544,7 @@ async fn forwarded_headers_count_only_from_trusted_proxies() {
     );
     let daemon = Daemon::start(&config, &[("K8S_TEST_KEY", OLD_KEY)]);
     let from = |ip: &str| {
-        secretproxy::pipeline::client::install_crypto_provider();
+        secretproxy::upstream::install_crypto_provider();
         reqwest::Client::builder()
             .no_proxy()
             .local_address(ip.parse::<std::net::IpAddr>().unwrap())

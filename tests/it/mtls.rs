@@ -62,7 +62,7 @@ async fn wait_for_status(http: &reqwest::Client, url: String, want: u16) -> Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificate_from_secrets_is_presented_and_required() {
-    secretproxy::pipeline::client::install_crypto_provider();
+    secretproxy::upstream::install_crypto_provider();
     let authority = ca("secretproxy test CA");
     let server = issue(&authority, "localhost");
     let good = issue(&authority, "shop-client");

@@ -355,7 +355,7 @@ async fn request_body_streams_to_the_upstream_intact() {
 
 #[tokio::test]
 async fn https_upstream_is_verified_and_ca_file_trusts_a_private_ca() {
-    secretproxy::pipeline::client::install_crypto_provider();
+    secretproxy::upstream::install_crypto_provider();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca_path = dir.path().join("ca.pem");
@@ -399,7 +399,7 @@ async fn https_upstream_is_verified_and_ca_file_trusts_a_private_ca() {
 /// upstream that offers it by ALPN, multiplexing concurrent requests on one connection.
 #[tokio::test]
 async fn upstream_connections_are_reused_and_h2_is_used_when_offered() {
-    secretproxy::pipeline::client::install_crypto_provider();
+    secretproxy::upstream::install_crypto_provider();
     let plain = Upstream::start(|_| async { text(200, "plain") }).await;
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -233,7 +233,7 @@ impl Drop for Balancer {
 
 /// A client that reaches `lb.test` on loopback (so `Host: lb.test:PORT`, as behind a balancer).
 fn lb_client(port: u16) -> reqwest::Client {
-    secretproxy::pipeline::client::install_crypto_provider();
+    secretproxy::upstream::install_crypto_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()

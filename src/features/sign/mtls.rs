@@ -22,7 +22,7 @@ use secrecy::SecretString;
 
 use crate::configkit::RouteBase;
 use crate::http::error::ProxyError;
-use crate::pipeline::client::{ClientIdentity, Upstream, Upstreams};
+use crate::upstream::{ClientIdentity, Upstream, Upstreams};
 
 /// The mTLS upstream of one route, for the current certificate and key.
 pub struct ClientCertSlot {

@@ -289,7 +289,7 @@ impl Store {
         secrets: Arc<dyn SecretStore>,
         sources: &std::collections::BTreeMap<String, SecretSource>,
     ) -> Store {
-        crate::pipeline::client::install_crypto_provider();
+        crate::upstream::install_crypto_provider();
         let password = config.password.as_ref().and_then(|name| sources.get(name).cloned());
         Store {
             breaker: Breaker::new(config.cool_down),

@@ -36,7 +36,7 @@ use crate::features::store::{OnError, Store};
 use crate::http::body::{BoxError, ProxyBody};
 use crate::http::error::{ProxyError, json_response};
 use crate::http::headers::strip_hop_by_hop;
-use crate::pipeline::client::{ClientError, Upstream, Upstreams};
+use crate::upstream::{ClientError, Upstream, Upstreams};
 use crate::secrets::{SecretCache, SecretSource};
 
 /// Default replay tolerance for the timestamped schemes (what Stripe and Slack recommend).

@@ -82,7 +82,7 @@ pub enum SendError {
 impl SendError {
     /// The error and its causes on one line.
     pub fn chain(&self) -> String {
-        crate::features::inject::error_chain(self)
+        crate::http::error_chain(self)
     }
 
     /// Why the upstream refused the TLS handshake over the client's certificate (a missing,
