@@ -69,7 +69,7 @@ pub struct ServerConfig {
     /// Header size and time, connection cap.
     pub limits: ServerLimits,
     /// `shutdown-delay`: how long SIGTERM reports not-ready while still serving, before the
-    /// drain; `None`: [`crate::daemon::shutdown::default_delay`] (0 s, 5 s in a Kubernetes pod).
+    /// drain; `None`: the daemon's default (0 s, 5 s in a Kubernetes pod).
     pub shutdown_delay: Option<Duration>,
     /// `trusted-proxies`: whose forwarding headers name the client.
     pub trusted_proxies: crate::features::forwarded::TrustedProxies,

@@ -4,7 +4,7 @@
 //! with name checks ([`template`]), durations and byte sizes, `strip-headers`, paths relative to
 //! the config file, the `[server]` table's raw type ([`raw`]) and its validated browser boundary
 //! and limits ([`access`]). A feature validates its own table with these next to its raw serde
-//! type; [`crate::config`] composes the whole file above the features.
+//! type; the `config` module composes the whole file above the features.
 
 pub mod access;
 pub(crate) mod duration;

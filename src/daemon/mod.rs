@@ -1,8 +1,7 @@
 //! The process around the pipeline: the accept loop and its framing sniffer, live reload,
-//! systemd notification, shutdown, logging setup and metrics.
+//! systemd notification, shutdown and logging setup (the metrics registry is the pipeline's).
 
 pub mod framing;
-pub mod metrics;
 pub mod notify;
 pub mod reload;
 pub mod server;

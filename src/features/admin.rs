@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use serde_json::json;
 
-use crate::daemon::metrics::Metrics;
+use crate::pipeline::metrics::Metrics;
 use crate::http::body::{ProxyBody, empty, full};
 use crate::http::error::ProxyError;
 use crate::pipeline::generation::{Generation, Live};

@@ -1,5 +1,9 @@
 //! One module per feature of a route or of the daemon's own endpoints: its runtime layer, built
-//! once per generation and run by the [`crate::pipeline`] in its fixed phase.
+//! once per generation and run by the pipeline in its fixed phase.
+//!
+//! A feature imports only what sits below it (`configkit`, `upstream`, `http`, `secrets`) and
+//! other features; it sees a route as a `configkit::RouteBase`, or through a narrow trait that
+//! `config::Route` implements.
 
 pub mod admin;
 pub mod clients;

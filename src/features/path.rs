@@ -16,31 +16,10 @@
 use http::{Method, Uri};
 use percent_encoding::percent_decode;
 
+pub use crate::http::error::PathError;
+
 /// How many rounds of percent-decoding are looked through; deeper nesting is refused.
 pub const MAX_DECODE_DEPTH: usize = 4;
-
-/// Why a request target was refused. Messages name the rule, never the value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PathError {
-    #[error("CONNECT is not supported")]
-    Connect,
-    #[error("absolute-form and authority-form request targets are not accepted; send `/path`")]
-    NotOriginForm,
-    #[error("the path contains a `.` or `..` segment (or one of only dots and spaces)")]
-    DotSegment,
-    #[error("the path contains an empty segment (`//`)")]
-    EmptySegment,
-    #[error("the path contains an encoded `/` or `\\`, or a raw `\\`")]
-    Slash,
-    #[error("the path contains a `;` parameter")]
-    Semicolon,
-    #[error("the path contains a control character")]
-    Control,
-    #[error("the path has malformed percent-encoding")]
-    Encoding,
-    #[error("the path is percent-encoded too many times over")]
-    TooDeep,
-}
 
 /// Accepts a canonical origin-form target, refuses every path trick listed in the module docs.
 pub fn check(method: &Method, uri: &Uri) -> Result<(), PathError> {

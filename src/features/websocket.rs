@@ -46,7 +46,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::configkit::raw::RawSize;
 use crate::configkit::duration::{Zero, duration};
 use crate::configkit::{ConfigError, Source};
-use crate::daemon::metrics::Metrics;
+use crate::pipeline::metrics::Metrics;
 use crate::features::scrub::Redactor;
 use crate::http::body::{ProxyBody, empty};
 use crate::http::error::ProxyError;

@@ -2,7 +2,7 @@
 //! its bytes and reports its end.
 //!
 //! Bodies are never collected on the request path: frames pass through as they arrive, and byte
-//! counts are taken on the way (the access log is in [`crate::pipeline::access`]).
+//! counts are taken on the way (the access log is the pipeline's `access` module).
 
 use std::pin::Pin;
 use std::sync::Arc;

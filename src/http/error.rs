@@ -68,7 +68,7 @@ pub enum ProxyError {
     Timeout(Duration),
     /// The request target is not a canonical origin-form path.
     #[error("bad request path: {0}")]
-    BadPath(#[from] crate::features::path::PathError),
+    BadPath(#[from] PathError),
     /// Both `Content-Length` and `Transfer-Encoding`: the connection is closed after the answer.
     #[error("the request has both Content-Length and Transfer-Encoding")]
     AmbiguousFraming,
@@ -344,6 +344,29 @@ pub fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// Why a request target was refused (`features::path` checks it). Messages name the rule, never the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("CONNECT is not supported")]
+    Connect,
+    #[error("absolute-form and authority-form request targets are not accepted; send `/path`")]
+    NotOriginForm,
+    #[error("the path contains a `.` or `..` segment (or one of only dots and spaces)")]
+    DotSegment,
+    #[error("the path contains an empty segment (`//`)")]
+    EmptySegment,
+    #[error("the path contains an encoded `/` or `\\`, or a raw `\\`")]
+    Slash,
+    #[error("the path contains a `;` parameter")]
+    Semicolon,
+    #[error("the path contains a control character")]
+    Control,
+    #[error("the path has malformed percent-encoding")]
+    Encoding,
+    #[error("the path is percent-encoded too many times over")]
+    TooDeep,
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::daemon::metrics::{InFlight, RouteMetrics};
+use crate::pipeline::metrics::{InFlight, RouteMetrics};
 use crate::http::body::{BoxError, ProxyBody};
 
 /// Flush when the buffer passes this size, without waiting for the timer.
@@ -183,7 +183,7 @@ impl Line<'_> {
                 )?;
                 json_str(out, r.method.as_str())?;
                 out.extend_from_slice(b",\"route\":");
-                json_str(out, r.route.as_deref().unwrap_or(crate::daemon::metrics::NO_ROUTE))?;
+                json_str(out, r.route.as_deref().unwrap_or(crate::pipeline::metrics::NO_ROUTE))?;
                 out.extend_from_slice(b",\"path\":");
                 json_str(out, r.uri.path())?;
                 out.extend_from_slice(b",\"query\":");

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
-use crate::daemon::metrics::{Metrics, RouteMetrics};
+use crate::pipeline::metrics::{Metrics, RouteMetrics};
 use crate::upstream::{ClientError, Upstreams};
 use crate::pipeline::plan::RoutePlan;
 use crate::pipeline::routes::RouteTable;
@@ -99,7 +99,7 @@ impl Generation {
         let secrets = SecretCache::load(store, &config.secrets);
         Ok(Generation {
             plans,
-            unrouted: Arc::new(RouteMetrics::new(crate::daemon::metrics::NO_ROUTE)),
+            unrouted: Arc::new(RouteMetrics::new(crate::pipeline::metrics::NO_ROUTE)),
             hook_metrics,
             limits,
             oauth2,

@@ -19,6 +19,7 @@
 
 pub mod access;
 pub mod generation;
+pub mod metrics;
 pub mod plan;
 pub mod routes;
 
@@ -35,13 +36,13 @@ use hyper::body::Incoming;
 use secrecy::SecretString;
 use tracing::instrument;
 
-use crate::daemon::metrics::RouteMetrics;
 use crate::features::{admin, cors, decode, guard, inject, limit, sign, validate, websocket};
 use crate::http::body::{BoxError, ProxyBody, Upload};
 use crate::http::error::{ProxyError, Side};
 use crate::upstream as client;
 use access::{AccessRecord, Logged};
 use generation::{Generation, Live};
+use metrics::RouteMetrics;
 use plan::RoutePlan;
 use routes::Lookup;
 
@@ -279,7 +280,7 @@ async fn dispatch(
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     generation: &Generation,
-    metrics: &crate::daemon::metrics::Metrics,
+    metrics: &crate::pipeline::metrics::Metrics,
     plan: &RoutePlan,
     parts: &mut Parts,
     params: &[(&str, &str)],
@@ -559,7 +560,7 @@ fn bearer(plan: &RoutePlan, token: &crate::features::oauth2::Token) -> Result<He
 #[allow(clippy::too_many_arguments)]
 async fn send_upstream(
     plan: &RoutePlan,
-    metrics: &crate::daemon::metrics::Metrics,
+    metrics: &crate::pipeline::metrics::Metrics,
     method: &http::Method,
     headers: http::HeaderMap,
     body: validate::RequestBody,

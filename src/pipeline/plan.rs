@@ -14,7 +14,7 @@ use http::HeaderValue;
 use secrecy::SecretString;
 
 use crate::config::Route;
-use crate::daemon::metrics::RouteMetrics;
+use crate::pipeline::metrics::RouteMetrics;
 use crate::features::ratelimit::{LimitState, Limiters};
 use crate::features::scrub::Redactor;
 use crate::upstream::{ClientError, Upstream, Upstreams};

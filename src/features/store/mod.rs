@@ -217,7 +217,7 @@ struct FallbackLabels {
     policy: &'static str,
 }
 
-/// The store's counters, registered once per process by [`crate::daemon::metrics::Metrics`]
+/// The store's counters, registered once per process by the pipeline's `metrics::Metrics`
 /// and handed to each [`Store`] (clones share the series).
 #[derive(Clone, Default)]
 pub struct StoreMetrics {
