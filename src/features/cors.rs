@@ -15,8 +15,6 @@ use crate::configkit::RouteBase;
 use crate::configkit::access::Access;
 use crate::http::body::{ProxyBody, empty};
 use crate::http::error::ProxyError;
-use crate::pipeline::generation::Generation;
-use crate::pipeline::routes::Lookup;
 
 /// How long a browser may cache a preflight answer.
 pub const MAX_AGE_SECS: u32 = 600;
@@ -43,16 +41,28 @@ pub fn is_preflight(parts: &Parts) -> bool {
         && parts.headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
+/// What a preflight reads of the current generation (`pipeline::generation::Generation` answers
+/// it).
+pub trait Preflight {
+    /// The route `path` reaches with `method` (or, for another method, the route it names) and
+    /// its index; `None` when no route matches.
+    fn route_at<'a>(&'a self, method: &Method, path: &'a str) -> Option<(&'a RouteBase, usize)>;
+    /// Route `index`'s `Access-Control-Allow-Methods` value.
+    fn allow(&self, index: usize) -> HeaderValue;
+    /// A client token or client keys are in use, so a page may send `Authorization`.
+    fn credentials_in_use(&self) -> bool;
+}
+
 /// Answers a preflight that passed the guard; returns the response and the route's name.
-pub fn preflight(generation: &Generation, parts: &Parts) -> (Response<ProxyBody>, Option<usize>) {
+pub fn preflight(generation: &impl Preflight, parts: &Parts) -> (Response<ProxyBody>, Option<usize>) {
     let requested = parts
         .headers
         .get(header::ACCESS_CONTROL_REQUEST_METHOD)
         .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
         .unwrap_or(Method::GET);
-    let (route, index) = match generation.table.lookup(&requested, parts.uri.path()) {
-        Lookup::Found { route, index, .. } | Lookup::MethodNotAllowed { route, index } => (route, index),
-        Lookup::NotFound => {
+    let (route, index) = match generation.route_at(&requested, parts.uri.path()) {
+        Some(found) => found,
+        None => {
             let error = ProxyError::NoRoute {
                 path: parts.uri.path().to_string(),
                 near: None,
@@ -69,7 +79,7 @@ pub fn preflight(generation: &Generation, parts: &Parts) -> (Response<ProxyBody>
         .get(header::ORIGIN)
         .cloned()
         .expect("a preflight has an Origin");
-    let token = generation.config.server.access.client_token.is_some() || generation.clients.in_use();
+    let token = generation.credentials_in_use();
 
     let mut response = Response::new(empty());
     *response.status_mut() = StatusCode::NO_CONTENT;
@@ -78,7 +88,7 @@ pub fn preflight(generation: &Generation, parts: &Parts) -> (Response<ProxyBody>
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
-        generation.plans[index].allow.clone(),
+        generation.allow(index),
     );
     let allowed = allowed_request_headers(route, &parts.headers, token);
     if !allowed.is_empty()

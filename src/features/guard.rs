@@ -33,7 +33,6 @@ use super::clients::Client;
 use crate::configkit::RouteBase;
 use crate::configkit::access::Access;
 use crate::http::error::ProxyError;
-use crate::pipeline::generation::Generation;
 
 /// What the server knows of the connection a request came in on (passed along with the request,
 /// not in its extensions: that would cost a map allocation per request).
@@ -110,15 +109,23 @@ fn on_loopback(connection: &Connection) -> bool {
     connection.local.is_none_or(|local| local.ip().is_loopback())
 }
 
+/// What the guard reads of the current generation (`pipeline::generation::Generation` answers
+/// it): the browser boundary, the client keys and the secrets (for the client token's value).
+pub trait Gate {
+    fn access(&self) -> &Access;
+    fn clients(&self) -> &super::clients::Registry;
+    fn secrets(&self) -> &crate::secrets::SecretCache;
+}
+
 /// Runs every server-wide check and tells who is calling; on success the request may be
 /// matched, and [`Caller::require`] decides, per destination, whether a key was needed.
-pub async fn admit(generation: &Generation, parts: &mut Parts, connection: &Connection) -> Result<Caller, ProxyError> {
+pub async fn admit(generation: &impl Gate, parts: &mut Parts, connection: &Connection) -> Result<Caller, ProxyError> {
     if connection.ambiguous_framing {
         return Err(ProxyError::AmbiguousFraming);
     }
     super::path::check(&parts.method, &parts.uri)?;
     normalise_uri(&mut parts.uri)?;
-    let access = &generation.config.server.access;
+    let access = generation.access();
     if super::admin::is_probe(parts.uri.path()) {
         // A kubelet sends the pod's IP as `Host` and cannot hold the client token; the probes
         // spend no secret and say nothing secret, so only the browser rules apply to them.
@@ -126,7 +133,7 @@ pub async fn admit(generation: &Generation, parts: &mut Parts, connection: &Conn
     }
     check_host(access, &parts.headers, connection.local)?;
     check_caller(access, &parts.headers, access.allow_non_browser)?;
-    let clients = &generation.clients;
+    let clients = generation.clients();
     if access.client_token.is_none() && !clients.in_use() {
         return Ok(Caller::Open);
     }
@@ -341,7 +348,7 @@ fn check_caller(access: &Access, headers: &HeaderMap, non_browser: bool) -> Resu
 /// Finds the key in `X-Secretproxy-Token` (always removed) or `Authorization: Bearer` / `token` (removed
 /// when it holds a key; otherwise left for routes that forward the client's own credentials).
 async fn identify(
-    generation: &Generation,
+    generation: &impl Gate,
     token: Option<&str>,
     headers: &mut HeaderMap,
     loopback: bool,
@@ -358,15 +365,15 @@ async fn identify(
     let Some(presented) = presented else {
         return Ok(Caller::Keyless { loopback });
     };
-    let mut caller = generation.clients.identify(presented).map(Caller::Client);
+    let mut caller = generation.clients().identify(presented).map(Caller::Client);
     if caller.is_none()
         && let Some(name) = token
     {
         let expected = generation
-            .secrets
+            .secrets()
             .get(name)
             .await
-            .map_err(|error| ProxyError::secret_unavailable(&generation.secrets, name, &error))?;
+            .map_err(|error| ProxyError::secret_unavailable(generation.secrets(), name, &error))?;
         if bool::from(presented.ct_eq(expected.expose_secret().as_bytes())) {
             caller = Some(Caller::Token);
         }

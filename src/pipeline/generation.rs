@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::pipeline::metrics::{Metrics, RouteMetrics};
 use crate::upstream::{ClientError, Upstreams};
 use crate::pipeline::plan::RoutePlan;
-use crate::pipeline::routes::RouteTable;
+use crate::pipeline::routes::{Lookup, RouteTable};
 use crate::secrets::{SecretCache, SecretStore};
 
 #[derive(Debug)]
@@ -42,6 +42,47 @@ pub struct Generation {
     pub clients: Arc<crate::features::clients::Registry>,
     /// The shared store of `[state]` (kept across reloads while the table is equal).
     pub store: Option<Arc<crate::features::store::Store>>,
+}
+
+impl crate::features::guard::Gate for Generation {
+    fn access(&self) -> &crate::configkit::access::Access {
+        &self.config.server.access
+    }
+
+    fn clients(&self) -> &crate::features::clients::Registry {
+        &self.clients
+    }
+
+    fn secrets(&self) -> &SecretCache {
+        &self.secrets
+    }
+}
+
+impl crate::features::cors::Preflight for Generation {
+    fn route_at<'a>(&'a self, method: &http::Method, path: &'a str) -> Option<(&'a crate::configkit::RouteBase, usize)> {
+        match self.table.lookup(method, path) {
+            Lookup::Found { route, index, .. } | Lookup::MethodNotAllowed { route, index } => Some((&route.base, index)),
+            Lookup::NotFound => None,
+        }
+    }
+
+    fn allow(&self, index: usize) -> http::HeaderValue {
+        self.plans[index].allow.clone()
+    }
+
+    fn credentials_in_use(&self) -> bool {
+        self.config.server.access.client_token.is_some() || self.clients.in_use()
+    }
+}
+
+impl crate::features::store::StoreUse for Generation {
+    fn store(&self) -> Option<&Arc<crate::features::store::Store>> {
+        self.store.as_ref()
+    }
+
+    fn fails_closed(&self) -> bool {
+        Generation::fails_closed(self)
+    }
 }
 
 impl Generation {

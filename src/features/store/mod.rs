@@ -552,11 +552,17 @@ pub fn utc_date(days: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
+/// What readiness reads of a generation (`pipeline::generation::Generation` answers it).
+pub trait StoreUse {
+    fn store(&self) -> Option<&Arc<Store>>;
+    fn fails_closed(&self) -> bool;
+}
+
 /// Whether the store lets this generation serve: true without `[state]`, and true when no route
 /// or webhook fails closed (`on-error = "deny"`); otherwise the store must answer a `PING`.
 /// For the readiness probe.
-pub async fn store_ready(generation: &crate::pipeline::generation::Generation) -> bool {
-    let Some(store) = &generation.store else {
+pub async fn store_ready(generation: &impl StoreUse) -> bool {
+    let Some(store) = generation.store() else {
         return true;
     };
     if !generation.fails_closed() {
