@@ -1,25 +1,37 @@
 //! secretproxy: a local daemon that keeps API keys out of frontends.
 //!
-//! The crate is laid out by what depends on what (arrows point one way):
+//! The crate is laid out in layers; a module uses only the layers below it (checked by a unit
+//! test, `layering`), so there is no cycle between them. From the top:
 //!
+//! - [`cli`] holds the command-line types, [`commands`] one module per subcommand.
 //! - [`daemon`]: the process — accept loop and framing sniffer ([`daemon::server`],
 //!   [`daemon::framing`]), live reload ([`daemon::reload`]), systemd ([`daemon::notify`]),
-//!   shutdown, logging setup and metrics.
+//!   shutdown and logging setup.
 //! - [`pipeline`]: the request path. [`pipeline::Proxy::handle`] runs every request through one
 //!   fixed order of phases — dispatch (guard, admin, preflight, webhook, route, static site) →
 //!   route guard → validate → limit → secrets → inject → send → scrub → transform → response
 //!   headers → CORS → access log — against the current [`pipeline::generation::Generation`], whose
 //!   [`pipeline::plan::RoutePlan`]s (one per route: upstream pool, metric handles, scrubber
-//!   slot) are built when the config is loaded. [`pipeline::client`] is the upstream client
-//!   (hyper, pooled per origin, rustls), [`pipeline::access`] the buffered access log.
-//! - [`features`]: one module per feature, each a layer the pipeline calls in its phase: guard,
-//!   path, cors, validate, ratelimit, limit (body size), inject, scrub, transform (+ jq), admin,
-//!   webhooks, static site, clients (client keys).
+//!   slot) are built when the config is loaded. [`pipeline::access`] is the buffered access log,
+//!   [`pipeline::metrics`] the Prometheus registry and its per-route handles.
+//! - [`config`]: the whole file composed — [`config::Config`], [`config::Route`] (a
+//!   [`configkit::RouteBase`] plus the tables the features own), parsing, `check`'s lints and
+//!   `toml_edit` edits. It calls each feature's `from_raw` and implements the narrow traits the
+//!   features read a route through.
+//! - [`features`]: one module per feature, owning its config section (raw serde type and
+//!   validation) and its runtime layer, which the pipeline calls in its phase: guard, path, cors,
+//!   validate, ratelimit, limit (body size), inject, sign, oauth2, scrub, transform (+ jq), admin,
+//!   webhooks, static site, clients (client keys), store, websocket. What a feature needs of the
+//!   generation comes through a narrow trait (`guard::Gate`, `cors::Preflight`,
+//!   `store::StoreUse`).
+//! - [`upstream`]: the upstream client (hyper, pooled per origin, rustls), used by the pipeline
+//!   and by features that call out (oauth2, sign, webhooks).
+//! - [`configkit`]: the config toolkit — spans and [`configkit::ConfigError`], value templates,
+//!   durations, sizes, strip lists, the `[server]` table and its access rules, the route's
+//!   feature-independent part.
 //! - [`http`]: leaf plumbing — body types, the one error type [`http::error::ProxyError`] with
 //!   its code table, header lists.
-//! - [`config`] (raw serde types → validated `Config`, `toml_edit` edits) and [`secrets`]
-//!   (keyring, env, file, systemd credentials; a cache of `SecretString`s).
-//! - [`cli`] holds the command-line types, [`commands`] one module per subcommand.
+//! - [`secrets`]: keyring, env, file, systemd credentials; a cache of `SecretString`s.
 //!
 //! Secret values only ever live in `SecretString`s and sensitive header values; no error, log
 //! line or `Debug` output carries one.
@@ -57,6 +69,8 @@ pub mod configkit;
 pub mod daemon;
 pub mod features;
 pub mod http;
+#[cfg(test)]
+mod layering;
 pub mod pipeline;
 pub mod secrets;
 pub mod upstream;

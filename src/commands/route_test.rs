@@ -22,8 +22,8 @@ use crate::config::{self, Config, Route};
 use crate::configkit::template::ValueTemplate;
 use crate::features::inject::{build_query, render_value, upstream_headers};
 use crate::http::error_chain;
-use crate::upstream::{UpstreamBody, Upstreams};
 use crate::secrets::{ExposeSecret, SecretStore, SecretString, SystemStore};
+use crate::upstream::{UpstreamBody, Upstreams};
 
 /// What a masked secret looks like in the printed request.
 const MASK: &str = "****";

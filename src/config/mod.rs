@@ -20,8 +20,8 @@ use std::time::Duration;
 use raw::{RawConfig, RawKeyring, RawSecret};
 use route::validate_route;
 
-use crate::configkit::Source;
 use crate::configkit::RouteBase;
+use crate::configkit::Source;
 use crate::configkit::access::{self, Access, ServerLimits};
 use crate::configkit::duration::{Zero, duration};
 use crate::configkit::template::is_name;

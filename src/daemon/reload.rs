@@ -32,9 +32,9 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::config::{Config, ConfigError};
 use crate::configkit::access::ServerLimits;
-use crate::upstream::ClientError;
 use crate::pipeline::generation::{Generation, Live};
 use crate::secrets::SecretStore;
+use crate::upstream::ClientError;
 
 /// How long the file must stay quiet before it is read: an editor's save is several events.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);

@@ -24,10 +24,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use serde_json::json;
 
-use crate::pipeline::metrics::Metrics;
 use crate::http::body::{ProxyBody, empty, full};
 use crate::http::error::ProxyError;
 use crate::pipeline::generation::{Generation, Live};
+use crate::pipeline::metrics::Metrics;
 
 /// Every path starting with this belongs to the proxy itself.
 pub const PREFIX: &str = "/_secretproxy";

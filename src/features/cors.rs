@@ -86,10 +86,7 @@ pub fn preflight(generation: &impl Preflight, parts: &Parts) -> (Response<ProxyB
     let headers = response.headers_mut();
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        generation.allow(index),
-    );
+    headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, generation.allow(index));
     let allowed = allowed_request_headers(route, &parts.headers, token);
     if !allowed.is_empty()
         && let Ok(value) = HeaderValue::from_str(&allowed.join(", "))

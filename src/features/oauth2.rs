@@ -37,8 +37,8 @@ use zeroize::Zeroizing;
 use crate::configkit::template::{ValuePart, ValueTemplate, is_name};
 use crate::configkit::{ConfigError, Source};
 use crate::http::error::ProxyError;
-use crate::upstream::{Upstream, Upstreams};
 use crate::secrets::{SecretCache, SecretSource};
+use crate::upstream::{Upstream, Upstreams};
 
 /// Lifetime assumed when the endpoint sends no `expires_in` (RFC 6749 makes it optional); a
 /// token revoked earlier is still replaced on the upstream's 401.

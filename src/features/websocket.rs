@@ -43,14 +43,14 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::configkit::raw::RawSize;
 use crate::configkit::duration::{Zero, duration};
+use crate::configkit::raw::RawSize;
 use crate::configkit::{ConfigError, Source};
-use crate::pipeline::metrics::Metrics;
 use crate::features::scrub::Redactor;
 use crate::http::body::{ProxyBody, empty};
 use crate::http::error::ProxyError;
 use crate::pipeline::access::AccessRecord;
+use crate::pipeline::metrics::Metrics;
 use crate::pipeline::plan::RoutePlan;
 
 /// A session ends this long after its last message in either direction, by default.

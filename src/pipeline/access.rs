@@ -23,8 +23,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::pipeline::metrics::{InFlight, RouteMetrics};
 use crate::http::body::{BoxError, ProxyBody};
+use crate::pipeline::metrics::{InFlight, RouteMetrics};
 
 /// Flush when the buffer passes this size, without waiting for the timer.
 const FLUSH_AT: usize = 32 * 1024;

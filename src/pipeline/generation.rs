@@ -10,10 +10,10 @@ use arc_swap::ArcSwap;
 
 use crate::config::Config;
 use crate::pipeline::metrics::{Metrics, RouteMetrics};
-use crate::upstream::{ClientError, Upstreams};
 use crate::pipeline::plan::RoutePlan;
 use crate::pipeline::routes::{Lookup, RouteTable};
 use crate::secrets::{SecretCache, SecretStore};
+use crate::upstream::{ClientError, Upstreams};
 
 #[derive(Debug)]
 pub struct Generation {
@@ -59,9 +59,15 @@ impl crate::features::guard::Gate for Generation {
 }
 
 impl crate::features::cors::Preflight for Generation {
-    fn route_at<'a>(&'a self, method: &http::Method, path: &'a str) -> Option<(&'a crate::configkit::RouteBase, usize)> {
+    fn route_at<'a>(
+        &'a self,
+        method: &http::Method,
+        path: &'a str,
+    ) -> Option<(&'a crate::configkit::RouteBase, usize)> {
         match self.table.lookup(method, path) {
-            Lookup::Found { route, index, .. } | Lookup::MethodNotAllowed { route, index } => Some((&route.base, index)),
+            Lookup::Found { route, index, .. } | Lookup::MethodNotAllowed { route, index } => {
+                Some((&route.base, index))
+            }
             Lookup::NotFound => None,
         }
     }

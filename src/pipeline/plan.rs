@@ -14,9 +14,9 @@ use http::HeaderValue;
 use secrecy::SecretString;
 
 use crate::config::Route;
-use crate::pipeline::metrics::RouteMetrics;
 use crate::features::ratelimit::{LimitState, Limiters};
 use crate::features::scrub::Redactor;
+use crate::pipeline::metrics::RouteMetrics;
 use crate::upstream::{ClientError, Upstream, Upstreams};
 
 /// One route, ready to serve.

@@ -36,8 +36,8 @@ use crate::features::store::{OnError, Store};
 use crate::http::body::{BoxError, ProxyBody};
 use crate::http::error::{ProxyError, json_response};
 use crate::http::headers::strip_hop_by_hop;
-use crate::upstream::{ClientError, Upstream, Upstreams};
 use crate::secrets::{SecretCache, SecretSource};
+use crate::upstream::{ClientError, Upstream, Upstreams};
 
 /// Default replay tolerance for the timestamped schemes (what Stripe and Slack recommend).
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
