@@ -149,12 +149,12 @@ impl WebSocketPolicy {
         )?;
         Ok(Some(WebSocketPolicy {
             idle_timeout: timeout(
-                &raw.websocket_idle_timeout,
+                raw.websocket_idle_timeout,
                 "websocket-idle-timeout",
                 DEFAULT_IDLE_TIMEOUT,
             )?,
             max_duration: timeout(
-                &raw.websocket_max_duration,
+                raw.websocket_max_duration,
                 "websocket-max-duration",
                 DEFAULT_MAX_DURATION,
             )?,
