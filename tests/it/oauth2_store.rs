@@ -84,14 +84,8 @@ async fn store_up(daemon: &Daemon) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let _ = http.get(daemon.url("/_secretproxy/health/ready")).send().await.unwrap();
-        let health: Value = http
-            .get(daemon.url("/_secretproxy/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let response = http.get(daemon.url("/_secretproxy/health")).send().await.unwrap();
+        let health: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
         if health["state"]["status"] == "up" {
             return;
         }
@@ -181,7 +175,10 @@ async fn three_replicas_mint_once_and_converge_on_one_remint_after_a_401() {
     let stats = server.stats().await;
     assert_eq!(stats["mints"], 2, "one re-mint across the replicas: {stats}");
     assert_eq!(stats["api_ok"], 150, "{stats}");
-    assert!(stats["api_401"].as_u64().unwrap() >= 3, "each replica met the revoked token: {stats}");
+    assert!(
+        stats["api_401"].as_u64().unwrap() >= 3,
+        "each replica met the revoked token: {stats}"
+    );
 
     // A value that does not open (tampered, or sealed under a rotated secret) counts as absent
     // and is overwritten by the next mint, here after another revocation.
@@ -214,7 +211,12 @@ async fn three_replicas_mint_once_and_converge_on_one_remint_after_a_401() {
 async fn with_redis_hung_tokens_are_minted_locally_in_time_and_sharing_resumes() {
     let redis = Redis::start();
     let server = AuthServer::start(&[]);
-    let config = config(&redis, &server, free_port(), "timeout = \"200ms\"\ncool-down = \"200ms\"");
+    let config = config(
+        &redis,
+        &server,
+        free_port(),
+        "timeout = \"200ms\"\ncool-down = \"200ms\"",
+    );
     let (_dir, daemons) = replicas(&config, 2).await;
     for daemon in &daemons {
         store_up(daemon).await;
@@ -228,7 +230,11 @@ async fn with_redis_hung_tokens_are_minted_locally_in_time_and_sharing_resumes()
     for daemon in &daemons {
         for round in 0..3 {
             let started = Instant::now();
-            let response = http.get(daemon.url(&format!("/pay/hung/{round}"))).send().await.unwrap();
+            let response = http
+                .get(daemon.url(&format!("/pay/hung/{round}")))
+                .send()
+                .await
+                .unwrap();
             let took = started.elapsed();
             assert_eq!(response.status(), 200);
             bodies.push_str(&response.text().await.unwrap());
@@ -265,7 +271,11 @@ async fn with_redis_hung_tokens_are_minted_locally_in_time_and_sharing_resumes()
         assert_eq!(response.status(), 200);
         bodies.push_str(&response.text().await.unwrap());
     }
-    assert_eq!(server.count("mints").await, 3, "one mint for both replicas once the store is back");
+    assert_eq!(
+        server.count("mints").await,
+        3,
+        "one mint for both replicas once the store is back"
+    );
     assert_store_holds_nothing_in_clear(&server, &redis.dump()).await;
 
     let mut logs = String::new();

@@ -499,8 +499,10 @@ impl Store {
     pub async fn get_bytes(&self, op: &'static str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let mut command = redis::cmd("GET");
         command.arg(key);
-        self.run(op, |mut connection| async move { command.query_async(&mut connection).await })
-            .await
+        self.run(op, |mut connection| async move {
+            command.query_async(&mut connection).await
+        })
+        .await
     }
 
     /// The bytes at `key` and whether `other` exists, read at one instant (`MGET`; with a Redis
@@ -514,7 +516,9 @@ impl Store {
         let mut command = redis::cmd("MGET");
         command.arg(key).arg(other);
         let (value, other): (Option<Vec<u8>>, Option<Vec<u8>>) = self
-            .run(op, |mut connection| async move { command.query_async(&mut connection).await })
+            .run(op, |mut connection| async move {
+                command.query_async(&mut connection).await
+            })
             .await?;
         Ok((value, other.is_some()))
     }
@@ -537,7 +541,9 @@ impl Store {
         }
         command.arg("PX").arg(millis);
         let answer: Option<String> = self
-            .run(op, |mut connection| async move { command.query_async(&mut connection).await })
+            .run(op, |mut connection| async move {
+                command.query_async(&mut connection).await
+            })
             .await?;
         Ok(answer.is_some())
     }
@@ -583,7 +589,8 @@ impl Store {
 }
 
 /// `DEL KEYS[1]` only while it holds `ARGV[1]`.
-const COMPARE_DELETE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+const COMPARE_DELETE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
 /// A short hex digest of client input or a signature, so keys hold neither.
 pub fn digest(parts: &[&[u8]]) -> String {
