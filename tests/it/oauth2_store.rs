@@ -291,3 +291,46 @@ async fn with_redis_hung_tokens_are_minted_locally_in_time_and_sharing_resumes()
     assert_no_secret(&logs, &secrets, "daemon logs");
     assert_no_secret(&bodies, &secrets, "responses");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_renew_a_shared_token_with_one_mint_per_renewal() {
+    let redis = Redis::start();
+    // Four-second tokens: renewed from two seconds on (half their life).
+    let server = AuthServer::start(&["--expires-in", "4"]);
+    let config = config(&redis, &server, free_port(), "timeout = \"2s\"");
+    let (_dir, daemons) = replicas(&config, 3).await;
+    for daemon in &daemons {
+        store_up(daemon).await;
+    }
+    let http = client();
+    let mut bodies = String::new();
+    // Traffic on every replica until the third mint. Minting per replica would reach three at
+    // once; shared, each mint is a renewal of the one before, requested no earlier than two
+    // seconds after it (a lower bound: a loaded machine only makes it later).
+    let started = Instant::now();
+    let mut round = 0;
+    while server.count("mints").await < 3 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no third mint");
+        for (status, body) in wave(&http, 6, |i| daemons[i % 3].url(&format!("/pay/renew/{round}"))).await {
+            assert_eq!(status, 200, "{body}");
+            bodies.push_str(&body);
+        }
+        round += 1;
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(4),
+        "three mints within {took:?}: not shared"
+    );
+    assert_eq!(server.count("mints").await, 3);
+    assert_store_holds_nothing_in_clear(&server, &redis.dump()).await;
+    let tokens = server.tokens().await;
+    let mut secrets: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    secrets.push(CLIENT_SECRET);
+    let mut logs = String::new();
+    for daemon in &daemons {
+        logs.push_str(&daemon.logs());
+    }
+    assert_no_secret(&logs, &secrets, "daemon logs");
+    assert_no_secret(&bodies, &secrets, "responses");
+}

@@ -256,6 +256,15 @@ impl Shared<'_> {
         })
     }
 
+    /// The token at `blob` when it is a new one (neither the `stale` one seen before nor the
+    /// `refused` one), opens, and is not due for renewal.
+    fn fresh(&self, blob: &Arc<[u8]>, stale: Option<&Arc<[u8]>>, refused: Option<&Arc<[u8]>>) -> Option<Token> {
+        if stale == Some(blob) || refused == Some(blob) {
+            return None;
+        }
+        self.open(blob).filter(|token| Instant::now() < token.renew_at)
+    }
+
     /// `Err` only for a store failure (the caller then mints locally).
     async fn run(&self) -> Result<Result<Token, MintError>, StoreError> {
         let refused = self.source.refused();
@@ -289,6 +298,18 @@ impl Shared<'_> {
             .set_bytes("oauth2_lock", &self.lock, lock_value.as_bytes(), timeout, true)
             .await?
         {
+            // Between the read and the lock another replica may have minted and released: look
+            // again before minting (else a slow reader mints a second token for the same wave).
+            if let Ok(Some(blob)) = self.store.get_bytes("oauth2_get", &self.key).await {
+                let blob: Arc<[u8]> = blob.into();
+                if let Some(token) = self.fresh(&blob, stale.as_ref(), refused.as_ref()) {
+                    let _ = self
+                        .store
+                        .delete_if("oauth2_unlock", &self.lock, lock_value.as_bytes())
+                        .await;
+                    return Ok(Ok(token));
+                }
+            }
             return Ok(self.mint_and_share(lock_value.as_bytes()).await);
         }
 
@@ -310,15 +331,8 @@ impl Shared<'_> {
             tokio::time::sleep(pause.min(deadline - now)).await;
             pause = (pause * 2).min(MAX_POLL);
             let (blob, locked) = self.store.get_with("oauth2_wait", &self.key, &self.lock).await?;
-            if let Some(blob) = blob {
-                let blob: Arc<[u8]> = blob.into();
-                if stale.as_ref() != Some(&blob)
-                    && refused.as_ref() != Some(&blob)
-                    && let Some(token) = self.open(&blob)
-                    && Instant::now() < token.renew_at
-                {
-                    return Ok(Ok(token));
-                }
+            if let Some(token) = blob.and_then(|blob| self.fresh(&blob.into(), stale.as_ref(), refused.as_ref())) {
+                return Ok(Ok(token));
             }
             if !locked {
                 // The lock went without a new token: the other replica's mint failed.
