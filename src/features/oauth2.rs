@@ -621,8 +621,8 @@ impl TokenSource {
         let name = &self.config.name;
         let (id, secret) = (&credentials.id, &credentials.secret);
         let (form, authorization) = match self.config.client_auth {
-            ClientAuth::Basic => (token_form(&self.config, None), Some(basic_credentials(&id, &secret))),
-            ClientAuth::Body => (token_form(&self.config, Some((&id, &secret))), None),
+            ClientAuth::Basic => (token_form(&self.config, None), Some(basic_credentials(id, secret))),
+            ClientAuth::Body => (token_form(&self.config, Some((id, secret))), None),
         };
         let mut request = Request::new(
             http_body_util::Full::new(Bytes::copy_from_slice(form.as_bytes()))
