@@ -166,6 +166,27 @@ async fn three_replicas_mint_once_and_converge_on_one_remint_after_a_401() {
     assert!((3_000_000..=3_600_000).contains(&ttl), "{ttl}");
     assert_store_holds_nothing_in_clear(&server, &redis.dump()).await;
 
+    // The local cache is the first layer: requests with a fresh local token read nothing from
+    // the store.
+    let reads = || {
+        let stats = redis.cli(&["INFO", "commandstats"]);
+        ["cmdstat_get:", "cmdstat_mget:"]
+            .iter()
+            .filter_map(|name| {
+                let line = stats.lines().find(|l| l.starts_with(name))?;
+                line.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok()
+            })
+            .sum::<u64>()
+    };
+    let before = reads();
+    assert!(before > 0, "the replicas' reads are counted");
+    for (status, body) in wave(&http, 30, |i| balancer.url(&format!("/pay/cached/{i}"))).await {
+        assert_eq!(status, 200, "{body}");
+        bodies.push_str(&body);
+    }
+    assert_eq!(reads(), before, "fresh local tokens do not touch the store");
+    assert_eq!(server.count("mints").await, 1);
+
     // Revoked: every replica meets a 401 with the shared token; one re-mint in all.
     server.revoke().await;
     for (status, body) in wave(&http, 60, |i| balancer.url(&format!("/pay/after-401/{i}"))).await {
@@ -174,7 +195,7 @@ async fn three_replicas_mint_once_and_converge_on_one_remint_after_a_401() {
     }
     let stats = server.stats().await;
     assert_eq!(stats["mints"], 2, "one re-mint across the replicas: {stats}");
-    assert_eq!(stats["api_ok"], 150, "{stats}");
+    assert_eq!(stats["api_ok"], 180, "{stats}");
     assert!(
         stats["api_401"].as_u64().unwrap() >= 3,
         "each replica met the revoked token: {stats}"
