@@ -22,7 +22,7 @@
 # log write. See bench/README.md for the method.
 #
 # Environment (defaults in brackets; --quick lowers the time-based ones):
-#   SECRETPROXY_BIN      secretproxy binary [build with `cargo build --release` in the repo]
+#   SECRETPROXY_BIN      secretproxy binary [build with `cargo build --profile dist` in the repo]
 #   BENCH_DURATION       seconds per wrk run [10]          BENCH_ROUNDS       interleaved rounds [3]
 #   BENCH_WARMUP         warmup seconds per target [3]     BENCH_CONNECTIONS  wrk connections [32]
 #   BENCH_THREADS        wrk threads [1]                   BENCH_LAT_DURATION seconds of the 1-connection run [5]
@@ -186,11 +186,11 @@ ensure_secretproxy() {
   [[ $NGINX_ONLY == 1 ]] && return
   if [[ -z ${SECRETPROXY_BIN:-} ]]; then
     SP_GIVEN=0
-    log "building secretproxy (cargo build --release)"
-    (cd "$REPO" && cargo build --release --quiet --bin secretproxy) >&2
+    log "building secretproxy (cargo build --profile dist)"
+    (cd "$REPO" && cargo build --profile dist --quiet --bin secretproxy) >&2
     local target=${CARGO_TARGET_DIR:-$REPO/target}
     [[ $target == /* ]] || target=$REPO/$target
-    SECRETPROXY_BIN=$target/release/secretproxy
+    SECRETPROXY_BIN=$target/dist/secretproxy
   fi
   [[ -x $SECRETPROXY_BIN ]] || die "no secretproxy binary at $SECRETPROXY_BIN"
 }

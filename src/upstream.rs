@@ -500,7 +500,10 @@ impl Upstream {
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        // One flat write buffer instead of a head/body iovec queue: fewer instructions per
+        // request (measured with callgrind), at the cost of copying body chunks once.
         let (sender, connection) = http1::Builder::new()
+            .writev(false)
             .handshake(TokioIo::new(io))
             .await
             .map_err(SendError::Handshake)?;

@@ -48,6 +48,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         outln!();
         out!("{}", signers_table(&config, &report));
     }
+    client_keys(&path, &config)?;
     let problems = report.problems();
     if !problems.is_empty() {
         outln!();
@@ -225,6 +226,30 @@ pub fn token_sources_table(config: &Config, report: &SecretReport) -> Table {
 
 /// Each route's request signer (SigV4, HMAC) and client certificate (mTLS), with the state of
 /// each secret it reads (present/missing), never a value.
+/// The client keys of the state file next to the config (names and scopes, never a key or a
+/// hash), with a warning for a key scoped to a route the config does not have. An unreadable
+/// file fails the check: the daemon would keep refusing keys it cannot read.
+fn client_keys(path: &std::path::Path, config: &Config) -> anyhow::Result<()> {
+    let file = crate::features::clients::read_file(&crate::features::clients::state_path(path))?;
+    if file.clients.is_empty() {
+        return Ok(());
+    }
+    outln!();
+    outln!("client keys (callers without one are refused except on `allow-keyless` routes from this machine):");
+    out!(
+        "{}",
+        crate::commands::client::table(&file, std::time::SystemTime::now())
+    );
+    for (name, entry) in &file.clients {
+        for route in entry.routes.iter().flatten() {
+            if !config.routes.iter().any(|known| known.name == *route) {
+                eoutln!("warning: client key `{name}` names route `{route}`, which this config does not have");
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn signers_table(config: &Config, report: &SecretReport) -> Table {
     let mut table = Table::new(["ROUTE", "SIGNER", "SECRETS"]);
     for route in &config.routes {

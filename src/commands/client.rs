@@ -151,13 +151,18 @@ fn add(args: ClientAddArgs) -> anyhow::Result<()> {
 }
 
 fn list(path: &Path) -> anyhow::Result<()> {
-    let state = clients::state_path(path);
-    let file = clients::read_file(&state)?;
+    let file = clients::read_file(&clients::state_path(path))?;
     if file.clients.is_empty() {
         outln!("no client keys (add one with `secretproxy client add NAME`)");
         return Ok(());
     }
-    let now = SystemTime::now();
+    out!("{}", table(&file, SystemTime::now()));
+    Ok(())
+}
+
+/// The keys of `file` as `client list` and `check` show them: names, scopes, limits and times,
+/// never a key or a hash.
+pub fn table(file: &clients::ClientFile, now: SystemTime) -> Table {
     let mut table = Table::new(["NAME", "ROUTES", "RATE", "DAILY", "EXPIRES", "CREATED"]);
     for (name, entry) in &file.clients {
         let expired = entry
@@ -178,6 +183,5 @@ fn list(path: &Path) -> anyhow::Result<()> {
             entry.created.clone(),
         ]);
     }
-    out!("{table}");
-    Ok(())
+    table
 }

@@ -46,7 +46,9 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_header_size(limits.max_header_size)
-        .keep_alive(true);
+        .keep_alive(true)
+        // Head and body through one flat buffer (see the upstream client's builder).
+        .writev(false);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -16,6 +16,9 @@
 //! - **401**: the pipeline reports the token the upstream refused ([`TokenSource::rejected`]);
 //!   only that exact token is dropped (by identity), so many requests failing with the same token
 //!   cause exactly one re-mint.
+//! - **Shared with `[state]`** ([`shared`]): the replicas read one sealed token from the store
+//!   and one of them mints (under a short lock) when it is missing, due or refused; the local
+//!   cache stays the first layer, and any store failure falls back to a local mint.
 //! - Tokens and client secrets are secrets: the token is a `SecretString` (zeroized on drop),
 //!   rendered credentials live in `Zeroizing` buffers, errors quote only the endpoint's status and
 //!   its RFC 6749 `error` code, never a body, a header or a credential.
@@ -39,6 +42,8 @@ use crate::configkit::{ConfigError, Source};
 use crate::http::error::ProxyError;
 use crate::secrets::{SecretCache, SecretSource};
 use crate::upstream::{Upstream, Upstreams};
+
+pub mod shared;
 
 /// Lifetime assumed when the endpoint sends no `expires_in` (RFC 6749 makes it optional); a
 /// token revoked earlier is still replaced on the upstream's 401.
@@ -289,6 +294,9 @@ pub struct Token {
     pub value: Arc<SecretString>,
     pub renew_at: Instant,
     pub expires_at: Instant,
+    /// The sealed value in the shared store, when the token came from it or went to it: what a
+    /// 401 compares before deleting the shared key.
+    pub shared: Option<Arc<[u8]>>,
 }
 
 impl std::fmt::Debug for Token {
@@ -304,6 +312,7 @@ impl Token {
             value: Arc::new(value),
             renew_at: requested + renew_after(lifetime),
             expires_at: requested + lifetime,
+            shared: None,
         }
     }
 }
@@ -432,6 +441,14 @@ impl TokenCache {
         }
     }
 
+    /// Whether a token that has not expired is cached (due for renewal or not).
+    pub fn holds_valid(&self) -> bool {
+        self.state()
+            .token
+            .as_ref()
+            .is_some_and(|token| Instant::now() < token.expires_at)
+    }
+
     /// Drops `token` when it is still the current one (the upstream refused it). Returns whether
     /// it was.
     pub fn rejected(&self, token: &Arc<Token>) -> bool {
@@ -451,6 +468,18 @@ pub struct TokenSource {
     target: PathAndQuery,
     cache: TokenCache,
     mints: AtomicU64,
+    /// The shared store of the generation (`[state]`), swapped when a reload carries the source
+    /// over to a generation with another store.
+    store: arc_swap::ArcSwapOption<crate::features::store::Store>,
+    /// The stored form of the last token the upstream refused: the next shared read neither
+    /// takes it again nor leaves it for the other replicas.
+    refused: std::sync::Mutex<Option<Arc<[u8]>>>,
+}
+
+/// The rendered client id and secret of one mint (zeroized on drop).
+pub(crate) struct Credentials {
+    id: Zeroizing<String>,
+    secret: Zeroizing<String>,
 }
 
 impl std::fmt::Debug for TokenSource {
@@ -466,11 +495,12 @@ impl std::fmt::Debug for TokenSource {
 pub type TokenSources = BTreeMap<String, Arc<TokenSource>>;
 
 /// Builds the sources of `configs`, carrying over from `previous` every source whose config is
-/// unchanged (with its cached token).
+/// unchanged (with its cached token); each shares its tokens through `store` when there is one.
 pub fn build_sources(
     configs: &[OAuth2Config],
     previous: Option<&TokenSources>,
     upstreams: &mut Upstreams,
+    store: Option<&Arc<crate::features::store::Store>>,
 ) -> Result<TokenSources, crate::upstream::ClientError> {
     let mut sources = TokenSources::new();
     for config in configs {
@@ -478,6 +508,7 @@ pub fn build_sources(
             .and_then(|p| p.get(&config.name))
             .filter(|s| s.config == *config)
         {
+            kept.store.store(store.cloned());
             sources.insert(config.name.clone(), kept.clone());
             continue;
         }
@@ -503,6 +534,8 @@ pub fn build_sources(
                 target,
                 cache: TokenCache::default(),
                 mints: AtomicU64::new(0),
+                store: arc_swap::ArcSwapOption::new(store.cloned()),
+                refused: std::sync::Mutex::new(None),
             }),
         );
     }
@@ -529,14 +562,31 @@ impl TokenSource {
     /// The current token, minted or renewed as needed.
     pub async fn token(&self, secrets: &SecretCache) -> Result<Arc<Token>, ProxyError> {
         self.cache
-            .get(|| self.mint(secrets))
+            .get(|| self.obtain(secrets))
             .await
             .map_err(|error| error.into_proxy_error(&self.config.name))
+    }
+
+    /// A token for the cache: through the shared store when there is one, else minted here.
+    async fn obtain(&self, secrets: &SecretCache) -> Result<Token, MintError> {
+        let credentials = self.credentials(secrets).await?;
+        match self.store.load_full() {
+            Some(store) => shared::obtain(self, &store, &credentials).await,
+            None => self.mint(&credentials).await,
+        }
+    }
+
+    /// The stored form of the last refused token, if it came through the store.
+    fn refused(&self) -> Option<Arc<[u8]>> {
+        self.refused.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The upstream answered 401 with `token`: drop it so the next request mints.
     pub fn rejected(&self, token: &Arc<Token>) -> bool {
         let dropped = self.cache.rejected(token);
+        if dropped && let Some(stored) = &token.shared {
+            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(stored.clone());
+        }
         if dropped {
             tracing::info!(token_source = %self.config.name, "the upstream refused the token (401); minting a new one");
         }
@@ -548,8 +598,8 @@ impl TokenSource {
         self.mints.load(Ordering::Relaxed)
     }
 
-    async fn mint(&self, secrets: &SecretCache) -> Result<Token, MintError> {
-        let name = &self.config.name;
+    /// The client id and secret, rendered from their secrets.
+    async fn credentials(&self, secrets: &SecretCache) -> Result<Credentials, MintError> {
         let mut values: BTreeMap<&str, Arc<SecretString>> = BTreeMap::new();
         for secret in self.config.secrets() {
             if values.contains_key(secret) {
@@ -579,11 +629,19 @@ impl TokenSource {
             }
         }
         let lookup = |secret: &str| values[secret].clone();
-        let id = crate::features::inject::render_value(&self.config.client_id, lookup);
-        let secret = crate::features::inject::render_value(&self.config.client_secret, lookup);
+        Ok(Credentials {
+            id: crate::features::inject::render_value(&self.config.client_id, lookup),
+            secret: crate::features::inject::render_value(&self.config.client_secret, lookup),
+        })
+    }
+
+    /// One token request to the endpoint.
+    async fn mint(&self, credentials: &Credentials) -> Result<Token, MintError> {
+        let name = &self.config.name;
+        let (id, secret) = (&credentials.id, &credentials.secret);
         let (form, authorization) = match self.config.client_auth {
-            ClientAuth::Basic => (token_form(&self.config, None), Some(basic_credentials(&id, &secret))),
-            ClientAuth::Body => (token_form(&self.config, Some((&id, &secret))), None),
+            ClientAuth::Basic => (token_form(&self.config, None), Some(basic_credentials(id, secret))),
+            ClientAuth::Body => (token_form(&self.config, Some((id, secret))), None),
         };
         let mut request = Request::new(
             http_body_util::Full::new(Bytes::copy_from_slice(form.as_bytes()))
@@ -605,7 +663,7 @@ impl TokenSource {
             };
             headers.insert(header::AUTHORIZATION, value);
         }
-        drop((id, secret, form));
+        drop(form);
 
         let requested = Instant::now();
         let exchange = async {

@@ -123,8 +123,12 @@ impl Generation {
             .iter()
             .map(|route| RoutePlan::build(route, &mut upstreams, &limits))
             .collect::<Result<Vec<_>, _>>()?;
-        let oauth2 =
-            crate::features::oauth2::build_sources(&config.oauth2, previous.map(|p| &p.oauth2), &mut upstreams)?;
+        let oauth2 = crate::features::oauth2::build_sources(
+            &config.oauth2,
+            previous.map(|p| &p.oauth2),
+            &mut upstreams,
+            state_store.as_ref(),
+        )?;
         for plan in &mut plans {
             plan.oauth2 = plan.route.oauth2.as_ref().and_then(|name| oauth2.get(name).cloned());
             // mTLS pools carry over while the certificate is the same (features::sign::mtls).

@@ -217,6 +217,31 @@ async fn client_keys_are_scoped_limited_expire_and_revoke_in_a_running_daemon() 
         .collect();
     assert_eq!(hashes.len(), 3, "{state}");
 
+    // `check` reports the keys the same way, and warns about a scope naming a missing route.
+    let mut stale = clients_state_without_route(&state, "a", "gone");
+    stale.push('\n');
+    let check_dir = tempfile::tempdir().unwrap();
+    let check_config = check_dir.path().join("proxy.toml");
+    std::fs::write(&check_config, &text).unwrap();
+    std::fs::write(check_dir.path().join("proxy.clients.toml"), &stale).unwrap();
+    let checked = binary()
+        .arg("check")
+        .arg("--config")
+        .arg(&check_config)
+        .output()
+        .unwrap();
+    let check_out = String::from_utf8_lossy(&checked.stdout).into_owned();
+    let check_err = String::from_utf8_lossy(&checked.stderr).into_owned();
+    assert!(checked.status.success(), "{check_out}{check_err}");
+    assert!(check_out.contains("client keys"), "{check_out}");
+    for name in ["agent", "budget", "short"] {
+        assert!(check_out.contains(name), "{check_out}");
+    }
+    assert!(
+        check_err.contains("client key `agent` names route `gone`, which this config does not have"),
+        "{check_err}"
+    );
+
     // Metrics count per client name.
     let metrics = client()
         .get(url("/_secretproxy/metrics"))
@@ -248,10 +273,16 @@ async fn client_keys_are_scoped_limited_expire_and_revoke_in_a_running_daemon() 
     secrets.extend(hashes.iter().map(String::as_str));
     assert_no_secret(&logs, &secrets, "daemon logs");
     assert_no_secret(&listed, &secrets, "client list");
+    assert_no_secret(&format!("{check_out}{check_err}"), &secrets, "check");
     assert_no_secret(&metrics, &secrets, "metrics");
     for answer in [keyless, scoped, limited, spent] {
         assert_no_secret(&answer.body, &secrets, "error body");
     }
+}
+
+/// The clients file with one key's scope `from` renamed to `to` (a route the config lacks).
+fn clients_state_without_route(state: &str, from: &str, to: &str) -> String {
+    state.replace(&format!("routes = [\"{from}\"]"), &format!("routes = [\"{to}\"]"))
 }
 
 fn dir_of(path: &std::path::Path) -> &std::path::Path {

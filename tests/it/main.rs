@@ -22,6 +22,7 @@ mod keyring;
 mod kubernetes;
 mod mtls;
 mod oauth2;
+mod oauth2_store;
 mod presets;
 mod proxy;
 mod quickstart;

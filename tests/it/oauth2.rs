@@ -16,9 +16,9 @@ use serde_json::Value;
 
 use crate::harness::{Daemon, assert_no_secret, binary, client, python};
 
-const CLIENT_ID: &str = "shop-app";
+pub(crate) const CLIENT_ID: &str = "shop-app";
 /// Characters RFC 6749 2.3.1 makes the client form-encode before Basic auth.
-const CLIENT_SECRET: &str = "s3cr:t&pa%ss+word/Ω";
+pub(crate) const CLIENT_SECRET: &str = "s3cr:t&pa%ss+word/Ω";
 
 async fn json(response: reqwest::Response) -> Value {
     let text = response.text().await.unwrap();
@@ -26,14 +26,14 @@ async fn json(response: reqwest::Response) -> Value {
 }
 
 /// The Authlib server, killed when dropped.
-struct AuthServer {
+pub(crate) struct AuthServer {
     child: Child,
     port: u16,
     args: Vec<String>,
 }
 
 impl AuthServer {
-    fn start(args: &[&str]) -> AuthServer {
+    pub(crate) fn start(args: &[&str]) -> AuthServer {
         AuthServer::start_on(0, args.iter().map(|a| a.to_string()).collect())
     }
 
@@ -72,19 +72,19 @@ impl AuthServer {
         *self = AuthServer::start_on(self.port, self.args.clone());
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    async fn stats(&self) -> Value {
+    pub(crate) async fn stats(&self) -> Value {
         json(client().get(self.url("/stats")).send().await.unwrap()).await
     }
 
-    async fn count(&self, name: &str) -> u64 {
+    pub(crate) async fn count(&self, name: &str) -> u64 {
         self.stats().await[name].as_u64().unwrap()
     }
 
-    async fn tokens(&self) -> Vec<String> {
+    pub(crate) async fn tokens(&self) -> Vec<String> {
         let stats = self.stats().await;
         stats["tokens"]
             .as_array()
@@ -94,7 +94,7 @@ impl AuthServer {
             .collect()
     }
 
-    async fn revoke(&self) {
+    pub(crate) async fn revoke(&self) {
         let response = client().post(self.url("/admin/revoke")).send().await.unwrap();
         assert_eq!(response.status(), 200);
     }

@@ -30,7 +30,7 @@ const ENVS: [(&str, &str); 3] = [
 ];
 
 /// A port nobody listens on right now (bound and released).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -38,7 +38,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !ready() {
         assert!(Instant::now() < deadline, "{what} within {limit:?}");
@@ -47,7 +47,7 @@ fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
 }
 
 /// A `redis-server` of its own: loopback, no RDB or AOF, a temp dir.
-struct Redis {
+pub(crate) struct Redis {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -58,7 +58,7 @@ struct Redis {
 }
 
 impl Redis {
-    fn start() -> Redis {
+    pub(crate) fn start() -> Redis {
         Redis::start_with(None)
     }
 
@@ -122,13 +122,13 @@ impl Redis {
         });
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
         format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// `redis-cli` (the real client) against this server; its output, trimmed.
-    fn cli(&self, args: &[&str]) -> String {
+    pub(crate) fn cli(&self, args: &[&str]) -> String {
         let mut command = Command::new("redis-cli");
         if let Some(password) = self.password {
             command.args(["--no-auth-warning", "-a", password]);
@@ -145,7 +145,7 @@ impl Redis {
     }
 
     /// Every key with its value (strings) and remaining time to live.
-    fn dump(&self) -> String {
+    pub(crate) fn dump(&self) -> String {
         let keys = self.cli(&["--scan"]);
         let mut dump = String::new();
         for key in keys.lines().filter(|k| !k.is_empty()) {
@@ -156,7 +156,7 @@ impl Redis {
         dump
     }
 
-    fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let pid = self.child.as_ref().unwrap().id().to_string();
         assert!(
             Command::new("kill")
@@ -167,7 +167,7 @@ impl Redis {
         );
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -188,14 +188,14 @@ impl Drop for Redis {
 
 /// A real haproxy on loopback, round robin over the replicas, no health checks (so every replica
 /// gets its turn whatever state it is in).
-struct Balancer {
+pub(crate) struct Balancer {
     port: u16,
     _dir: tempfile::TempDir,
     child: Child,
 }
 
 impl Balancer {
-    fn start(port: u16, backends: &[SocketAddr]) -> Balancer {
+    pub(crate) fn start(port: u16, backends: &[SocketAddr]) -> Balancer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = format!(
             "global\n    maxconn 512\n\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\nfrontend front\n    bind 127.0.0.1:{port}\n    default_backend replicas\n\nbackend replicas\n    balance roundrobin\n"
@@ -219,7 +219,7 @@ impl Balancer {
     }
 
     /// The balancer's URL under its name (`lb.test`, resolved to loopback by [`lb_client`]).
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://lb.test:{}{path}", self.port)
     }
 }
@@ -232,7 +232,7 @@ impl Drop for Balancer {
 }
 
 /// A client that reaches `lb.test` on loopback (so `Host: lb.test:PORT`, as behind a balancer).
-fn lb_client(port: u16) -> reqwest::Client {
+pub(crate) fn lb_client(port: u16) -> reqwest::Client {
     secretproxy::upstream::install_crypto_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -284,7 +284,7 @@ async fn replicas(config: &str, addrs: Option<&[SocketAddr]>, count: usize) -> (
 }
 
 /// Requests replica `daemon` answered on `route`, from its metrics.
-async fn served(daemon: &Daemon, route: &str) -> u64 {
+pub(crate) async fn served(daemon: &Daemon, route: &str) -> u64 {
     let client = crate::harness::client();
     let response = client.get(daemon.url("/_secretproxy/metrics")).send().await.unwrap();
     let text = response.text().await.unwrap();

@@ -419,3 +419,110 @@ headers = {{ X-Api-Key = "${{ws}}" }}
     let (_, logs) = daemon.terminate();
     assert_no_secret(&logs, &[KEY], "daemon logs");
 }
+
+/// `secretproxy client add NAME ARGS --config PATH` against the daemon's config; returns the key
+/// (the last line of its output).
+fn add_client_key(daemon: &Daemon, name: &str, args: &[&str]) -> String {
+    let output = crate::harness::binary()
+        .args(["client", "add", name])
+        .args(args)
+        .arg("--config")
+        .arg(&daemon.config_path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "client add failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout.lines().last().unwrap().to_string()
+}
+
+#[test]
+fn client_keys_gate_websocket_sessions_and_never_reach_the_upstream() {
+    let upstream = Upstream::start();
+    let daemon = daemon(&upstream);
+    let agent = add_client_key(&daemon, "ws-agent", &["--routes", "live"]);
+    let other = add_client_key(&daemon, "other", &["--routes", "plain"]);
+    // The running daemon picks the keys up from its clients file: once it has, a keyless
+    // handshake is refused with 401 (waited on, not slept for).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let keyless = loop {
+        let seen = run_client(&daemon, "frames", "/live/echo", None);
+        if seen["status"] == 401 {
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "keyless handshakes still pass: {seen}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let body: Value = serde_json::from_str(keyless["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["code"], "client_token", "{body}");
+    let handshakes_before = upstream.events().len();
+
+    // A key for another route: 403 before any upstream contact.
+    let output = client_command(&daemon, "frames", "/live/echo", None)
+        .args(["--bearer", &other])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let scoped: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(scoped["status"], 403, "{scoped}");
+    let body: Value = serde_json::from_str(scoped["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["code"], "client_route_not_allowed", "{body}");
+    assert_eq!(
+        upstream.events().len(),
+        handshakes_before,
+        "a refused handshake reached the upstream: {:?}",
+        upstream.events()
+    );
+
+    // The route's key: the session opens with the injected secret, frames flow and are
+    // scrubbed, and the client key itself is stripped from the upstream handshake.
+    let output = client_command(&daemon, "frames", "/live/echo", None)
+        .args(["--bearer", &agent])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "client failed: {stdout}");
+    assert_no_secret(&stdout, &[KEY, &agent], "what the client received");
+    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(seen["text"], "hello", "{seen}");
+    assert_eq!(seen["leak_text"], "you sent the key [REDACTED], keep it safe", "{seen}");
+    // The handshake of this session: the first one after the refusals above.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let connect = loop {
+        if let Some(event) = upstream.events()[handshakes_before..]
+            .iter()
+            .find(|e| e["event"] == "connect")
+        {
+            break event.clone();
+        }
+        assert!(Instant::now() < deadline, "no keyed handshake: {:?}", upstream.events());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(connect["header_ok"], true, "{connect}");
+    assert_eq!(connect["authorization"], Value::Null, "{connect}");
+    assert_eq!(connect["token"], Value::Null, "{connect}");
+
+    // The session's access line (written when it ends) names the key by its name only.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let session = loop {
+        let found = daemon.logs().lines().find_map(|line| {
+            let value: Value = serde_json::from_str(line).ok()?;
+            (value["target"] == "secretproxy::access" && value["status"] == 101).then_some(value)
+        });
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "no 101 access line:\n{}", daemon.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(session["client_key"], "ws-agent", "{session}");
+    assert_eq!(session["path"], "/live/echo", "{session}");
+
+    let events = serde_json::to_string(&upstream.events()).unwrap();
+    assert_no_secret(&events, &[&agent, &other], "what the upstream saw");
+    let (_, logs) = daemon.terminate();
+    assert_no_secret(&logs, &[KEY, &agent, &other], "daemon logs");
+}

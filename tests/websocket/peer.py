@@ -7,8 +7,8 @@ answers 401. Paths: `/echo` echoes every message; the text `leak` gets the key b
 a binary message; `close:CODE` makes the server close with CODE and a reason quoting the key;
 `/silent` sends nothing and waits for the close. With `--tls-cert/--tls-key` it serves `wss`.
 
-`peer.py client SCENARIO URL [--origin O]` is the client: it talks to the proxy and prints one
-JSON object with what it saw.
+`peer.py client SCENARIO URL [--origin O] [--bearer KEY]` is the client: it talks to the proxy and
+prints one JSON object with what it saw.
 """
 
 import argparse
@@ -38,6 +38,9 @@ async def serve(key, cert=None, private_key=None):
             upgrade=request.headers.get("Upgrade"),
             extensions=request.headers.get("Sec-WebSocket-Extensions"),
             protocols=request.headers.get("Sec-WebSocket-Protocol"),
+            # What a caller's own credentials would look like here: the proxy must strip them.
+            authorization=request.headers.get("Authorization"),
+            token=request.headers.get("X-Secretproxy-Token"),
         )
         if not (header_ok and query_ok):
             emit(event="refused", **event)
@@ -90,7 +93,7 @@ async def serve(key, cert=None, private_key=None):
         await asyncio.Future()
 
 
-def client(scenario, url, origin):
+def client(scenario, url, origin, bearer=None):
     from websockets.exceptions import ConnectionClosed, InvalidStatus
     from websockets.sync.client import connect
 
@@ -99,6 +102,7 @@ def client(scenario, url, origin):
         with connect(
             url,
             origin=origin,
+            additional_headers={"Authorization": f"Bearer {bearer}"} if bearer else None,
             subprotocols=["chat.v1"],
             open_timeout=30,
             close_timeout=10,
@@ -149,13 +153,14 @@ def main():
     run.add_argument("scenario")
     run.add_argument("url")
     run.add_argument("--origin")
+    run.add_argument("--bearer", help="send this client key as `Authorization: Bearer`")
     args = parser.parse_args()
     if args.command == "serve":
         import asyncio
 
         asyncio.run(serve(args.key, args.tls_cert, args.tls_key))
     else:
-        client(args.scenario, args.url, args.origin)
+        client(args.scenario, args.url, args.origin, args.bearer)
 
 
 if __name__ == "__main__":

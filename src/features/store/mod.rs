@@ -1,6 +1,7 @@
 //! The optional shared store (`[state]`): Redis or Valkey holding what replicas must agree on —
 //! rate-limit buckets and daily quotas (one Lua script, `gcra.lua`) and webhook replay memory
-//! (`SET NX PX`). Without `[state]` every feature keeps its counters in process, as before.
+//! (`SET NX PX`) and minted OAuth2 tokens, sealed (`features::oauth2::shared`) under a short mint
+//! lock. Without `[state]` every feature keeps its counters and tokens in process, as before.
 //!
 //! Invariants:
 //! - **Bounded**: every operation runs under `timeout` (default [`DEFAULT_TIMEOUT`]), connect
@@ -10,7 +11,9 @@
 //!   a few consecutive failures and probes it again after `cool-down`; recovery is automatic
 //!   (the connection manager reconnects, the probe closes the breaker).
 //! - **No secrets in the store**: keys hold route and webhook names, a day, and SHA-256 digests
-//!   (of an `Origin`, of a webhook signature); values are counters and timestamps. The store's
+//!   (of an `Origin`, of a webhook signature, of a token source's parameters); values are
+//!   counters, timestamps and AES-256-GCM ciphertexts of tokens (the key never reaches the
+//!   store). The store's
 //!   own password is a `[secrets]` entry (`password = "NAME"`), read when connecting; a URL with
 //!   a password in it is refused at load.
 //! - One [`Store`] per `[state]` table: a reload with an equal table keeps it (and its
@@ -23,6 +26,8 @@
 //! - `quota:{ROUTE}:YYYY-MM-DD`: requests counted on that UTC day, expiring an hour after it.
 //! - `wh:{WEBHOOK}:DIGEST`: a webhook signature accepted, expiring when its timestamp leaves the
 //!   tolerance.
+//! - `oauth2:{DIGEST}`: a sealed OAuth2 token, expiring with the token; `oauth2:{DIGEST}:lock`:
+//!   the replica minting it, expiring after the source's `timeout`.
 
 pub mod breaker;
 
@@ -269,6 +274,8 @@ pub struct Store {
     secrets: Arc<dyn SecretStore>,
     password: Option<SecretSource>,
     gcra: redis::Script,
+    /// Deletes a key only while it holds a given value (a mint lock, a refused token).
+    compare_delete: redis::Script,
     /// A background PING of the readiness probe is in flight.
     pinging: std::sync::atomic::AtomicBool,
 }
@@ -299,6 +306,7 @@ impl Store {
             secrets,
             password,
             gcra: redis::Script::new(include_str!("gcra.lua")),
+            compare_delete: redis::Script::new(COMPARE_DELETE),
             pinging: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -502,6 +510,72 @@ impl Store {
         Ok(answer.is_some())
     }
 
+    /// The bytes at `key`, if any.
+    pub async fn get_bytes(&self, op: &'static str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut command = redis::cmd("GET");
+        command.arg(key);
+        self.run(op, |mut connection| async move {
+            command.query_async(&mut connection).await
+        })
+        .await
+    }
+
+    /// The bytes at `key` and whether `other` exists, read at one instant (`MGET`; with a Redis
+    /// Cluster both keys must share a hash tag).
+    pub async fn get_with(
+        &self,
+        op: &'static str,
+        key: &str,
+        other: &str,
+    ) -> Result<(Option<Vec<u8>>, bool), StoreError> {
+        let mut command = redis::cmd("MGET");
+        command.arg(key).arg(other);
+        let (value, other): (Option<Vec<u8>>, Option<Vec<u8>>) = self
+            .run(op, |mut connection| async move {
+                command.query_async(&mut connection).await
+            })
+            .await?;
+        Ok((value, other.is_some()))
+    }
+
+    /// Sets `key` to `value` for `ttl` (`SET PX`), or only when it is absent (`NX`): then
+    /// `Ok(false)` when it was there.
+    pub async fn set_bytes(
+        &self,
+        op: &'static str,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+        only_new: bool,
+    ) -> Result<bool, StoreError> {
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut command = redis::cmd("SET");
+        command.arg(key).arg(value);
+        if only_new {
+            command.arg("NX");
+        }
+        command.arg("PX").arg(millis);
+        let answer: Option<String> = self
+            .run(op, |mut connection| async move {
+                command.query_async(&mut connection).await
+            })
+            .await?;
+        Ok(answer.is_some())
+    }
+
+    /// Deletes `key` only while it holds exactly `expected` (one Lua script, atomic): a lock is
+    /// released only by its holder, a token deleted only while it is the one that was refused.
+    pub async fn delete_if(&self, op: &'static str, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
+        let mut invocation = self.compare_delete.key(key);
+        invocation.arg(expected);
+        let deleted: i64 = self
+            .run(op, |mut connection| async move {
+                invocation.invoke_async(&mut connection).await
+            })
+            .await?;
+        Ok(deleted == 1)
+    }
+
     /// For the (synchronous) readiness probe: starts one `PING` in the background, unless one
     /// is in flight, so the state the next probe reads is fresh even without traffic.
     pub fn check_in_background(self: &Arc<Store>) {
@@ -528,6 +602,10 @@ impl Store {
         .is_ok()
     }
 }
+
+/// `DEL KEYS[1]` only while it holds `ARGV[1]`.
+const COMPARE_DELETE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
 /// A short hex digest of client input or a signature, so keys hold neither.
 pub fn digest(parts: &[&[u8]]) -> String {
