@@ -23,7 +23,6 @@ const LAYERS: &[(&str, u8)] = &[
 /// pipeline's route plan, access records, metrics and generation. Each entry is (file, layer it
 /// names); an entry that no longer occurs must be removed from this list.
 const KNOWN: &[(&str, &str)] = &[
-    ("src/features/websocket.rs", "pipeline"),
     ("src/features/admin.rs", "pipeline"),
 ];
 

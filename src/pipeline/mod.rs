@@ -22,6 +22,7 @@ pub mod generation;
 pub mod metrics;
 pub mod plan;
 pub mod routes;
+pub mod websocket;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -36,7 +37,7 @@ use hyper::body::Incoming;
 use secrecy::SecretString;
 use tracing::instrument;
 
-use crate::features::{admin, cors, decode, guard, inject, limit, sign, validate, websocket};
+use crate::features::{admin, cors, decode, guard, inject, limit, sign, validate};
 use crate::http::body::{BoxError, ProxyBody, Upload};
 use crate::http::error::{ProxyError, Side};
 use crate::upstream as client;
@@ -389,7 +390,7 @@ async fn forward(
         values.push(token.value.clone());
     }
     // A WebSocket route's upgrade request: everything above applied, the handshake goes upstream.
-    let upgrade = websocket::client_handshake(route, parts)?;
+    let upgrade = crate::features::websocket::client_handshake(route, parts)?;
     let mut headers = inject::upstream_headers(std::mem::take(&mut parts.headers), route, injected_headers);
     let mut redactor = route.scrub_response.then(|| plan.redactor(&values)).flatten();
     if let Some(upgrade) = upgrade {
