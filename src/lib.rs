@@ -13,7 +13,9 @@
 //!   headers → CORS → access log — against the current [`pipeline::generation::Generation`], whose
 //!   [`pipeline::plan::RoutePlan`]s (one per route: upstream pool, metric handles, scrubber
 //!   slot) are built when the config is loaded. [`pipeline::access`] is the buffered access log,
-//!   [`pipeline::metrics`] the Prometheus registry and its per-route handles.
+//!   [`pipeline::metrics`] the Prometheus registry and its per-route handles,
+//!   [`pipeline::admin`] the proxy's own endpoints (health, metrics, probes) and
+//!   [`pipeline::websocket`] the upstream handshake and relay of a WebSocket session.
 //! - [`config`]: the whole file composed — [`config::Config`], [`config::Route`] (a
 //!   [`configkit::RouteBase`] plus the tables the features own), parsing, `check`'s lints and
 //!   `toml_edit` edits. It calls each feature's `from_raw` and implements the narrow traits the
@@ -23,7 +25,10 @@
 //!   validate, ratelimit, limit (body size), inject, sign, oauth2, scrub, transform (+ jq), admin,
 //!   webhooks, static site, clients (client keys), store, websocket. What a feature needs of the
 //!   generation comes through a narrow trait (`guard::Gate`, `cors::Preflight`,
-//!   `store::StoreUse`).
+//!   `store::StoreUse`). Where a feature's runtime needs the generation, the plan, metrics or the
+//!   access log, that half lives in the pipeline ([`pipeline::admin`], [`pipeline::websocket`]):
+//!   [`features::admin`] keeps the reserved paths, probes and readiness state,
+//!   [`features::websocket`] the policy, the handshake checks and message scrubbing.
 //! - [`upstream`]: the upstream client (hyper, pooled per origin, rustls), used by the pipeline
 //!   and by features that call out (oauth2, sign, webhooks).
 //! - [`configkit`]: the config toolkit — spans and [`configkit::ConfigError`], value templates,

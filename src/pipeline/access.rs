@@ -111,7 +111,7 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
-    /// Writes the line of a WebSocket session when it ends ([`crate::features::websocket`]):
+    /// Writes the line of a WebSocket session when it ends ([`crate::pipeline::websocket`]):
     /// `bytes_in` holds the client's payload bytes, `bytes_out` is the upstream's as sent.
     pub fn finish_session(self, bytes_out: u64, outcome: &'static str) {
         self.emit(bytes_out, outcome);

@@ -1,5 +1,5 @@
 //! The daemon's Prometheus metrics: one [`Metrics`] per process, rendered as text exposition by
-//! the `/_secretproxy/metrics` endpoint (see [`crate::features::admin`]).
+//! the `/_secretproxy/metrics` endpoint (see [`crate::pipeline::admin`]).
 //!
 //! The registry is an explicit value (prometheus-client), not a process-global recorder, so every
 //! in-process test proxy counts on its own. It lives in [`crate::pipeline::generation::Live`] and outlives

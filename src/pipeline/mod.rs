@@ -18,10 +18,12 @@
 //! response body ends ([`access`]).
 
 pub mod access;
+pub mod admin;
 pub mod generation;
 pub mod metrics;
 pub mod plan;
 pub mod routes;
+pub mod websocket;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -36,7 +38,7 @@ use hyper::body::Incoming;
 use secrecy::SecretString;
 use tracing::instrument;
 
-use crate::features::{admin, cors, decode, guard, inject, limit, sign, validate, websocket};
+use crate::features::{cors, decode, guard, inject, limit, sign, validate};
 use crate::http::body::{BoxError, ProxyBody, Upload};
 use crate::http::error::{ProxyError, Side};
 use crate::upstream as client;
@@ -203,7 +205,7 @@ async fn dispatch(
     // The client token guards everything, as it always has; client keys alone guard routes and
     // the proxy's endpoints (static files and signed webhooks spend no secret for the caller).
     let token = generation.config.server.access.client_token.is_some();
-    if admin::is_reserved(parts.uri.path()) {
+    if crate::features::admin::is_reserved(parts.uri.path()) {
         context.caller.require(None)?;
         return admin::answer(&parts.method, parts.uri.path(), &parts.headers, peer, generation, live);
     }
@@ -389,7 +391,7 @@ async fn forward(
         values.push(token.value.clone());
     }
     // A WebSocket route's upgrade request: everything above applied, the handshake goes upstream.
-    let upgrade = websocket::client_handshake(route, parts)?;
+    let upgrade = crate::features::websocket::client_handshake(route, parts)?;
     let mut headers = inject::upstream_headers(std::mem::take(&mut parts.headers), route, injected_headers);
     let mut redactor = route.scrub_response.then(|| plan.redactor(&values)).flatten();
     if let Some(upgrade) = upgrade {
