@@ -329,7 +329,8 @@ struct Pool {
 }
 
 enum Sender {
-    H1(http1::SendRequest<UpstreamBody>),
+    /// With a fresh connection, how its connection task ended (see [`Upstream::cause`]).
+    H1(http1::SendRequest<UpstreamBody>, Option<Ended>),
     H2(http2::SendRequest<UpstreamBody>),
 }
 
@@ -372,14 +373,14 @@ impl Upstream {
                         back: None,
                     }));
                 }
-                Sender::H1(mut sender) => {
+                Sender::H1(mut sender, ended) => {
                     // A connection just handed back may still be finishing its last response.
                     if let Err(err) = sender.ready().await {
                         if pooled {
                             fresh_only = true;
                             continue;
                         }
-                        return Err(SendError::Exchange(err));
+                        return Err(SendError::Exchange(Self::cause(err, ended).await));
                     }
                     *request.uri_mut() = Uri::from(path_and_query.clone());
                     if !request.headers().contains_key(http::header::HOST) {
@@ -397,7 +398,7 @@ impl Upstream {
                                 request = unsent;
                                 fresh_only = true;
                             }
-                            _ => return Err(SendError::Exchange(failed.into_error())),
+                            _ => return Err(SendError::Exchange(Self::cause(failed.into_error(), ended).await)),
                         },
                     }
                 }
@@ -425,7 +426,7 @@ impl Upstream {
         // Most recently used first: the one least likely to have been closed by the upstream.
         while let Some((sender, since)) = pool.idle.pop() {
             if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(Sender::H1(sender));
+                return Some(Sender::H1(sender, None));
             }
         }
         None
@@ -507,14 +508,35 @@ impl Upstream {
             .handshake(TokioIo::new(io))
             .await
             .map_err(SendError::Handshake)?;
+        let (report, ended) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(error = %err, "upstream connection ended");
+                let _ = report.send(err);
             }
         });
-        Ok(Sender::H1(sender))
+        Ok(Sender::H1(sender, Some(ended)))
+    }
+
+    /// The error to report when a fresh connection failed its first request: the connection
+    /// task's own error when it ended with one. A server's TLS 1.3 alert (a refused client
+    /// certificate) can end the connection before the request is even handed to it, and then
+    /// the request only learns "channel closed"; the connection's error says why.
+    async fn cause(error: hyper::Error, ended: Option<Ended>) -> hyper::Error {
+        let Some(ended) = ended else { return error };
+        if !(error.is_canceled() || error.is_closed() || error.is_incomplete_message()) {
+            return error;
+        }
+        // The task has ended or is ending (its request channel is closed): bounded anyway.
+        match tokio::time::timeout(Duration::from_secs(1), ended).await {
+            Ok(Ok(cause)) => cause,
+            _ => error,
+        }
     }
 }
+
+/// How a fresh HTTP/1.1 connection's task ended, when with an error.
+type Ended = tokio::sync::oneshot::Receiver<hyper::Error>;
 
 /// A connection that an upgrade takes over (see [`Upstream::connect_upgradable`]).
 pub trait UpgradableIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
