@@ -5,7 +5,7 @@
 //! Parsing works on a `&str` so tests need no disk; [`load`] adds the file lookup order. This
 //! module validates the top level (`[server]`, `[secrets]`, path conflicts between routes and
 //! webhooks); one route's table is validated in `route.rs`, the browser boundary and limits in
-//! [`access`], and every duration and byte size goes through `duration.rs` and [`size`].
+//! [`access`], and every duration and byte size goes through `duration.rs` and `configkit::size`.
 
 pub mod edit;
 pub mod lint;

@@ -93,7 +93,8 @@ pub struct RawRoute {
     pub client_key: Option<Spanned<String>>,
     /// What the route's shared rate limit does when `[state]` cannot answer.
     pub on_error: Option<Spanned<String>>,
-    /// `websocket = true`: `Upgrade: websocket` requests are relayed (see `features::websocket`).
+    /// `websocket = true`: `Upgrade: websocket` requests are relayed (policy in `features::websocket`,
+    /// the relay in `pipeline::websocket`).
     pub websocket: Option<Spanned<bool>>,
     pub websocket_idle_timeout: Option<Spanned<String>>,
     pub websocket_max_duration: Option<Spanned<String>>,

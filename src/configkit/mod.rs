@@ -2,7 +2,7 @@
 //!
 //! Source spans and [`ConfigError`] (`file:line:column: key: message`), value and URL templates
 //! with name checks ([`template`]), durations and byte sizes, `strip-headers`, paths relative to
-//! the config file, the `[server]` table's raw type ([`raw`]) and its validated browser boundary
+//! the config file, the `[server]` table's raw type (`raw`) and its validated browser boundary
 //! and limits ([`access`]). A feature validates its own table with these next to its raw serde
 //! type; the `config` module composes the whole file above the features.
 

@@ -2,7 +2,7 @@
 //!
 //! One shutdown future stops accepting; in-flight requests and streams then get up to the drain
 //! deadline to finish before the connections are dropped. Connections allow upgrades: a
-//! WebSocket session (see [`crate::features::websocket`]) outlives its connection's HTTP part,
+//! WebSocket session (see [`crate::pipeline::websocket`]) outlives its connection's HTTP part,
 //! gets the shutdown signal through the request's extensions, closes both sides with `1001`,
 //! and is drained under the same deadline.
 //!

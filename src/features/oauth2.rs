@@ -1,7 +1,7 @@
 //! OAuth2 client credentials (RFC 6749 4.4): the `[oauth2.NAME]` token sources and the routes
 //! that use them with `auth = { oauth2 = "NAME" }`.
 //!
-//! This module owns the table's validation ([`OAuth2Config::from_raw`]), the token request (form
+//! This module owns the table's validation (`OAuth2Config::from_raw`), the token request (form
 //! encoding and client authentication), the token cache ([`TokenCache`]) and the token source of
 //! a generation ([`TokenSource`]), which a reload carries over while its config is unchanged so
 //! a reload never re-mints.

@@ -6,7 +6,7 @@
 //! Every form a client could decode back to a secret is found: any mix of raw and percent-encoded
 //! characters, JSON escapes, base64/base64url at any alignment (so `Basic` credentials too) and
 //! hex. The body is scrubbed as it streams, holding back only a tail that could still become a
-//! match ([`scan`] says how). A compressed answer is decoded first ([`crate::features::decode`]).
+//! match (`scan` says how). A compressed answer is decoded first ([`crate::features::decode`]).
 //! The automaton's pattern memory is not zeroized on drop; it lives as long as the generation.
 
 mod forms;
