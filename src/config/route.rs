@@ -10,7 +10,7 @@ use http::{HeaderName, Method};
 use super::raw::RawRoute;
 use super::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, Route};
 use crate::configkit::RouteBase;
-use crate::configkit::duration::{Zero, duration};
+use crate::configkit::duration::timeout_or;
 use crate::configkit::template::{UrlTemplate, ValuePart, ValueTemplate, is_name};
 use crate::configkit::{ConfigError, Source, access};
 use crate::secrets::SecretSource;
@@ -266,15 +266,14 @@ pub(super) fn validate_route(
         ));
     }
 
-    let timeout = |value: &Option<toml::Spanned<String>>, field: &str, default| match value {
-        None => Ok(default),
-        Some(text) => duration(
-            text,
+    let timeout = |value: &Option<toml::Spanned<String>>, field: &str, default| {
+        timeout_or(
+            value.as_ref(),
             &key(field),
-            Zero::Refused,
-            Some("e.g. \"500ms\", \"10s\", \"2m\""),
+            default,
+            "e.g. \"500ms\", \"10s\", \"2m\"",
             source,
-        ),
+        )
     };
 
     let ca_file = match &raw.ca_file {

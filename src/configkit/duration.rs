@@ -37,6 +37,21 @@ pub(crate) fn duration(
         })
 }
 
+/// A timeout key that may be absent: `default` then, else a non-zero duration (`help` as for
+/// [`duration`]).
+pub(crate) fn timeout_or(
+    text: Option<&Spanned<String>>,
+    key: &str,
+    default: Duration,
+    help: &str,
+    source: &Source<'_>,
+) -> Result<Duration, ConfigError> {
+    match text {
+        None => Ok(default),
+        Some(text) => duration(text, key, Zero::Refused, Some(help), source),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

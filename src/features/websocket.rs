@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
-use crate::configkit::duration::{Zero, duration};
+use crate::configkit::duration::timeout_or;
 use crate::configkit::raw::RawSize;
 use crate::configkit::{ConfigError, Source};
 use crate::features::scrub::Redactor;
@@ -113,15 +113,14 @@ impl WebSocketPolicy {
                 )
                 .with_help("add \"GET\" to the route's methods"));
         }
-        let timeout = |value: &Option<toml::Spanned<String>>, field: &str, default| match value {
-            None => Ok(default),
-            Some(text) => duration(
-                text,
+        let timeout = |value: &Option<toml::Spanned<String>>, field: &str, default| {
+            timeout_or(
+                value.as_ref(),
                 &key(field),
-                Zero::Refused,
-                Some("e.g. \"30s\", \"5m\", \"1h\""),
+                default,
+                "e.g. \"30s\", \"5m\", \"1h\"",
                 source,
-            ),
+            )
         };
         let max_message = crate::configkit::size::size(
             raw.websocket_max_message.as_ref(),

@@ -2,8 +2,7 @@
 //! text parsed as OpenMetrics/Prometheus exposition, the prefix never forwarded, and refusal of
 //! non-loopback clients over a real veth link into a network namespace the test creates.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
 
@@ -266,31 +265,7 @@ async fn reserved_paths_refuse_non_loopback_clients() {
     )
     .unwrap();
     let log_path = dir.path().join("stderr.log");
-    let mut daemon = ns
-        .command(env!("CARGO_BIN_EXE_secretproxy"))
-        .args(["serve", "--log-format", "json", "--listen", "0.0.0.0:0", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let port = loop {
-        let logs = std::fs::read_to_string(&log_path).unwrap();
-        if let Some(port) = logs
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|v| v["message"] == "listening")
-            .and_then(|v| v["address"].as_str()?.parse::<std::net::SocketAddr>().ok())
-            .map(|a| a.port())
-        {
-            break port;
-        }
-        assert!(Instant::now() < deadline, "daemon did not start:\n{logs}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (mut daemon, port) = ns.serve(&config, &log_path);
 
     let mut outputs = String::new();
     for path in ["/_secretproxy/health", "/_secretproxy/metrics"] {

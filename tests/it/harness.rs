@@ -569,6 +569,42 @@ impl Netns {
         command.args(["netns", "exec", &self.name, program]);
         command
     }
+
+    /// The built daemon serving `config` inside the namespace on every address (JSON logs at
+    /// info into `log_path`), once it has said which port it listens on: the child and the port.
+    #[allow(clippy::zombie_processes, reason = "the caller owns the child and waits for it")]
+    pub fn serve(&self, config: &std::path::Path, log_path: &std::path::Path) -> (std::process::Child, u16) {
+        use std::process::Stdio;
+        let mut daemon = self
+            .command(env!("CARGO_BIN_EXE_secretproxy"))
+            .args(["serve", "--log-format", "json", "--listen", "0.0.0.0:0", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log_path).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let logs = std::fs::read_to_string(log_path).unwrap_or_default();
+            if let Some(port) = logs
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["message"] == "listening")
+                .and_then(|v| v["address"].as_str()?.parse::<std::net::SocketAddr>().ok())
+                .map(|a| a.port())
+            {
+                return (daemon, port);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = daemon.kill();
+                let _ = daemon.wait();
+                panic!("daemon did not start:\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Netns {

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_norway::Value;
@@ -620,31 +620,7 @@ async fn probes_answer_the_pod_network_without_a_token() {
     )
     .unwrap();
     let log_path = root.path().join("stderr.log");
-    let mut daemon = Command::new("ip")
-        .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_secretproxy")])
-        .args(["serve", "--log-format", "json", "--listen", "0.0.0.0:0", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let port = loop {
-        let logs = std::fs::read_to_string(&log_path).unwrap();
-        if let Some(port) = logs
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|v| v["message"] == "listening")
-            .and_then(|v| v["address"].as_str()?.parse::<std::net::SocketAddr>().ok())
-            .map(|a| a.port())
-        {
-            break port;
-        }
-        assert!(Instant::now() < deadline, "daemon did not start:\n{logs}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (mut daemon, port) = ns.serve(&config, &log_path);
     let url = |path: &str| format!("http://{}:{port}{path}", ns.inner);
     let http = client();
     let mut bodies = String::new();

@@ -41,7 +41,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
-use crate::configkit::duration::{Zero, duration};
+use crate::configkit::duration::timeout_or;
 use crate::configkit::{ConfigError, Source};
 use crate::secrets::{SecretSource, SecretStore};
 use breaker::{Breaker, Gate, Health};
@@ -169,9 +169,8 @@ impl StateConfig {
             Some(name) => Some(name.get_ref().clone()),
             None => None,
         };
-        let limited = |value: &Option<toml::Spanned<String>>, key: &str, default| match value {
-            None => Ok(default),
-            Some(text) => duration(text, key, Zero::Refused, Some("e.g. \"50ms\", \"1s\""), source),
+        let limited = |value: &Option<toml::Spanned<String>>, key: &str, default| {
+            timeout_or(value.as_ref(), key, default, "e.g. \"50ms\", \"1s\"", source)
         };
         let ca = match &raw.ca_file {
             None => None,
