@@ -44,7 +44,7 @@ pub type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 /// How long an idle connection may wait in the pool.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Idle HTTP/1.1 connections kept per upstream; more are closed when they come back.
+/// Idle HTTP/1.1 connections kept per upstream and worker; more are closed when they come back.
 const MAX_IDLE: usize = 64;
 
 /// Installs ring as rustls's process-wide crypto provider; must run before any client is built.
@@ -324,8 +324,25 @@ impl std::fmt::Debug for Upstream {
 
 #[derive(Default)]
 struct Pool {
-    idle: Vec<(http1::SendRequest<UpstreamBody>, Instant)>,
+    /// Idle HTTP/1.1 connections by the worker whose runtime drives them (see [`set_worker`]):
+    /// a request takes one of its own worker's, so no wake-up crosses threads.
+    idle: Vec<Vec<(http1::SendRequest<UpstreamBody>, Instant)>>,
     h2: Option<http2::SendRequest<UpstreamBody>>,
+}
+
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks this thread as serving worker `n` (a single-threaded runtime of its own, see
+/// `daemon::server`): upstream connections it opens stay in that worker's part of each pool.
+/// Threads never marked share part 0.
+pub fn set_worker(n: usize) {
+    WORKER.with(|worker| worker.set(n));
+}
+
+fn worker() -> usize {
+    WORKER.with(std::cell::Cell::get)
 }
 
 enum Sender {
@@ -390,7 +407,7 @@ impl Upstream {
                     }
                     match sender.try_send_request(request).await {
                         Ok(response) => {
-                            let back = Some((self.clone(), sender));
+                            let back = Some((self.clone(), sender, worker()));
                             return Ok(response.map(|body| PooledBody { inner: body, back }));
                         }
                         Err(mut failed) => match failed.take_message() {
@@ -423,8 +440,9 @@ impl Upstream {
             }
             pool.h2 = None;
         }
+        let idle = pool.idle.get_mut(worker())?;
         // Most recently used first: the one least likely to have been closed by the upstream.
-        while let Some((sender, since)) = pool.idle.pop() {
+        while let Some((sender, since)) = idle.pop() {
             if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
                 return Some(Sender::H1(sender, None));
             }
@@ -432,10 +450,14 @@ impl Upstream {
         None
     }
 
-    fn give_back(&self, sender: http1::SendRequest<UpstreamBody>) {
+    fn give_back(&self, sender: http1::SendRequest<UpstreamBody>, worker: usize) {
         let mut pool = self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if pool.idle.len() < MAX_IDLE {
-            pool.idle.push((sender, Instant::now()));
+        if pool.idle.len() <= worker {
+            pool.idle.resize_with(worker + 1, Vec::new);
+        }
+        let idle = &mut pool.idle[worker];
+        if idle.len() < MAX_IDLE {
+            idle.push((sender, Instant::now()));
         }
     }
 
@@ -570,7 +592,8 @@ impl Upstream {
 /// A response body that hands its HTTP/1.1 connection back to the pool once read to the end.
 pub struct PooledBody {
     inner: Incoming,
-    back: Option<(Arc<Upstream>, http1::SendRequest<UpstreamBody>)>,
+    /// The pool, the connection, and the worker whose part of the pool it goes back to.
+    back: Option<(Arc<Upstream>, http1::SendRequest<UpstreamBody>, usize)>,
 }
 
 impl Body for PooledBody {
@@ -599,8 +622,8 @@ impl Body for PooledBody {
 
 impl PooledBody {
     fn release(&mut self) {
-        if let Some((upstream, sender)) = self.back.take() {
-            upstream.give_back(sender);
+        if let Some((upstream, sender, worker)) = self.back.take() {
+            upstream.give_back(sender, worker);
         }
     }
 }

@@ -32,23 +32,33 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         return Err(config::ConfigError::Listen(message).into());
     }
 
-    // One worker: a current-thread runtime (no work stealing, no cross-thread wake-ups), also
-    // when the process may only use one CPU (taskset, a cgroup quota); more: tokio's
-    // multi-thread scheduler with one worker per usable core.
-    let threads = std::env::var("SECRETPROXY_WORKER_THREADS")
+    // One worker per usable core (fewer under `taskset` or a CPU quota), each a single-threaded
+    // runtime with its own accept loop on the shared socket (see `server::serve`): measured
+    // faster than tokio's work-stealing scheduler with as many workers (README, Performance).
+    // `SECRETPROXY_RUNTIME=shared` selects that scheduler instead, for comparison.
+    let workers = std::env::var("SECRETPROXY_WORKER_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|n| *n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-    let mut runtime = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
+    let shared = workers > 1 && std::env::var("SECRETPROXY_RUNTIME").is_ok_and(|v| v == "shared");
+    let mut runtime = if shared {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(threads);
+        builder.worker_threads(workers);
         builder
+    } else {
+        tokio::runtime::Builder::new_current_thread()
     };
     let runtime = runtime.enable_all().build().context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, text, Arc::new(SystemStore), path, file_listen))
+    let accept_loops = if shared { 1 } else { workers };
+    runtime.block_on(serve(
+        config,
+        text,
+        Arc::new(SystemStore),
+        path,
+        file_listen,
+        accept_loops,
+    ))
 }
 
 async fn serve(
@@ -57,6 +67,7 @@ async fn serve(
     store: Arc<dyn SecretStore>,
     path: std::path::PathBuf,
     file_listen: Option<std::net::SocketAddr>,
+    workers: usize,
 ) -> anyhow::Result<()> {
     let listen = config.server.listen;
     let drain = config.server.shutdown_timeout;
@@ -106,7 +117,7 @@ async fn serve(
         notify::stopping();
         shutdown::delay(&draining).await;
     };
-    server::serve(listener, Arc::new(Proxy::new(live)), shutdown, drain).await;
+    server::serve(listener, Arc::new(Proxy::new(live)), shutdown, drain, workers).await?;
     crate::pipeline::access::flush();
     if let Some(watchdog) = watchdog {
         watchdog.abort();

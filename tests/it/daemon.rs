@@ -156,3 +156,65 @@ async fn single_worker_runtime_serves_reloads_and_stops() {
     assert!(status.success(), "{logs}");
     assert_no_secret(&logs, &[ENV_SECRET], "daemon logs");
 }
+
+/// Each worker keeps its own idle upstream connections: a request takes only a connection that
+/// its own worker's runtime drives (no wake-up crosses threads), and each worker reuses its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_reuses_its_own_upstream_connections() {
+    use http_body_util::BodyExt;
+    let upstream = Upstream::echo().await;
+    let base = url::Url::parse(&upstream.url()).unwrap();
+    let pool = secretproxy::upstream::Upstreams::default()
+        .for_origin(&base, None, std::time::Duration::from_secs(5))
+        .unwrap();
+    // Two workers, each a thread with a single-threaded runtime that stays up until the end;
+    // `turn` tells a worker to send one request, `done` reports the status it got.
+    let worker = |n: usize| {
+        let pool = pool.clone();
+        let (turn, mut turns) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (report, done) = std::sync::mpsc::channel::<u16>();
+        let thread = std::thread::spawn(move || {
+            secretproxy::upstream::set_worker(n);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                while turns.recv().await.is_some() {
+                    let body: secretproxy::upstream::UpstreamBody =
+                        http_body_util::Empty::new().map_err(|never| match never {}).boxed();
+                    let response = pool
+                        .send(http::uri::PathAndQuery::from_static("/x"), http::Request::new(body))
+                        .await
+                        .unwrap();
+                    let status = response.status().as_u16();
+                    response.into_body().collect().await.unwrap();
+                    report.send(status).unwrap();
+                }
+            });
+        });
+        (turn, done, thread)
+    };
+    let (first, first_done, first_thread) = worker(0);
+    let (second, second_done, second_thread) = worker(1);
+    let connections = || upstream.connections.load(std::sync::atomic::Ordering::SeqCst);
+    let ask = |turn: &tokio::sync::mpsc::UnboundedSender<()>, done: &std::sync::mpsc::Receiver<u16>| {
+        turn.send(()).unwrap();
+        assert_eq!(done.recv_timeout(std::time::Duration::from_secs(10)).unwrap(), 200);
+    };
+    for _ in 0..3 {
+        ask(&first, &first_done);
+    }
+    assert_eq!(connections(), 1, "worker 0 reuses its connection");
+    // Worker 0's connection is idle and alive, but worker 1 opens its own.
+    for _ in 0..3 {
+        ask(&second, &second_done);
+    }
+    assert_eq!(connections(), 2, "worker 1 keeps a connection of its own");
+    ask(&first, &first_done);
+    assert_eq!(connections(), 2, "worker 0 still has its own");
+    drop((first, second));
+    first_thread.join().unwrap();
+    second_thread.join().unwrap();
+    assert_eq!(upstream.received().len(), 7);
+}

@@ -186,7 +186,7 @@ pub struct TestProxy {
     pub secrets: BTreeMap<String, String>,
     pub dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 /// Builds a [`TestProxy`]: secrets become files in a temp dir, declared ahead of the routes.
@@ -253,6 +253,7 @@ impl ProxyBuilder {
                 let _ = stopped.await;
             },
             Duration::from_secs(5),
+            1,
         ));
         TestProxy {
             addr,
@@ -279,7 +280,7 @@ impl TestProxy {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            task.await.unwrap();
+            task.await.unwrap().unwrap();
         }
     }
 }

@@ -353,6 +353,70 @@ async fn sigterm_lets_a_slow_stream_finish_then_exits_0() {
     assert_no_secret(&logs, &[SECRET], "daemon logs");
 }
 
+/// Several workers (by default one single-threaded runtime per core, each accepting on the shared
+/// socket) serve every connection, and SIGTERM drains the streams in flight on all of them; the
+/// work-stealing runtime (`SECRETPROXY_RUNTIME=shared`, kept for comparison) does the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_serve_every_connection_and_drain_on_sigterm() {
+    for runtime in ["per-core", "shared"] {
+        let upstream = slow_upstream(4, Duration::from_millis(200)).await;
+        let daemon = Daemon::start(
+            &slow_config(&upstream, ""),
+            &[
+                ("TEST_RELOAD_KEY", SECRET),
+                ("SECRETPROXY_WORKER_THREADS", "3"),
+                ("SECRETPROXY_RUNTIME", runtime),
+            ],
+        );
+        // The worker threads name themselves as they start.
+        let pid = daemon.child.id();
+        let names = || -> Vec<String> {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .collect()
+        };
+        let workers = |names: &[String]| names.iter().filter(|name| name.starts_with("secretproxy-wor")).count();
+        let want = if runtime == "per-core" { 2 } else { 0 };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while workers(&names()) != want && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(workers(&names()), want, "{runtime}: {:?}", names());
+
+        // Six streams, each on a connection of its own, all open at once.
+        let mut streams = Vec::new();
+        for _ in 0..6 {
+            let mut response = client().get(daemon.url("/slow")).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{runtime}");
+            let first = response.chunk().await.unwrap().unwrap();
+            streams.push((response, first.to_vec()));
+        }
+        daemon.signal("TERM");
+        daemon.wait_for_log("shutting down", 1, Duration::from_secs(5));
+        assert!(client().get(daemon.url("/slow")).send().await.is_err(), "{runtime}");
+        let expected: String = (0..4).map(|i| format!("chunk {i}\n")).collect();
+        for (mut response, mut body) in streams {
+            while let Some(chunk) = response.chunk().await.unwrap() {
+                body.extend_from_slice(&chunk);
+            }
+            assert_eq!(String::from_utf8(body).unwrap(), expected, "{runtime}");
+        }
+        let (status, logs) = daemon.wait(Duration::from_secs(10));
+        assert_eq!(status.code(), Some(0), "{runtime}: {logs}");
+        assert!(logs.contains("all connections drained"), "{runtime}: {logs}");
+        assert_no_secret(&logs, &[SECRET], "daemon logs");
+        let received = upstream.received();
+        assert_eq!(received.len(), 6, "{runtime}");
+        let bearer = format!("Bearer {SECRET}");
+        assert!(
+            received
+                .iter()
+                .all(|r| r.header("authorization") == Some(bearer.as_str()))
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_timeout_bounds_the_drain_and_a_second_signal_exits_at_once() {
     // The deadline: a stream that would run 30 s is cut after the configured 1 s; exit 0.
