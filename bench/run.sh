@@ -9,6 +9,9 @@
 #   bench/run.sh --upload     peak RSS of each proxy while a 1 GiB body streams through it
 #   bench/run.sh --store      added latency of the shared store ([state], a local redis-server):
 #                             no rate limit vs an in-process one vs a shared one, p50/p99
+#   bench/run.sh --runtimes   several workers on every core: secretproxy's per-core workers (the
+#                             default) vs tokio's work-stealing runtime (SECRETPROXY_RUNTIME=shared)
+#                             vs nginx with as many worker processes; HTTP and TLS upstream
 #   bench/run.sh --no-logged  skip the targets with access logging on
 #   bench/run.sh --no-tls     skip the targets with a TLS upstream
 #   bench/run.sh --nginx-only skip secretproxy (tests the harness without a build)
@@ -30,6 +33,8 @@
 #   BENCH_TLS            1 = also run both proxies against the TLS upstream [1]
 #   BENCH_UPSTREAM_H2    1 = the TLS upstream also offers h2 by ALPN (secretproxy then speaks h2 to
 #                        it; nginx's proxy_pass speaks HTTP/1.1 only) [0]
+#   BENCH_TLS_PROTOCOLS  TLS versions the upstream offers and nginx's proxy_ssl may use
+#                        ["TLSv1.2 TLSv1.3"; nginx 1.22's default leaves TLS 1.3 out]
 #   BENCH_NGINX_LOG_BUFFER  e.g. 32k: nginx's access_log gets buffer=<size> flush=500ms, like
 #                        secretproxy's buffered writer [empty: one write per line, nginx's default]
 #   BENCH_PROXY_CPUS     cpu list for the proxies [0]      BENCH_LOAD_CPUS    cpu list for wrk/curl [1]
@@ -44,6 +49,9 @@
 #   BENCH_QUIET_PCT      other processes may use this % of one core during a run [15]; before each
 #                        run wait up to BENCH_QUIET_WAIT s [120] for that, redo a disturbed run
 #                        up to BENCH_RETRIES times [2; quick 0]
+#   BENCH_WORKERS        --runtimes: workers per proxy [the number of CPUs]; that mode pins nothing
+#                        (every process may use every CPU) unless the BENCH_*_CPUS say otherwise,
+#                        and its wrk defaults to as many threads and 64 connections
 #   BENCH_MUST_HTTP      "min-req/s-ratio max-cpu-ratio" for the verdict, HTTP upstream [0.8 1.3]
 #   BENCH_MUST_TLS       the same for the TLS upstream [1.0 1.0]
 #   BENCH_SP_ROUTE_EXTRA extra TOML lines for the secretproxy route [--upload: max-body = 2 x size]
@@ -61,6 +69,7 @@ for arg in "$@"; do
     --quick) QUICK=1 ;;
     --upload) MODE=upload ;;
     --store) MODE=store ;;
+    --runtimes) MODE=runtimes ;;
     --allocs) ALLOCS=1 ;;
     --perf) PERF=1 ;;
     --allocs-only) ALLOCS=1 MODE=allocs_only ;;
@@ -77,6 +86,11 @@ if [[ $QUICK == 1 ]]; then
   : "${BENCH_RETRIES:=0}" "${BENCH_ALLOC_REQUESTS:=500}" "${BENCH_ALLOC_WARMUP:=100}"
   : "${BENCH_UPLOAD_SIZE:=268435456}"
 fi
+if [[ $MODE == runtimes ]]; then
+  WORKERS=${BENCH_WORKERS:-$(getconf _NPROCESSORS_ONLN)}
+  : "${BENCH_PROXY_CPUS:=0-$(($(getconf _NPROCESSORS_ONLN) - 1))}" "${BENCH_LOAD_CPUS:=$BENCH_PROXY_CPUS}"
+  : "${BENCH_THREADS:=$WORKERS}" "${BENCH_CONNECTIONS:=64}"
+fi
 DURATION=${BENCH_DURATION:-10}
 ROUNDS=${BENCH_ROUNDS:-3}
 WARMUP=${BENCH_WARMUP:-3}
@@ -86,6 +100,7 @@ LAT_DURATION=${BENCH_LAT_DURATION:-5}
 LOGGED=${BENCH_LOGGED:-1}
 TLS=${BENCH_TLS:-1}
 UPSTREAM_H2=${BENCH_UPSTREAM_H2:-0}
+TLS_PROTOCOLS=${BENCH_TLS_PROTOCOLS:-TLSv1.2 TLSv1.3}
 NGINX_LOG_BUFFER=${BENCH_NGINX_LOG_BUFFER:-}
 PROXY_CPUS=${BENCH_PROXY_CPUS:-0}
 LOAD_CPUS=${BENCH_LOAD_CPUS:-1}
@@ -123,6 +138,8 @@ declare -A PORT=(
   [secretproxy-limit]=$((PORT_BASE + 712)) # 18792  --store: in-process rate limit
   [secretproxy-store]=$((PORT_BASE + 713)) # 18793  --store: the same limit in redis
   [redis]=$((PORT_BASE + 714))             # 18794  --store: redis-server, no persistence
+  [secretproxy-shared]=$((PORT_BASE + 715))     # 18795  --runtimes: the work-stealing runtime
+  [secretproxy-tls-shared]=$((PORT_BASE + 716)) # 18796
 )
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -361,7 +378,7 @@ start_nginx() { # name conf-body cpus [master_process on|off]
   {
     [[ $(id -u) == 0 && ${4:-on} == on ]] && echo "user root;"   # workers must reach the temp dir
     cat <<EOF
-worker_processes 1;
+worker_processes ${NGINX_WORKERS:-1};
 daemon off;
 master_process ${4:-on};
 pid $prefix/nginx.pid;
@@ -408,6 +425,7 @@ start_upstream_nginx() {
         listen 127.0.0.1:${PORT[upstream-tls]} ssl backlog=4096$( ((UPSTREAM_H2 == 1)) && echo ' http2' || true);
         ssl_certificate     $TLS_DIR/server.pem;
         ssl_certificate_key $TLS_DIR/server.key;
+        ssl_protocols       $TLS_PROTOCOLS;
         ssl_session_cache   shared:bench:1m;
         ssl_session_timeout 1h;
 $(upstream_location)
@@ -446,7 +464,8 @@ start_nginx_proxy() { # name access-log(off|on) upstream(http|tls) [master_proce
             proxy_ssl_verify_depth 2;
             proxy_ssl_name localhost;
             proxy_ssl_server_name off;
-            proxy_ssl_session_reuse on;"
+            proxy_ssl_session_reuse on;
+            proxy_ssl_protocols $TLS_PROTOCOLS;"
   fi
   start_nginx "$1" "
     $access
@@ -494,7 +513,8 @@ $ca
 ${BENCH_SP_ROUTE_EXTRA:-}
 EOF
   port_in_use "$port" && die "port $port is already in use"
-  local -a env=(-u RUST_LOG BENCH_TOKEN="$TOKEN" SECRETPROXY_WORKER_THREADS=1)
+  local -a env=(-u RUST_LOG BENCH_TOKEN="$TOKEN" SECRETPROXY_WORKER_THREADS="${SP_WORKERS:-1}")
+  [[ -n ${SP_RUNTIME:-} ]] && env+=(SECRETPROXY_RUNTIME="$SP_RUNTIME")
   [[ -n $2 ]] && env+=(RUST_LOG="$2")
   env "${env[@]}" taskset -c "$PROXY_CPUS" "${WRAP[@]}" "$SECRETPROXY_BIN" serve --config "$dir/proxy.toml" \
     >"$LOGS/$name.log" 2>&1 &
@@ -585,7 +605,7 @@ machine_info() {
   cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
   kernel=$(uname -sr)
   echo "- Machine: $(nproc) CPUs ($cpu), $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, $kernel"
-  echo "- nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'); wrk: $("$WRK" -v 2>&1 | head -n1 | awk '{print $2}')$( ((TLS == 1)) && echo "; $(openssl version | awk '{print $1, $2}')")"
+  echo "- nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'); wrk: $("$WRK" -v 2>&1 | head -n1 | awk '{print $2}')$( ((TLS == 1)) && echo "; $(openssl version | awk '{print $1, $2}'); TLS upstream offers $TLS_PROTOCOLS")"
   if [[ $NGINX_ONLY == 0 ]]; then
     sp_ver=$("$SECRETPROXY_BIN" --version 2>/dev/null | head -n1) || sp_ver="(no --version)"
     head="(not a git checkout)"
@@ -1156,6 +1176,59 @@ on-error = \"deny\"" start_secretproxy secretproxy-store warn http
         "$(fmt_us "$(awk -v a="$p50" -v b="$base50" 'BEGIN {printf "%.1f", a - b}')")" \
         "$(fmt_us "$(awk -v a="$p99" -v b="$base99" 'BEGIN {printf "%.1f", a - b}')")" \
         "$(fmt_int "$rps")" "$(fmt_us "$lp99")" "$bad"
+    done
+    echo
+    machine_info
+  }
+  emit report
+}
+
+runtimes() {
+  start_upstream_nginx
+  local -a targets=() ups=(http)
+  ((TLS == 1)) && ups+=(tls)
+  local up sfx t r res=$OUT/runtimes.tsv
+  for up in "${ups[@]}"; do
+    sfx=$([[ $up == tls ]] && echo -tls || true)
+    NGINX_WORKERS=$WORKERS start_nginx_proxy "nginx$sfx" off "$up"
+    SP_WORKERS=$WORKERS start_secretproxy "secretproxy$sfx" warn "$up"
+    SP_WORKERS=$WORKERS SP_RUNTIME=shared start_secretproxy "secretproxy$sfx-shared" warn "$up"
+    LABEL[nginx$sfx]="nginx, $WORKERS worker processes, $up upstream"
+    LABEL[secretproxy$sfx]="secretproxy, $WORKERS per-core workers (default), $up upstream"
+    LABEL[secretproxy$sfx-shared]="secretproxy, work-stealing runtime ($WORKERS threads), $up upstream"
+    targets+=("nginx$sfx" "secretproxy$sfx" "secretproxy$sfx-shared")
+  done
+  for t in "${targets[@]}"; do
+    URL[$t]="http://127.0.0.1:${PORT[$t]}/api/bench/item"
+    check_route "$t" "${URL[$t]}"
+  done
+  : >"$res"
+  for r in $(seq 1 "$ROUNDS"); do
+    for t in "${targets[@]}"; do
+      wait_quiet
+      log "runtimes round $r/$ROUNDS: $t"
+      run_wrk "$t" "${URL[$t]}" "$CONNS" "$WARMUP" "$OUT/warm.$t" >/dev/null
+      echo "$t $(run_wrk "$t" "${URL[$t]}" "$CONNS" "$DURATION" "$OUT/load.$t.$r")" >>"$res"
+    done
+  done
+  report() {
+    echo "### Several workers (--runtimes)"
+    echo
+    echo "Each proxy with $WORKERS workers on CPUs $PROXY_CPUS, sharing them with wrk (-t$THREADS -c$CONNS) and the"
+    echo "upstream; medians of $ROUNDS interleaved rounds of $DURATION s. Ratios against nginx with as many workers."
+    echo
+    echo "| target | req/s | CPU µs/req | p99 | req/s vs nginx | CPU vs nginx | errors |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    # runtimes.tsv: 1 target 2 req 3 rps 4 p50 5 p99 6 bad 7 ticks ...
+    local rps cpu p99 bad base_rps base_cpu
+    for t in "${targets[@]}"; do
+      rps=$(awk -v t="$t" '$1 == t {print $3}' "$res" | median)
+      cpu=$(awk -v t="$t" -v k="$CLK_TCK" '$1 == t && $2 > 0 {printf "%.2f\n", $7 / k * 1e6 / $2}' "$res" | median)
+      p99=$(awk -v t="$t" '$1 == t {print $5}' "$res" | median)
+      bad=$(awk -v t="$t" '$1 == t {n += $6} END {print n + 0}' "$res")
+      [[ $t == nginx* ]] && { base_rps=$rps; base_cpu=$cpu; }
+      printf '| %s | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$t]}" "$(fmt_int "$rps")" "$cpu" "$(fmt_us "$p99")" \
+        "$(ratio "$rps" "$base_rps")" "$(ratio "$cpu" "$base_cpu")" "$bad"
     done
     echo
     machine_info
