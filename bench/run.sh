@@ -1184,6 +1184,7 @@ on-error = \"deny\"" start_secretproxy secretproxy-store warn http
 }
 
 runtimes() {
+  ((TLS == 1)) && make_tls
   start_upstream_nginx
   local -a targets=() ups=(http)
   ((TLS == 1)) && ups+=(tls)
