@@ -4,9 +4,9 @@
 //! test, `layering`), so there is no cycle between them. From the top:
 //!
 //! - [`cli`] holds the command-line types, [`commands`] one module per subcommand.
-//! - [`daemon`]: the process — accept loop and framing sniffer ([`daemon::server`],
-//!   [`daemon::framing`]), live reload ([`daemon::reload`]), systemd ([`daemon::notify`]),
-//!   shutdown and logging setup.
+//! - [`daemon`]: the process — per-core workers with their accept loops ([`daemon::server`]), the
+//!   framing sniffer ([`daemon::framing`]), live reload ([`daemon::reload`]), systemd
+//!   ([`daemon::notify`]), shutdown and logging setup.
 //! - [`pipeline`]: the request path. [`pipeline::Proxy::handle`] runs every request through one
 //!   fixed order of phases — dispatch (guard, admin, preflight, webhook, route, static site) →
 //!   route guard → validate → limit → secrets → inject → send → scrub → transform → response

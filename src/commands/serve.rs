@@ -34,7 +34,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     // One worker per usable core (fewer under `taskset` or a CPU quota), each a single-threaded
     // runtime with its own accept loop on the shared socket (see `server::serve`): measured
-    // faster than tokio's work-stealing scheduler with as many workers (README, Performance).
+    // faster than tokio's work-stealing scheduler with as many workers (README: Performance).
     // `SECRETPROXY_RUNTIME=shared` selects that scheduler instead, for comparison.
     let workers = std::env::var("SECRETPROXY_WORKER_THREADS")
         .ok()

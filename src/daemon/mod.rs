@@ -1,5 +1,6 @@
-//! The process around the pipeline: the accept loop and its framing sniffer, live reload,
-//! systemd notification, shutdown and logging setup (the metrics registry is the pipeline's).
+//! The process around the pipeline: the per-core workers and their accept loops, the framing
+//! sniffer, live reload, systemd notification, shutdown and logging setup (the metrics registry
+//! is the pipeline's).
 
 pub mod framing;
 pub mod notify;
