@@ -117,7 +117,9 @@ async fn serve(
         notify::stopping();
         shutdown::delay(&draining).await;
     };
-    server::serve(listener, Arc::new(Proxy::new(live)), shutdown, drain, workers).await?;
+    server::serve(listener, Arc::new(Proxy::new(live)), shutdown, drain, workers)
+        .await
+        .context("cannot share the listening socket with the workers")?;
     crate::pipeline::access::flush();
     if let Some(watchdog) = watchdog {
         watchdog.abort();
