@@ -188,6 +188,37 @@ async fn connections_over_the_cap_get_503_and_the_daemon_recovers() {
     assert_eq!(response.status(), 200);
 }
 
+/// The connection cap holds for the whole daemon, not per worker: with three workers accepting
+/// on the socket, two open connections (wherever they landed) fill a cap of two.
+#[tokio::test]
+async fn the_connection_cap_is_shared_by_every_worker() {
+    let upstream = Upstream::echo().await;
+    let config = format!(
+        "[server]\nmax-connections = 2\n[routes.api]\npath = \"/api/{{*rest}}\"\nupstream = \"{}/{{rest}}\"\n",
+        upstream.url()
+    );
+    let daemon = Daemon::start(&config, &[("SECRETPROXY_WORKER_THREADS", "3")]);
+    let _first = TcpStream::connect(daemon.addr).await.unwrap();
+    let _second = TcpStream::connect(daemon.addr).await.unwrap();
+    let request = format!("GET /api/x HTTP/1.1\r\nHost: {}\r\n\r\n", daemon.addr);
+    // The two may still be waiting to be accepted: ask until the cap answers (a cap per worker
+    // never would: three workers take three connections each).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let response = loop {
+        let (response, closed) = raw(daemon.addr, request.as_bytes(), Duration::from_secs(5)).await;
+        if status(&response) == 503 || Instant::now() > deadline {
+            assert!(closed);
+            break response;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status(&response), 503, "{response}");
+    assert_eq!(code(&response), "too_many_connections");
+    let (status_code, logs) = daemon.terminate();
+    assert!(status_code.success(), "{logs}");
+    assert!(logs.contains("too many open connections"), "{logs}");
+}
+
 #[tokio::test]
 async fn an_upstream_that_echoes_the_secret_is_redacted_even_across_chunks() {
     let upstream = Upstream::start(|request: Recorded| async move {
