@@ -524,6 +524,14 @@ EOF
   wait_listening "$!" "$port" "$name" "$( ((${#WRAP[@]})) && echo 1200 || echo 100)"
 }
 
+check_targets() { # target... : set each URL to the bench route and check it answers
+  local t
+  for t in "$@"; do
+    URL[$t]="http://127.0.0.1:${PORT[$t]}/api/bench/item"
+    check_route "$t" "${URL[$t]}"
+  done
+}
+
 check_route() { # name url -> the proxy answers 200 with the upstream's body
   local code
   code=$(curl -s -o "$OUT/check.out" -w '%{http_code}' "$2") || true
@@ -1138,10 +1146,7 @@ on-error = \"deny\"" start_secretproxy secretproxy-store warn http
   LABEL[secretproxy-limit]="rate limit, in process"
   LABEL[secretproxy-store]="rate limit, shared (redis)"
   local t r res=$OUT/store.tsv
-  for t in "${targets[@]}"; do
-    URL[$t]="http://127.0.0.1:${PORT[$t]}/api/bench/item"
-    check_route "$t" "${URL[$t]}"
-  done
+  check_targets "${targets[@]}"
   : >"$res"
   for r in $(seq 1 "$ROUNDS"); do
     for t in "${targets[@]}"; do
@@ -1199,10 +1204,7 @@ runtimes() {
     LABEL[secretproxy$sfx-shared]="secretproxy, work-stealing runtime ($WORKERS threads), $up upstream"
     targets+=("nginx$sfx" "secretproxy$sfx" "secretproxy$sfx-shared")
   done
-  for t in "${targets[@]}"; do
-    URL[$t]="http://127.0.0.1:${PORT[$t]}/api/bench/item"
-    check_route "$t" "${URL[$t]}"
-  done
+  check_targets "${targets[@]}"
   : >"$res"
   for r in $(seq 1 "$ROUNDS"); do
     for t in "${targets[@]}"; do
