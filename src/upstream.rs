@@ -513,7 +513,7 @@ impl Upstream {
                     Ok(Sender::H2(sender))
                 } else {
                     self.http1_only.store(true, std::sync::atomic::Ordering::Relaxed);
-                    self.handshake_h1(tls).await
+                    self.handshake_h1(QuietTls(tls)).await
                 }
             }
         }
@@ -586,6 +586,57 @@ impl Upstream {
             }
         };
         Ok((io, self.host_header.clone()))
+    }
+}
+
+/// A client TLS stream whose reads skip rustls while it cannot have anything to give.
+///
+/// hyper polls a pooled connection's read side on every wake-up of its task (about seven times
+/// per request, six of them with nothing to read). Through tokio-rustls each such poll runs
+/// rustls's record reader only to find the socket empty. Here a read returns `Pending` at once
+/// when rustls holds no plaintext (`wants_read`) and the socket has not become readable since a
+/// read last found it empty; the socket's readiness registers the waker as a read would.
+/// Anything else (data, EOF, an error, a partial record, a close) takes the ordinary path.
+struct QuietTls(tokio_rustls::client::TlsStream<TcpStream>);
+
+impl tokio::io::AsyncRead for QuietTls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let (tcp, session) = this.0.get_mut();
+        if session.wants_read() && tcp.poll_read_ready(cx).is_pending() {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for QuietTls {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 }
 

@@ -520,3 +520,157 @@ async fn example_config_is_valid() {
     assert!(!config.routes.is_empty());
     assert!(!config.secrets.is_empty());
 }
+
+/// Writes at most 16 bytes at a time with a pause after each, so TLS records reach the reader
+/// split across many TCP segments.
+struct Trickle {
+    tcp: tokio::net::TcpStream,
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl tokio::io::AsyncRead for Trickle {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Trickle {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Some(pause) = self.pause.as_mut() {
+            std::task::ready!(pause.as_mut().poll(cx));
+            self.pause = None;
+        }
+        let size = buf.len().min(16);
+        let written = std::task::ready!(std::pin::Pin::new(&mut self.tcp).poll_write(cx, &buf[..size]))?;
+        self.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(1))));
+        std::task::Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// A TLS upstream that trickles its bytes (records split across TCP segments, a chunked body
+/// with pauses) and then closes its idle keep-alive connection: the upstream client reads each
+/// record as it completes, notices the close while the connection sits in the pool (and closes
+/// its own side), and the next request goes on a fresh connection.
+#[tokio::test]
+async fn a_trickling_tls_upstream_is_read_to_the_end_and_its_close_is_noticed() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    secretproxy::upstream::install_crypto_provider();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, cert.cert.pem()).unwrap();
+    let key = tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+    let tls = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (heads, mut seen) = mpsc::unbounded_channel::<String>();
+    let (ended, mut closed) = mpsc::unbounded_channel::<bool>();
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tcp.set_nodelay(true).unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, heads, ended) = (acceptor.clone(), heads.clone(), ended.clone());
+            tokio::spawn(async move {
+                let mut tls = acceptor.accept(Trickle { tcp, pause: None }).await.unwrap();
+                let mut buffer = Vec::new();
+                for _ in 0..2 {
+                    while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 512];
+                        let n = tls.read(&mut chunk).await.unwrap();
+                        if n == 0 {
+                            return;
+                        }
+                        buffer.extend_from_slice(&chunk[..n]);
+                    }
+                    let end = buffer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let head: Vec<u8> = buffer.drain(..end).collect();
+                    heads.send(String::from_utf8(head).unwrap()).unwrap();
+                    tls.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                        .await
+                        .unwrap();
+                    tls.flush().await.unwrap();
+                    for part in 0..3 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        tls.write_all(format!("7\r\npart {part}\n\r\n").as_bytes())
+                            .await
+                            .unwrap();
+                        tls.flush().await.unwrap();
+                    }
+                    tls.write_all(b"0\r\n\r\n").await.unwrap();
+                    tls.flush().await.unwrap();
+                }
+                // Closes the idle connection (close_notify, then FIN), then waits for the
+                // client to close its side.
+                tls.shutdown().await.unwrap();
+                let mut rest = [0u8; 64];
+                let closed_by_client = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut rest))
+                    .await
+                    .is_ok();
+                ended.send(closed_by_client).unwrap();
+            });
+        }
+    });
+    let proxy = TestProxy::builder()
+        .secret("k", SECRET)
+        .toml(&format!(
+            "[routes.slow]\npath = \"/slow\"\nupstream = \"https://localhost:{port}/t\"\nca-file = {:?}\nauth = {{ bearer = \"k\" }}\n",
+            ca_path.display().to_string()
+        ))
+        .start()
+        .await;
+    let client = client();
+    for _ in 0..2 {
+        let response = client.get(proxy.url("/slow")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "part 0\npart 1\npart 2\n");
+        let head = seen.recv().await.unwrap();
+        assert!(head.starts_with("GET /t HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains(&format!("authorization: Bearer {SECRET}\r\n")), "{head}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the second request reused the connection"
+    );
+    assert!(
+        closed.recv().await.unwrap(),
+        "the proxy never closed its side of the connection the upstream closed"
+    );
+    let response = client.get(proxy.url("/slow")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert_eq!(body, "part 0\npart 1\npart 2\n");
+    assert_no_secret(&body, &[SECRET], "response body");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "a fresh connection after the close");
+}
