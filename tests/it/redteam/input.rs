@@ -192,28 +192,39 @@ async fn connections_over_the_cap_get_503_and_the_daemon_recovers() {
 /// on the socket, two open connections (wherever they landed) fill a cap of two.
 #[tokio::test]
 async fn the_connection_cap_is_shared_by_every_worker() {
+    use tokio::io::AsyncReadExt;
     let upstream = Upstream::echo().await;
     let config = format!(
         "[server]\nmax-connections = 2\n[routes.api]\npath = \"/api/{{*rest}}\"\nupstream = \"{}/{{rest}}\"\n",
         upstream.url()
     );
     let daemon = Daemon::start(&config, &[("SECRETPROXY_WORKER_THREADS", "3")]);
-    let _first = TcpStream::connect(daemon.addr).await.unwrap();
-    let _second = TcpStream::connect(daemon.addr).await.unwrap();
     let request = format!("GET /api/x HTTP/1.1\r\nHost: {}\r\n\r\n", daemon.addr);
-    // The two may still be waiting to be accepted: ask until the cap answers (a cap per worker
-    // never would: three workers take three connections each).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let response = loop {
-        let (response, closed) = raw(daemon.addr, request.as_bytes(), Duration::from_secs(5)).await;
-        if status(&response) == 503 || Instant::now() > deadline {
-            assert!(closed);
-            break response;
+    // Two connections, each answered once and kept open: both hold their place under the cap.
+    // (Connections arriving at the same moment may take their places in any order, since each
+    // worker accepts on its own thread; one after the other they cannot.)
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(daemon.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        while !String::from_utf8_lossy(&answer).contains("\"target\"") {
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&chunk[..n]);
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        assert_eq!(status(&String::from_utf8_lossy(&answer)), 200);
+        open.push(stream);
+    }
+    let (response, closed) = raw(daemon.addr, request.as_bytes(), Duration::from_secs(5)).await;
     assert_eq!(status(&response), 503, "{response}");
     assert_eq!(code(&response), "too_many_connections");
+    assert!(closed);
+    drop(open);
     let (status_code, logs) = daemon.terminate();
     assert!(status_code.success(), "{logs}");
     assert!(logs.contains("too many open connections"), "{logs}");
