@@ -158,6 +158,10 @@ fn spawn_workers(
 async fn accept(listener: TcpListener, shared: Arc<Shared>, mut quitting: watch::Receiver<bool>) {
     loop {
         let (stream, peer) = tokio::select! {
+            // Once told to stop, a loop accepts nothing more, even a connection already waiting:
+            // it stays in the backlog and is refused when the last copy of the socket closes.
+            biased;
+            () = quit_asked(&mut quitting) => return,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
@@ -167,7 +171,6 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>, mut quitting: watch:
                     continue;
                 }
             },
-            () = quit_asked(&mut quitting) => return,
         };
         let _ = stream.set_nodelay(true);
         let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
