@@ -353,18 +353,25 @@ async fn request_body_streams_to_the_upstream_intact() {
     assert_eq!(seen.header("content-length"), Some("8388608"));
 }
 
-#[tokio::test]
-async fn https_upstream_is_verified_and_ca_file_trusts_a_private_ca() {
+/// A self-signed certificate for `localhost`: the upstream's rustls server config, and the
+/// certificate as a PEM file in `dir` for the route's `ca-file`.
+fn localhost_tls(dir: &std::path::Path) -> (tokio_rustls::rustls::ServerConfig, std::path::PathBuf) {
     secretproxy::upstream::install_crypto_provider();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ca_path = dir.path().join("ca.pem");
+    let ca_path = dir.join("ca.pem");
     std::fs::write(&ca_path, cert.cert.pem()).unwrap();
     let key = tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
     let tls = tokio_rustls::rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(vec![cert.cert.der().clone()], key)
         .unwrap();
+    (tls, ca_path)
+}
+
+#[tokio::test]
+async fn https_upstream_is_verified_and_ca_file_trusts_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, ca_path) = localhost_tls(dir.path());
     let upstream = Upstream::start_tls(std::sync::Arc::new(tls), |_| async { text(200, "over tls") }).await;
     let port = upstream.addr.port();
     let proxy = TestProxy::builder()
@@ -399,17 +406,9 @@ async fn https_upstream_is_verified_and_ca_file_trusts_a_private_ca() {
 /// upstream that offers it by ALPN, multiplexing concurrent requests on one connection.
 #[tokio::test]
 async fn upstream_connections_are_reused_and_h2_is_used_when_offered() {
-    secretproxy::upstream::install_crypto_provider();
     let plain = Upstream::start(|_| async { text(200, "plain") }).await;
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, cert.cert.pem()).unwrap();
-    let key = tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
-    let mut tls = tokio_rustls::rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .unwrap();
+    let (mut tls, ca_path) = localhost_tls(dir.path());
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let h2 = Upstream::start_tls(std::sync::Arc::new(tls), |_| async { text(200, "over h2") }).await;
     let proxy = TestProxy::builder()
@@ -578,16 +577,8 @@ async fn a_trickling_tls_upstream_is_read_to_the_end_and_its_close_is_noticed() 
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    secretproxy::upstream::install_crypto_provider();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, cert.cert.pem()).unwrap();
-    let key = tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
-    let tls = tokio_rustls::rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .unwrap();
+    let (tls, ca_path) = localhost_tls(dir.path());
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
