@@ -285,6 +285,11 @@ impl TestProxy {
     }
 }
 
+/// The body of a plain GET of `url` (with [`client`]), whatever the status.
+pub async fn get_text(url: &str) -> String {
+    client().get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// A plain client that follows no redirects and uses no proxy.
 pub fn client() -> reqwest::Client {
     secretproxy::upstream::install_crypto_provider();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::Value;
 
-use crate::harness::{Daemon, assert_no_secret, client};
+use crate::harness::{Daemon, assert_no_secret, client, get_text};
 use crate::oauth2::{AuthServer, CLIENT_ID, CLIENT_SECRET};
 use crate::store::{Balancer, Redis, free_port, lb_client, served};
 
@@ -104,6 +104,26 @@ async fn wave(http: &reqwest::Client, count: usize, url: impl Fn(usize) -> Strin
         }
     });
     futures_util::future::join_all(requests).await
+}
+
+/// Stops every replica; each must exit 0. Returns their logs, one after the other.
+async fn stop_all(daemons: Vec<Daemon>) -> String {
+    let mut logs = String::new();
+    for daemon in daemons {
+        let (status, output) = tokio::task::spawn_blocking(move || daemon.terminate()).await.unwrap();
+        assert!(status.success(), "no crash: {output}");
+        logs.push_str(&output);
+    }
+    logs
+}
+
+/// No token the server minted and not the client secret, in the daemons' logs or the responses.
+async fn assert_no_token_shown(server: &AuthServer, logs: &str, bodies: &str) {
+    let tokens = server.tokens().await;
+    let mut secrets: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    secrets.push(CLIENT_SECRET);
+    assert_no_secret(logs, &secrets, "daemon logs");
+    assert_no_secret(bodies, &secrets, "responses");
 }
 
 /// The token, the client secret, the client id and the base64 of each: none may be in `dump`.
@@ -214,18 +234,9 @@ async fn three_replicas_mint_once_and_converge_on_one_remint_after_a_401() {
     assert!(!stored.is_empty() && stored != "not-a-sealed-token");
     assert_store_holds_nothing_in_clear(&server, &redis.dump()).await;
 
-    let mut logs = String::new();
-    for daemon in daemons {
-        let (status, output) = tokio::task::spawn_blocking(move || daemon.terminate()).await.unwrap();
-        assert!(status.success(), "{output}");
-        logs.push_str(&output);
-    }
+    let logs = stop_all(daemons).await;
     assert_eq!(logs.matches("minted an OAuth2 token").count(), 3, "{logs}");
-    let tokens = server.tokens().await;
-    let mut secrets: Vec<&str> = tokens.iter().map(String::as_str).collect();
-    secrets.push(CLIENT_SECRET);
-    assert_no_secret(&logs, &secrets, "daemon logs");
-    assert_no_secret(&bodies, &secrets, "responses");
+    assert_no_token_shown(&server, &logs, &bodies).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,14 +274,7 @@ async fn with_redis_hung_tokens_are_minted_locally_in_time_and_sharing_resumes()
         }
     }
     assert_eq!(server.count("mints").await, 2, "one local mint per replica");
-    let metrics = http
-        .get(daemons[0].url("/_secretproxy/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&daemons[0].url("/_secretproxy/metrics")).await;
     assert!(
         metrics.contains("secretproxy_state_fallbacks_total{op=\"oauth2\",policy=\"local\"} 1"),
         "{metrics}"
@@ -299,18 +303,9 @@ async fn with_redis_hung_tokens_are_minted_locally_in_time_and_sharing_resumes()
     );
     assert_store_holds_nothing_in_clear(&server, &redis.dump()).await;
 
-    let mut logs = String::new();
-    for daemon in daemons {
-        let (status, output) = tokio::task::spawn_blocking(move || daemon.terminate()).await.unwrap();
-        assert!(status.success(), "no crash: {output}");
-        logs.push_str(&output);
-    }
+    let logs = stop_all(daemons).await;
     assert!(logs.contains("minting locally"), "{logs}");
-    let tokens = server.tokens().await;
-    let mut secrets: Vec<&str> = tokens.iter().map(String::as_str).collect();
-    secrets.push(CLIENT_SECRET);
-    assert_no_secret(&logs, &secrets, "daemon logs");
-    assert_no_secret(&bodies, &secrets, "responses");
+    assert_no_token_shown(&server, &logs, &bodies).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,13 +340,6 @@ async fn replicas_renew_a_shared_token_with_one_mint_per_renewal() {
     );
     assert_eq!(server.count("mints").await, 3);
     assert_store_holds_nothing_in_clear(&server, &redis.dump()).await;
-    let tokens = server.tokens().await;
-    let mut secrets: Vec<&str> = tokens.iter().map(String::as_str).collect();
-    secrets.push(CLIENT_SECRET);
-    let mut logs = String::new();
-    for daemon in &daemons {
-        logs.push_str(&daemon.logs());
-    }
-    assert_no_secret(&logs, &secrets, "daemon logs");
-    assert_no_secret(&bodies, &secrets, "responses");
+    let logs: String = daemons.iter().map(Daemon::logs).collect();
+    assert_no_token_shown(&server, &logs, &bodies).await;
 }

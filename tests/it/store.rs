@@ -285,9 +285,7 @@ async fn replicas(config: &str, addrs: Option<&[SocketAddr]>, count: usize) -> (
 
 /// Requests replica `daemon` answered on `route`, from its metrics.
 pub(crate) async fn served(daemon: &Daemon, route: &str) -> u64 {
-    let client = crate::harness::client();
-    let response = client.get(daemon.url("/_secretproxy/metrics")).send().await.unwrap();
-    let text = response.text().await.unwrap();
+    let text = crate::harness::get_text(&daemon.url("/_secretproxy/metrics")).await;
     let label = format!("route=\"{route}\"");
     text.lines()
         .filter(|line| line.starts_with("secretproxy_requests_total{") && line.contains(&label))
@@ -618,14 +616,7 @@ async fn store_faults_follow_each_on_error_policy_and_recover() {
     assert_eq!(ready.status(), 503);
     let ready = ready.text().await.unwrap();
     assert!(ready.contains("\"store\""), "{ready}");
-    let metrics = client
-        .get(daemons[0].url("/_secretproxy/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::harness::get_text(&daemons[0].url("/_secretproxy/metrics")).await;
     assert!(
         metrics.contains("secretproxy_state_errors_total{op=\"rate_limit\"}"),
         "{metrics}"

@@ -252,16 +252,7 @@ fn reqwest_metrics(daemon: &Daemon) -> String {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async {
-        crate::harness::client()
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    })
+    runtime.block_on(crate::harness::get_text(&url))
 }
 
 #[test]

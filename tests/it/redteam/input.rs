@@ -281,14 +281,7 @@ async fn an_upstream_that_echoes_the_secret_is_redacted_even_across_chunks() {
     assert_eq!(seen.matches("[REDACTED]").count(), 4, "{seen}");
 
     // Switched off per route, the echo passes (which is what proves the scrubbing above).
-    let unscrubbed = client()
-        .get(proxy.url("/raw"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let unscrubbed = crate::harness::get_text(&proxy.url("/raw")).await;
     assert!(unscrubbed.contains(SECRET));
 }
 
