@@ -49,6 +49,9 @@ pub struct Connection {
 /// The header a client may use for the client token instead of `Authorization: Bearer`.
 pub static TOKEN_HEADER: HeaderName = HeaderName::from_static("x-secretproxy-token");
 
+/// Fetch metadata's site relation (browsers send it with every request).
+static SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+
 /// Names every client may use in `Host`, with the port the daemon listens on.
 const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
 
@@ -305,8 +308,8 @@ fn split_host(host: &str) -> Option<(&str, Option<u16>)> {
         }
         (&host[..=end], port)
     } else {
-        match host.rsplit_once(':') {
-            Some((name, port)) => (name, Some(port)),
+        match host.bytes().rposition(|b| b == b':') {
+            Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
             None => (host, None),
         }
     };
@@ -330,7 +333,7 @@ fn check_caller(access: &Access, headers: &HeaderMap, non_browser: bool) -> Resu
         (Some(_), Some(_)) => return Err(forbidden("origin_not_allowed", "more than one Origin header")),
         (None, _) => {}
     }
-    match headers.get("sec-fetch-site").map(HeaderValue::as_bytes) {
+    match headers.get(&SEC_FETCH_SITE).map(HeaderValue::as_bytes) {
         Some(b"cross-site" | b"same-site") => Err(forbidden(
             "cross_site",
             "a request from another site without an Origin header (an image, script, navigation or form) may not use this proxy",

@@ -100,14 +100,25 @@ pub fn upstream_headers(
     route: &RouteBase,
     injected: Vec<(http::HeaderName, HeaderValue)>,
 ) -> HeaderMap {
+    use crate::http::headers::WITHHELD_FROM_UPSTREAM;
     crate::http::headers::strip_hop_by_hop(&mut headers);
-    for name in &crate::http::headers::WITHHELD_FROM_UPSTREAM {
-        if !route.forward_headers.contains(name) {
+    // The proxy does not implement 100-continue towards the upstream; the body is streamed. One
+    // pass over the names finds which of these are present: only those are removed.
+    let mut present = [false; WITHHELD_FROM_UPSTREAM.len() + 1];
+    for name in headers.keys() {
+        match WITHHELD_FROM_UPSTREAM.iter().position(|withheld| withheld == name) {
+            Some(index) => present[index] = true,
+            None => present[WITHHELD_FROM_UPSTREAM.len()] |= name == http::header::EXPECT,
+        }
+    }
+    for (name, present) in WITHHELD_FROM_UPSTREAM.iter().zip(present) {
+        if present && !route.forward_headers.contains(name) {
             headers.remove(name);
         }
     }
-    // The proxy does not implement 100-continue towards the upstream; the body is streamed.
-    headers.remove(http::header::EXPECT);
+    if present[WITHHELD_FROM_UPSTREAM.len()] {
+        headers.remove(http::header::EXPECT);
+    }
     // Browser-only headers (the calling page, fetch metadata, client hints) stay behind.
     route.strip_headers.apply(&mut headers);
     for (name, value) in injected {

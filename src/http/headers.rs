@@ -58,9 +58,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             None => proxy |= name.as_str().starts_with("proxy-"),
         }
     }
-    if found[0] {
-        // Names in `Connection` that are hop-by-hop anyway (`keep-alive`) cost nothing; only
-        // other names are collected and removed.
+    // Names in `Connection` that are hop-by-hop anyway (`keep-alive`) cost nothing; only other
+    // names are collected and removed. A lone `keep-alive`, what most keep-alive peers send, is
+    // recognised without splitting.
+    let only_keep_alive = || {
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        matches!((values.next(), values.next()),
+            (Some(value), None) if value.as_bytes().eq_ignore_ascii_case(b"keep-alive"))
+    };
+    if found[0] && !only_keep_alive() {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()

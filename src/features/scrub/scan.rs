@@ -42,6 +42,11 @@ pub(super) struct Set {
     patterns: Vec<Zeroizing<Vec<u8>>>,
     /// Whether a pattern starts with this byte: most tail positions are ruled out by one lookup.
     pub(super) first: [bool; 256],
+    /// The first two bytes of every pattern (in each case, when caseless) as a bit set indexed by
+    /// `first << 8 | second`: bytes in which no such pair occurs hold no match and end in no
+    /// proper prefix longer than one byte (see [`Set::pair_free`]). `None` when a pattern is a
+    /// single byte.
+    pairs: Option<Box<[u64; 1024]>>,
     pub(super) longest: usize,
     caseless: bool,
 }
@@ -54,21 +59,66 @@ impl Set {
             .ascii_case_insensitive(caseless)
             .build(patterns.iter().map(|p| p.as_slice()))
             .ok()?;
-        let mut first = [false; 256];
-        for pattern in &patterns {
-            first[pattern[0] as usize] = true;
+        let cases = |byte: u8| {
             if caseless {
-                first[pattern[0].to_ascii_lowercase() as usize] = true;
-                first[pattern[0].to_ascii_uppercase() as usize] = true;
+                [byte.to_ascii_lowercase(), byte.to_ascii_uppercase()]
+            } else {
+                [byte, byte]
+            }
+        };
+        let mut first = [false; 256];
+        let mut pairs = Box::new([0u64; 1024]);
+        let mut every_pattern_has_a_pair = true;
+        for pattern in &patterns {
+            for a in cases(pattern[0]) {
+                first[a as usize] = true;
+                match pattern.get(1) {
+                    Some(&second) => {
+                        for b in cases(second) {
+                            let index = (a as usize) << 8 | b as usize;
+                            pairs[index >> 6] |= 1 << (index & 63);
+                        }
+                    }
+                    None => every_pattern_has_a_pair = false,
+                }
             }
         }
         Some(Set {
             automaton,
             patterns,
             first,
+            pairs: every_pattern_has_a_pair.then_some(pairs),
             longest,
             caseless,
         })
+    }
+
+    /// Whether no two adjacent bytes of `bytes` begin a pattern (false without the pair set, and
+    /// for more than [`PAIR_SCAN_MAX`] bytes). Then no pattern occurs in them, and only their last
+    /// byte can begin a proper prefix. One table lookup per byte (two where a pattern could start)
+    /// is cheaper than the automaton's search on the short headers and bodies most answers have;
+    /// longer text goes to the automaton, whose vectorised prefilter wins there.
+    fn pair_free(&self, bytes: &[u8]) -> bool {
+        let Some(pairs) = &self.pairs else {
+            return false;
+        };
+        if bytes.len() > PAIR_SCAN_MAX {
+            return false;
+        }
+        let Some((&start, rest)) = bytes.split_first() else {
+            return true;
+        };
+        let mut previous = start;
+        for &byte in rest {
+            if self.first[previous as usize] {
+                let index = (previous as usize) << 8 | byte as usize;
+                if pairs[index >> 6] & (1 << (index & 63)) != 0 {
+                    return false;
+                }
+            }
+            previous = byte;
+        }
+        true
     }
 
     /// Whether `bytes` ends in a proper prefix of a pattern (as [`View::settle`] looks for one).
@@ -89,6 +139,9 @@ impl Set {
         })
     }
 }
+
+/// The longest text [`Set::pair_free`] scans.
+const PAIR_SCAN_MAX: usize = 512;
 
 impl Engine {
     /// An engine for these forms; `None` when there are none. `caseless` matches ASCII letters in
@@ -118,14 +171,19 @@ impl Engine {
     pub fn clean(&self, bytes: &[u8]) -> bool {
         // Decoding never lengthens: bytes shorter than every pattern cannot hold one in any view
         // (most header names and many values).
-        bytes.len() < self.shortest || self.undecoded(bytes, |set| !set.automaton.is_match(bytes))
+        bytes.len() < self.shortest
+            || self.undecoded(bytes, |set| set.pair_free(bytes) || !set.automaton.is_match(bytes))
     }
 
     /// True when every view would read `bytes` as they are (nothing to decode), find no pattern in
     /// them and keep no tail: what a scanner at rest may pass on untouched.
-    fn passes(&self, bytes: &[u8]) -> bool {
+    pub(super) fn passes(&self, bytes: &[u8]) -> bool {
         self.undecoded(bytes, |set| {
-            !set.automaton.is_match(bytes) && !set.ends_in_prefix(bytes)
+            if set.pair_free(bytes) {
+                bytes.last().is_none_or(|&last| !set.first[last as usize])
+            } else {
+                !set.automaton.is_match(bytes) && !set.ends_in_prefix(bytes)
+            }
         })
     }
 
