@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -70,7 +70,9 @@ pub async fn serve(
     let (quit, quitting) = watch::channel(false);
     let limits = proxy.live().current().config.server.limits.clone();
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
+    // The header-read timer is armed for every request: a deadline list instead of a timer-wheel
+    // entry each time (see `http::deadline`).
+    http.timer(crate::http::deadline::DeadlineTimer)
         .header_read_timeout(limits.header_timeout)
         .max_header_size(limits.max_header_size)
         .keep_alive(true)

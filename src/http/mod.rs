@@ -1,7 +1,8 @@
 //! Leaf HTTP plumbing shared by every phase: body types (counted, limited, logged), the one
-//! error type with its table of codes, and header lists.
+//! error type with its table of codes, header lists, and the per-request deadlines.
 
 pub mod body;
+pub mod deadline;
 pub mod error;
 pub mod headers;
 

@@ -598,7 +598,7 @@ async fn send_upstream(
     let exchange = upstream.send(path_and_query, outbound);
     let deadline = async {
         upload.ended().await;
-        tokio::time::sleep(timeout).await;
+        crate::http::deadline::Deadline::after(timeout).await;
     };
     let sent = tokio::select! {
         sent = exchange => Some(sent),
