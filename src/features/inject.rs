@@ -98,7 +98,7 @@ pub fn build_query(
 pub fn upstream_headers(
     mut headers: HeaderMap,
     route: &RouteBase,
-    injected: Vec<(http::HeaderName, HeaderValue)>,
+    injected: impl IntoIterator<Item = (http::HeaderName, HeaderValue)>,
 ) -> HeaderMap {
     use crate::http::headers::WITHHELD_FROM_UPSTREAM;
     crate::http::headers::strip_hop_by_hop(&mut headers);

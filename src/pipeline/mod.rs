@@ -370,26 +370,17 @@ async fn forward(
     }
     .map_err(|_| ProxyError::BadRequest("the path does not map to a URL under the route's upstream".into()))?;
 
-    let mut injected_headers = Vec::with_capacity(route.headers.len());
-    for (name, template) in &route.headers {
-        let text = inject::render_value(template, secret);
-        match inject::sensitive_header(&text) {
-            Some(value) => injected_headers.push((name.clone(), value)),
-            None => {
-                return Err(ProxyError::SecretUnavailable {
-                    secret: template.secrets().collect::<Vec<_>>().join(","),
-                    unreachable: false,
-                    reason: format!("its value cannot be used in the `{name}` header (control characters)"),
-                    hint: "store the value without line breaks".into(),
-                });
-            }
+    // The route's headers, rendered once per set of secret values (see `RoutePlan`).
+    let route_headers = plan.injected_headers(&values)?;
+    let token_header = match &token {
+        Some(token) => {
+            // The token is scrubbed like the route's secrets.
+            values.push(token.value.clone());
+            Some((header::AUTHORIZATION, bearer(plan, token)?))
         }
-    }
-    if let Some(token) = &token {
-        injected_headers.push((header::AUTHORIZATION, bearer(plan, token)?));
-        // The token is scrubbed like the route's secrets.
-        values.push(token.value.clone());
-    }
+        None => None,
+    };
+    let injected_headers = route_headers.iter().cloned().chain(token_header);
     // A WebSocket route's upgrade request: everything above applied, the handshake goes upstream.
     let upgrade = crate::features::websocket::client_handshake(route, parts)?;
     let mut headers = inject::upstream_headers(std::mem::take(&mut parts.headers), route, injected_headers);

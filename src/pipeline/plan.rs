@@ -4,13 +4,13 @@
 //! A request that matched carries `&RoutePlan`; nothing on its path looks anything up by route
 //! name or takes a generation-wide lock. The plan holds the validated route, its upstream (with
 //! the connection pool), the precomputed `Allow` header, its metric handles and the slot for its
-//! response scrubber, which is built from the secret values the first request reads and rebuilt
-//! only when a value changes (a new `Arc` in the secret cache).
+//! response scrubber and its injected headers, which are built from the secret values the first
+//! request reads and rebuilt only when a value changes (a new `Arc` in the secret cache).
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use secrecy::SecretString;
 
 use crate::config::Route;
@@ -38,12 +38,33 @@ pub struct RoutePlan {
     /// The route's mTLS upstream (`client-cert`/`client-key`), built for the current values.
     pub client_cert: Option<crate::features::sign::mtls::ClientCertSlot>,
     redactor: ArcSwapOption<CachedRedactor>,
+    headers: ArcSwapOption<CachedHeaders>,
 }
 
 /// The identities of the secret values a redactor was built from, and the redactor.
 struct CachedRedactor {
     identity: Vec<usize>,
     redactor: Option<Arc<Redactor>>,
+}
+
+/// The identities of the secret values the injected headers were rendered from, and the headers
+/// (sensitive values: never logged, `[REDACTED]` in `Debug`).
+struct CachedHeaders {
+    identity: Vec<usize>,
+    headers: Arc<[(HeaderName, HeaderValue)]>,
+}
+
+/// Whether `identity` names exactly these values (the same `Arc`s, in order).
+fn same_values(identity: &[usize], values: &[Arc<SecretString>]) -> bool {
+    identity.len() == values.len()
+        && identity
+            .iter()
+            .zip(values)
+            .all(|(known, value)| *known == Arc::as_ptr(value) as usize)
+}
+
+fn identity(values: &[Arc<SecretString>]) -> Vec<usize> {
+    values.iter().map(|value| Arc::as_ptr(value) as usize).collect()
 }
 
 impl std::fmt::Debug for RoutePlan {
@@ -70,6 +91,7 @@ impl RoutePlan {
             oauth2: None,
             client_cert: crate::features::sign::mtls::ClientCertSlot::for_route(route, &route.signing),
             redactor: ArcSwapOption::empty(),
+            headers: ArcSwapOption::empty(),
             route: route.clone(),
         })
     }
@@ -90,16 +112,8 @@ impl RoutePlan {
     /// first request and again only when a value changed. Values past the route's named secrets
     /// are extra injected values (the OAuth2 token), scrubbed too.
     pub fn redactor(&self, values: &[Arc<SecretString>]) -> Option<Arc<Redactor>> {
-        let same = |cached: &CachedRedactor| {
-            cached.identity.len() == values.len()
-                && cached
-                    .identity
-                    .iter()
-                    .zip(values)
-                    .all(|(known, value)| *known == Arc::as_ptr(value) as usize)
-        };
         if let Some(cached) = &*self.redactor.load()
-            && same(cached)
+            && same_values(&cached.identity, values)
         {
             return cached.redactor.clone();
         }
@@ -118,10 +132,54 @@ impl RoutePlan {
         )
         .map(Arc::new);
         self.redactor.store(Some(Arc::new(CachedRedactor {
-            identity: values.iter().map(|value| Arc::as_ptr(value) as usize).collect(),
+            identity: identity(values),
             redactor: redactor.clone(),
         })));
         redactor
+    }
+
+    /// The route's `headers` rendered with these values of its named secrets (in the order of
+    /// `route.secrets`); rendered on the first request and again only when a value changed. A
+    /// value a header cannot carry (a control character) is refused on every request.
+    pub fn injected_headers(
+        &self,
+        values: &[Arc<SecretString>],
+    ) -> Result<Arc<[(HeaderName, HeaderValue)]>, crate::http::error::ProxyError> {
+        if let Some(cached) = &*self.headers.load()
+            && same_values(&cached.identity, values)
+        {
+            return Ok(cached.headers.clone());
+        }
+        let route = &self.route;
+        let secret = |name: &str| -> Arc<SecretString> {
+            let index = route
+                .secrets
+                .iter()
+                .position(|n| n == name)
+                .expect("route.secrets lists every used secret");
+            values[index].clone()
+        };
+        let mut headers = Vec::with_capacity(route.headers.len());
+        for (name, template) in &route.headers {
+            let text = crate::features::inject::render_value(template, secret);
+            match crate::features::inject::sensitive_header(&text) {
+                Some(value) => headers.push((name.clone(), value)),
+                None => {
+                    return Err(crate::http::error::ProxyError::SecretUnavailable {
+                        secret: template.secrets().collect::<Vec<_>>().join(","),
+                        unreachable: false,
+                        reason: format!("its value cannot be used in the `{name}` header (control characters)"),
+                        hint: "store the value without line breaks".into(),
+                    });
+                }
+            }
+        }
+        let headers: Arc<[(HeaderName, HeaderValue)]> = headers.into();
+        self.headers.store(Some(Arc::new(CachedHeaders {
+            identity: identity(values),
+            headers: headers.clone(),
+        })));
+        Ok(headers)
     }
 }
 
@@ -152,5 +210,38 @@ mod tests {
         c.headers(&mut headers);
         assert_eq!(headers["x-echo"], "[REDACTED]");
         assert!(!format!("{plan:?}{c:?}").contains("value"));
+    }
+
+    #[test]
+    fn injected_headers_are_rendered_once_per_set_of_secret_values() {
+        let config = crate::config::Config::parse(
+            "[secrets.k]\nenv = \"K\"\n[routes.r]\npath = \"/r\"\nupstream = \"https://x.example/\"\nauth = { bearer = \"k\" }\n",
+            "t",
+        )
+        .unwrap();
+        let limits = crate::features::ratelimit::Limiters::build(&config.routes, None, None);
+        let plan = RoutePlan::build(&config.routes[0], &mut Upstreams::default(), &limits).unwrap();
+        let first = Arc::new(SecretString::from("value-one".to_string()));
+        let a = plan.injected_headers(std::slice::from_ref(&first)).unwrap();
+        let b = plan.injected_headers(std::slice::from_ref(&first)).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a[0].0, http::header::AUTHORIZATION);
+        assert_eq!(a[0].1, "Bearer value-one");
+        assert!(a[0].1.is_sensitive());
+        // A new value (a rotated secret) is rendered anew.
+        let second = Arc::new(SecretString::from("value-two".to_string()));
+        let c = plan.injected_headers(std::slice::from_ref(&second)).unwrap();
+        assert_eq!(c[0].1, "Bearer value-two");
+        assert!(!format!("{plan:?}{:?}", c[0].1).contains("value-two"));
+        // A value no header can carry is refused every time, and its error names no value.
+        let broken = Arc::new(SecretString::from("line\nzq7x".to_string()));
+        for _ in 0..2 {
+            let error = plan.injected_headers(std::slice::from_ref(&broken)).unwrap_err();
+            assert!(!format!("{error:?}{error}").contains("zq7x"));
+        }
+        assert!(Arc::ptr_eq(
+            &c,
+            &plan.injected_headers(std::slice::from_ref(&second)).unwrap()
+        ));
     }
 }
