@@ -35,7 +35,7 @@
 //!   durations, sizes, strip lists, the `[server]` table and its access rules, the route's
 //!   feature-independent part.
 //! - [`http`]: leaf plumbing — body types, the one error type [`http::error::ProxyError`] with
-//!   its code table, header lists.
+//!   its code table, header lists, and [`http::deadline`] for the timeouts every request arms.
 //! - [`secrets`]: keyring, env, file, systemd credentials; a cache of `SecretString`s.
 //!
 //! Secret values only ever live in `SecretString`s and sensitive header values; no error, log

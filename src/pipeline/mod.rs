@@ -324,14 +324,7 @@ async fn forward(
             }
         }
     }
-    let secret = |name: &str| -> Arc<SecretString> {
-        let index = route
-            .secrets
-            .iter()
-            .position(|n| n == name)
-            .expect("route.secrets lists every used secret");
-        values[index].clone()
-    };
+    let secret = |name: &str| plan.value_of(&values, name);
 
     // OAuth2: the route's bearer token, minted or renewed as needed (single flight).
     let token = match &plan.oauth2 {

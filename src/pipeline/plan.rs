@@ -117,17 +117,11 @@ impl RoutePlan {
         {
             return cached.redactor.clone();
         }
-        let names: Vec<&String> = self.route.secrets.iter().collect();
-        let extra: Vec<&SecretString> = values[names.len().min(values.len())..].iter().map(|v| &**v).collect();
+        let named = self.route.secrets.len().min(values.len());
+        let extra: Vec<&SecretString> = values[named..].iter().map(|v| &**v).collect();
         let redactor = Redactor::for_route_and(
             &self.route,
-            |name| {
-                let index = names
-                    .iter()
-                    .position(|n| *n == name)
-                    .expect("route.secrets lists every used secret");
-                SecretString::clone(&values[index])
-            },
+            |name| SecretString::clone(&self.value_of(values, name)),
             &extra,
         )
         .map(Arc::new);
@@ -136,6 +130,17 @@ impl RoutePlan {
             redactor: redactor.clone(),
         })));
         redactor
+    }
+
+    /// The value of the route's secret `name` among `values` (in the order of `route.secrets`).
+    pub fn value_of(&self, values: &[Arc<SecretString>], name: &str) -> Arc<SecretString> {
+        let index = self
+            .route
+            .secrets
+            .iter()
+            .position(|n| n == name)
+            .expect("route.secrets lists every used secret");
+        values[index].clone()
     }
 
     /// The route's `headers` rendered with these values of its named secrets (in the order of
@@ -150,17 +155,9 @@ impl RoutePlan {
         {
             return Ok(cached.headers.clone());
         }
-        let route = &self.route;
-        let secret = |name: &str| -> Arc<SecretString> {
-            let index = route
-                .secrets
-                .iter()
-                .position(|n| n == name)
-                .expect("route.secrets lists every used secret");
-            values[index].clone()
-        };
-        let mut headers = Vec::with_capacity(route.headers.len());
-        for (name, template) in &route.headers {
+        let secret = |name: &str| self.value_of(values, name);
+        let mut headers = Vec::with_capacity(self.route.headers.len());
+        for (name, template) in &self.route.headers {
             let text = crate::features::inject::render_value(template, secret);
             match crate::features::inject::sensitive_header(&text) {
                 Some(value) => headers.push((name.clone(), value)),
@@ -188,15 +185,20 @@ mod tests {
     use super::*;
     use http::{HeaderMap, HeaderValue};
 
-    #[test]
-    fn redactors_are_built_once_per_set_of_secret_values() {
+    /// The plan of a route that injects one secret as a bearer token.
+    fn bearer_plan() -> RoutePlan {
         let config = crate::config::Config::parse(
             "[secrets.k]\nenv = \"K\"\n[routes.r]\npath = \"/r\"\nupstream = \"https://x.example/\"\nauth = { bearer = \"k\" }\n",
             "t",
         )
         .unwrap();
         let limits = crate::features::ratelimit::Limiters::build(&config.routes, None, None);
-        let plan = RoutePlan::build(&config.routes[0], &mut Upstreams::default(), &limits).unwrap();
+        RoutePlan::build(&config.routes[0], &mut Upstreams::default(), &limits).unwrap()
+    }
+
+    #[test]
+    fn redactors_are_built_once_per_set_of_secret_values() {
+        let plan = bearer_plan();
         let first = Arc::new(SecretString::from("value-one".to_string()));
         let a = plan.redactor(std::slice::from_ref(&first)).unwrap();
         let b = plan.redactor(std::slice::from_ref(&first)).unwrap();
@@ -214,13 +216,7 @@ mod tests {
 
     #[test]
     fn injected_headers_are_rendered_once_per_set_of_secret_values() {
-        let config = crate::config::Config::parse(
-            "[secrets.k]\nenv = \"K\"\n[routes.r]\npath = \"/r\"\nupstream = \"https://x.example/\"\nauth = { bearer = \"k\" }\n",
-            "t",
-        )
-        .unwrap();
-        let limits = crate::features::ratelimit::Limiters::build(&config.routes, None, None);
-        let plan = RoutePlan::build(&config.routes[0], &mut Upstreams::default(), &limits).unwrap();
+        let plan = bearer_plan();
         let first = Arc::new(SecretString::from("value-one".to_string()));
         let a = plan.injected_headers(std::slice::from_ref(&first)).unwrap();
         let b = plan.injected_headers(std::slice::from_ref(&first)).unwrap();
