@@ -41,30 +41,28 @@ pub struct RoutePlan {
     headers: ArcSwapOption<CachedHeaders>,
 }
 
-/// The identities of the secret values a redactor was built from, and the redactor.
+/// The secret values a redactor was built from, and the redactor.
 struct CachedRedactor {
-    identity: Vec<usize>,
+    identity: Vec<Arc<SecretString>>,
     redactor: Option<Arc<Redactor>>,
 }
 
-/// The identities of the secret values the injected headers were rendered from, and the headers
-/// (sensitive values: never logged, `[REDACTED]` in `Debug`).
+/// The secret values the injected headers were rendered from, and the headers (sensitive
+/// values: never logged, `Sensitive` in `Debug`).
 struct CachedHeaders {
-    identity: Vec<usize>,
+    identity: Vec<Arc<SecretString>>,
     headers: Arc<[(HeaderName, HeaderValue)]>,
 }
 
-/// Whether `identity` names exactly these values (the same `Arc`s, in order).
-fn same_values(identity: &[usize], values: &[Arc<SecretString>]) -> bool {
+/// Whether `identity` holds exactly these values (the same `Arc`s, in order). A cache keeps
+/// the `Arc`s it was built from, not their addresses: a value it was built from cannot be freed
+/// and another one allocated at its address while it is cached.
+fn same_values(identity: &[Arc<SecretString>], values: &[Arc<SecretString>]) -> bool {
     identity.len() == values.len()
         && identity
             .iter()
             .zip(values)
-            .all(|(known, value)| *known == Arc::as_ptr(value) as usize)
-}
-
-fn identity(values: &[Arc<SecretString>]) -> Vec<usize> {
-    values.iter().map(|value| Arc::as_ptr(value) as usize).collect()
+            .all(|(known, value)| Arc::ptr_eq(known, value))
 }
 
 impl std::fmt::Debug for RoutePlan {
@@ -126,7 +124,7 @@ impl RoutePlan {
         )
         .map(Arc::new);
         self.redactor.store(Some(Arc::new(CachedRedactor {
-            identity: identity(values),
+            identity: values.to_vec(),
             redactor: redactor.clone(),
         })));
         redactor
@@ -173,7 +171,7 @@ impl RoutePlan {
         }
         let headers: Arc<[(HeaderName, HeaderValue)]> = headers.into();
         self.headers.store(Some(Arc::new(CachedHeaders {
-            identity: identity(values),
+            identity: values.to_vec(),
             headers: headers.clone(),
         })));
         Ok(headers)
@@ -212,6 +210,27 @@ mod tests {
         c.headers(&mut headers);
         assert_eq!(headers["x-echo"], "[REDACTED]");
         assert!(!format!("{plan:?}{c:?}").contains("value"));
+    }
+
+    /// A value dropped by the secret cache after a request, and a new one the allocator puts at
+    /// its address, must not be taken for each other: the caches hold the values they were built
+    /// from, so every new value is rendered and scrubbed as itself.
+    #[test]
+    fn a_new_value_at_a_freed_values_address_is_not_mistaken_for_it() {
+        let plan = bearer_plan();
+        for round in 0..50 {
+            let value = Arc::new(SecretString::from(format!("rotated-{round:03}")));
+            let headers = plan.injected_headers(std::slice::from_ref(&value)).unwrap();
+            assert_eq!(headers[0].1, format!("Bearer rotated-{round:03}").as_str());
+            let redactor = plan.redactor(std::slice::from_ref(&value)).unwrap();
+            let mut echoed = HeaderMap::new();
+            echoed.insert("x-echo", HeaderValue::from_str(&format!("rotated-{round:03}")).unwrap());
+            redactor.headers(&mut echoed);
+            assert_eq!(echoed["x-echo"], "[REDACTED]", "round {round}");
+            // Both caches hold the value, so its address cannot be reused while they are built
+            // from it.
+            assert_eq!(Arc::strong_count(&value), 3);
+        }
     }
 
     #[test]
