@@ -1124,6 +1124,25 @@ upload_one() { # target url file enc -> "rss_before peak seconds http_code recei
 # in a local redis-server ([state]). The limit never refuses (a million a second), so every request
 # runs the check and reaches the upstream; the p50/p99 differences are the check's cost: the
 # shared one is one EVALSHA round trip to redis per request. Interleaved rounds, medians.
+load_rounds() { # result-file latency(0|1) target... : ROUNDS interleaved rounds over the targets,
+  # each a warm-up, then with latency=1 a one-connection run (the latency a single client sees),
+  # then the loaded run; one result line per run: target, kind (lat|load), run_wrk's fields
+  local res=$1 lat=$2 r t
+  shift 2
+  : >"$res"
+  for r in $(seq 1 "$ROUNDS"); do
+    for t in "$@"; do
+      wait_quiet
+      log "${FUNCNAME[1]} round $r/$ROUNDS: $t"
+      run_wrk "$t" "${URL[$t]}" "$CONNS" "$WARMUP" "$OUT/warm.$t" >/dev/null
+      if ((lat == 1)); then
+        echo "$t lat $(run_wrk "$t" "${URL[$t]}" 1 "$LAT_DURATION" "$OUT/lat.$t.$r" "$LAT_CPUS")" >>"$res"
+      fi
+      echo "$t load $(run_wrk "$t" "${URL[$t]}" "$CONNS" "$DURATION" "$OUT/load.$t.$r")" >>"$res"
+    done
+  done
+}
+
 store() {
   start_upstream_nginx
   local redis_port=${PORT[redis]}
@@ -1145,19 +1164,9 @@ on-error = \"deny\"" start_secretproxy secretproxy-store warn http
   LABEL[secretproxy]="no rate limit"
   LABEL[secretproxy-limit]="rate limit, in process"
   LABEL[secretproxy-store]="rate limit, shared (redis)"
-  local t r res=$OUT/store.tsv
+  local t res=$OUT/store.tsv
   check_targets "${targets[@]}"
-  : >"$res"
-  for r in $(seq 1 "$ROUNDS"); do
-    for t in "${targets[@]}"; do
-      wait_quiet
-      log "store round $r/$ROUNDS: $t"
-      run_wrk "$t" "${URL[$t]}" "$CONNS" "$WARMUP" "$OUT/warm.$t" >/dev/null
-      # 1 connection: the latency a single client sees; then the loaded run.
-      echo "$t lat $(run_wrk "$t" "${URL[$t]}" 1 "$LAT_DURATION" "$OUT/lat.$t.$r" "$LAT_CPUS")" >>"$res"
-      echo "$t load $(run_wrk "$t" "${URL[$t]}" "$CONNS" "$DURATION" "$OUT/load.$t.$r")" >>"$res"
-    done
-  done
+  load_rounds "$res" 1 "${targets[@]}"
   # redis-cli INFO commandstats would show the EVALSHA count; the non-2xx column proves none failed.
   report() {
     echo "### Added latency of the shared store (--store)"
@@ -1193,7 +1202,7 @@ runtimes() {
   start_upstream_nginx
   local -a targets=() ups=(http)
   ((TLS == 1)) && ups+=(tls)
-  local up sfx t r res=$OUT/runtimes.tsv
+  local up sfx t res=$OUT/runtimes.tsv
   for up in "${ups[@]}"; do
     sfx=$([[ $up == tls ]] && echo -tls || true)
     NGINX_WORKERS=$WORKERS start_nginx_proxy "nginx$sfx" off "$up"
@@ -1205,15 +1214,7 @@ runtimes() {
     targets+=("nginx$sfx" "secretproxy$sfx" "secretproxy$sfx-shared")
   done
   check_targets "${targets[@]}"
-  : >"$res"
-  for r in $(seq 1 "$ROUNDS"); do
-    for t in "${targets[@]}"; do
-      wait_quiet
-      log "runtimes round $r/$ROUNDS: $t"
-      run_wrk "$t" "${URL[$t]}" "$CONNS" "$WARMUP" "$OUT/warm.$t" >/dev/null
-      echo "$t $(run_wrk "$t" "${URL[$t]}" "$CONNS" "$DURATION" "$OUT/load.$t.$r")" >>"$res"
-    done
-  done
+  load_rounds "$res" 0 "${targets[@]}"
   report() {
     echo "### Several workers (--runtimes)"
     echo
@@ -1222,13 +1223,13 @@ runtimes() {
     echo
     echo "| target | req/s | CPU µs/req | p99 | req/s vs nginx | CPU vs nginx | errors |"
     echo "|---|---:|---:|---:|---:|---:|---:|"
-    # runtimes.tsv: 1 target 2 req 3 rps 4 p50 5 p99 6 bad 7 ticks ...
+    # runtimes.tsv: 1 target 2 kind 3 req 4 rps 5 p50 6 p99 7 bad 8 ticks ...
     local rps cpu p99 bad base_rps base_cpu
     for t in "${targets[@]}"; do
-      rps=$(awk -v t="$t" '$1 == t {print $3}' "$res" | median)
-      cpu=$(awk -v t="$t" -v k="$CLK_TCK" '$1 == t && $2 > 0 {printf "%.2f\n", $7 / k * 1e6 / $2}' "$res" | median)
-      p99=$(awk -v t="$t" '$1 == t {print $5}' "$res" | median)
-      bad=$(awk -v t="$t" '$1 == t {n += $6} END {print n + 0}' "$res")
+      rps=$(awk -v t="$t" '$1 == t {print $4}' "$res" | median)
+      cpu=$(awk -v t="$t" -v k="$CLK_TCK" '$1 == t && $3 > 0 {printf "%.2f\n", $8 / k * 1e6 / $3}' "$res" | median)
+      p99=$(awk -v t="$t" '$1 == t {print $6}' "$res" | median)
+      bad=$(awk -v t="$t" '$1 == t {n += $7} END {print n + 0}' "$res")
       [[ $t == nginx* ]] && { base_rps=$rps; base_cpu=$cpu; }
       printf '| %s | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$t]}" "$(fmt_int "$rps")" "$cpu" "$(fmt_us "$p99")" \
         "$(ratio "$rps" "$base_rps")" "$(ratio "$cpu" "$base_cpu")" "$bad"
