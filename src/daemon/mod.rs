@@ -2,6 +2,7 @@
 //! sniffer, live reload, systemd notification, shutdown and logging setup (the metrics registry
 //! is the pipeline's).
 
+pub mod fast;
 pub mod framing;
 pub mod notify;
 pub mod reload;

@@ -29,8 +29,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::daemon::framing;
+use crate::daemon::{fast, framing};
 use crate::features::guard::Connection;
+use crate::http::body::ClientBody;
 use crate::pipeline::Proxy;
 
 /// The answer to a connection over `max-connections`.
@@ -46,6 +47,9 @@ struct Shared {
     http: http1::Builder,
     permits: Arc<tokio::sync::Semaphore>,
     max_connections: usize,
+    limits: crate::configkit::access::ServerLimits,
+    /// Simple requests are served by [`fast`] (`SECRETPROXY_HTTP1=hyper` turns it off).
+    fast: bool,
     /// Each connection and WebSocket session holds a clone; the drain waits until all are dropped.
     draining: watch::Receiver<()>,
 }
@@ -83,6 +87,8 @@ pub async fn serve(
         http,
         permits: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
         max_connections: limits.max_connections,
+        limits,
+        fast: fast::enabled(),
         draining,
     });
     let listener = spawn_workers(listener, &shared, &quitting, workers)?;
@@ -180,43 +186,73 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>, mut quitting: watch:
             tokio::spawn(refuse_busy(stream));
             continue;
         };
-        let local = stream.local_addr().ok();
-        let verdicts = framing::Verdicts::default();
-        let stream = framing::Sniffed::new(stream, verdicts.clone());
-        let proxy = shared.proxy.clone();
-        let session_drain = crate::features::websocket::Draining(shared.draining.clone());
-        let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            let proxy = proxy.clone();
-            if request.headers().contains_key(hyper::header::UPGRADE) {
-                request.extensions_mut().insert(session_drain.clone());
-            }
-            let connection = Connection {
-                peer,
-                local,
-                ambiguous_framing: verdicts.next_is_ambiguous(),
-            };
-            async move { Ok::<_, Infallible>(proxy.handle(request, connection).await) }
-        });
-        let connection = shared
-            .http
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        let mut watch = shared.draining.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
-            tokio::pin!(connection);
-            let ended = tokio::select! {
-                ended = connection.as_mut() => ended,
-                _ = watch.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            let watch = shared.draining.clone();
+            let local = stream.local_addr().ok();
+            let (stream, read) = if shared.fast {
+                let facts = fast::Facts {
+                    peer,
+                    local,
+                    header_timeout: shared.limits.header_timeout,
+                    max_header_size: shared.limits.max_header_size,
+                };
+                let proxy = &shared.proxy;
+                let handler = |request, connection| proxy.handle(request, connection);
+                match fast::serve(stream, handler, facts, watch.clone()).await {
+                    fast::Served::Closed => return drop(permit),
+                    fast::Served::Declined(stream, read) => (stream, read),
                 }
+            } else {
+                (stream, bytes::Bytes::new())
             };
-            if let Err(err) = ended {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
-            }
-            drop(watch);
+            with_hyper(fast::Rewind::new(read, stream), &shared, peer, local, watch).await;
             drop(permit);
         });
+    }
+}
+
+/// Serves a connection with hyper's server from a request head on: the whole connection, or its
+/// rest after the fast path declined a head.
+async fn with_hyper<IO>(
+    io: IO,
+    shared: &Shared,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    mut watch: watch::Receiver<()>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let verdicts = framing::Verdicts::default();
+    let stream = framing::Sniffed::new(io, verdicts.clone());
+    let proxy = shared.proxy.clone();
+    let session_drain = crate::features::websocket::Draining(shared.draining.clone());
+    let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        let proxy = proxy.clone();
+        if request.headers().contains_key(hyper::header::UPGRADE) {
+            request.extensions_mut().insert(session_drain.clone());
+        }
+        let connection = Connection {
+            peer,
+            local,
+            ambiguous_framing: verdicts.next_is_ambiguous(),
+        };
+        async move { Ok::<_, Infallible>(proxy.handle(request.map(ClientBody::Hyper), connection).await) }
+    });
+    let connection = shared
+        .http
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        _ = watch.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = ended {
+        tracing::debug!(%peer, error = %err, "connection ended with an error");
     }
 }
 

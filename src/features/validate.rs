@@ -11,11 +11,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use crate::http::body::ClientBody;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use percent_encoding::percent_decode_str;
 use regex::Regex;
 use serde_json::Value;
@@ -299,7 +299,7 @@ impl RequestRules {
     pub async fn check_body(
         &self,
         headers: &HeaderMap,
-        body: Incoming,
+        body: ClientBody,
         max_body: Option<u64>,
     ) -> Result<Bytes, ProxyError> {
         let schema = self.schema.clone().expect("check_body is only called with a schema");
@@ -384,7 +384,7 @@ fn schema_reasons(schema: &Schema, bytes: &[u8]) -> Result<(), Refusal> {
 
 /// The request body on its way upstream: still streaming, or read whole for the schema check.
 pub enum RequestBody {
-    Stream(Incoming),
+    Stream(ClientBody),
     Buffered(Bytes),
 }
 
@@ -416,7 +416,7 @@ impl RequestRules {
     pub async fn prepare_body(
         &self,
         headers: &HeaderMap,
-        body: Incoming,
+        body: ClientBody,
         max_body: Option<u64>,
     ) -> Result<RequestBody, ProxyError> {
         if self.schema.is_none() || body.is_end_stream() {

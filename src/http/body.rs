@@ -26,6 +26,46 @@ pub fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// A client's request body: hyper's, or none for a request the HTTP/1 fast path read (it takes
+/// only requests without a body, see `daemon::fast`).
+#[derive(Debug)]
+pub enum ClientBody {
+    Hyper(hyper::body::Incoming),
+    Empty,
+}
+
+impl From<hyper::body::Incoming> for ClientBody {
+    fn from(body: hyper::body::Incoming) -> Self {
+        ClientBody::Hyper(body)
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx),
+            ClientBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(body) => body.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(body) => body.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// What became of a request body on its way upstream: whether it ended, and whether reading it
 /// from the client failed. Shared between the body and the pipeline.
 #[derive(Debug, Default)]

@@ -30,11 +30,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
+use crate::http::body::ClientBody;
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use secrecy::SecretString;
 use tracing::instrument;
 
@@ -82,7 +82,7 @@ impl Proxy {
     /// Answers one client request that came in on `connection`. Never fails: errors become JSON
     /// responses.
     #[instrument(skip_all, name = "request", level = "debug")]
-    pub async fn handle(&self, request: Request<Incoming>, connection: guard::Connection) -> Response<Logged> {
+    pub async fn handle(&self, request: Request<ClientBody>, connection: guard::Connection) -> Response<Logged> {
         let peer = connection.peer;
         let started = Instant::now();
         let in_flight = self.live.metrics().request_started();
@@ -193,7 +193,7 @@ async fn dispatch(
     generation: &Generation,
     live: &Live,
     parts: &mut Parts,
-    body: Incoming,
+    body: ClientBody,
     connection: &guard::Connection,
     client: IpAddr,
     bytes_in: &Arc<AtomicU64>,
@@ -286,7 +286,7 @@ async fn forward(
     plan: &RoutePlan,
     parts: &mut Parts,
     params: &[(&str, &str)],
-    body: Incoming,
+    body: ClientBody,
     bytes_in: &Arc<AtomicU64>,
     context: &mut Context,
 ) -> Result<Response<ProxyBody>, ProxyError> {

@@ -19,11 +19,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::http::body::ClientBody;
 use bytes::{Bytes, BytesMut};
 use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use secrecy::ExposeSecret;
 use serde_json::json;
 
@@ -236,7 +236,7 @@ impl Hooks {
         hook: &Webhook,
         secrets: &SecretCache,
         parts: http::request::Parts,
-        body: Incoming,
+        body: ClientBody,
         bytes_in: &AtomicU64,
     ) -> Handled {
         let refuse = |status: StatusCode, code: &'static str, message: String| Handled {
@@ -411,7 +411,7 @@ impl Hooks {
 }
 
 /// The whole body, or `Err(None)` past `limit`, `Err(Some(reason))` when reading failed.
-async fn read_limited(mut body: Incoming, limit: u64) -> Result<Bytes, Option<String>> {
+async fn read_limited(mut body: ClientBody, limit: u64) -> Result<Bytes, Option<String>> {
     let mut buffer = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Some(e.to_string()))?;

@@ -338,3 +338,61 @@ async fn an_unreachable_upstream_with_a_query_secret_leaks_nothing() {
     let without_client_query = logs.replace(&format!("api_key={SECRET}&q=1"), "");
     assert_no_secret(&without_client_query, &[SECRET], "daemon logs");
 }
+
+/// One keep-alive connection whose requests go to the fast path (bodiless) and then to hyper (the
+/// first with a body, and every one after it): each is answered in order, the upstream sees each
+/// once, the secret the upstream echoes is redacted on both paths, and `Connection: close` closes.
+#[tokio::test]
+async fn a_connection_moves_from_the_fast_path_to_hyper_with_every_answer_in_order() {
+    let upstream = Upstream::start(|request: Recorded| async move {
+        let auth = request.header("authorization").unwrap_or("").to_string();
+        let body = serde_json::json!({
+            "method": request.method.as_str(),
+            "target": request.target,
+            "body": String::from_utf8_lossy(&request.body),
+            "auth": auth,
+        });
+        text(200, body.to_string())
+    })
+    .await;
+    let proxy = TestProxy::builder()
+        .secret("k", SECRET)
+        .toml(&format!(
+            "[routes.api]\npath = \"/api/{{*rest}}\"\nmethods = [\"GET\", \"POST\", \"DELETE\"]\n\
+             upstream = \"{}/v1/{{rest}}\"\nauth = {{ bearer = \"k\" }}\n",
+            upstream.url()
+        ))
+        .start()
+        .await;
+    let host = proxy.addr;
+    let requests = format!(
+        "GET /api/one HTTP/1.1\r\nHost: {host}\r\n\r\n\
+         DELETE /api/two?x=1 HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n\
+         POST /api/three HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\n\r\nhello\
+         GET /api/four HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    );
+    let (response, closed) = raw(proxy.addr, requests.as_bytes(), Duration::from_secs(10)).await;
+    assert!(
+        closed,
+        "the connection stayed open after `Connection: close`: {response}"
+    );
+    assert_eq!(response.matches("HTTP/1.1 200 OK\r\n").count(), 4, "{response}");
+    let order: Vec<usize> = ["/v1/one", "/v1/two?x=1", "/v1/three", "/v1/four"]
+        .iter()
+        .map(|target| {
+            response
+                .find(target)
+                .unwrap_or_else(|| panic!("{target} missing: {response}"))
+        })
+        .collect();
+    assert!(
+        order.windows(2).all(|pair| pair[0] < pair[1]),
+        "answers out of order: {response}"
+    );
+    assert!(response.contains("\"body\":\"hello\""), "{response}");
+    assert_eq!(response.matches("Bearer [REDACTED]").count(), 4, "{response}");
+    assert_eq!(response.matches("connection: close").count(), 1, "{response}");
+    assert_no_secret(&response, &[SECRET], "answers on both paths");
+    let targets: Vec<String> = upstream.received().into_iter().map(|r| r.target).collect();
+    assert_eq!(targets, ["/v1/one", "/v1/two?x=1", "/v1/three", "/v1/four"]);
+}
