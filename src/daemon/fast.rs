@@ -1,25 +1,29 @@
 //! The HTTP/1.1 fast path: the simplest requests, read and answered without hyper's server.
 //!
-//! Most requests a local proxy sees are `GET`s (and bodiless `POST`s, `DELETE`s…) on keep-alive
-//! connections. For those, hyper's server dispatch was the largest part of the proxy's own CPU
-//! per request. This module serves them directly: it parses each head with `httparse` (as hyper
-//! does) into a reused buffer, runs the request through [`Proxy::handle`], and writes the
-//! response head and body itself. hyper stays the server for everything else, and stays the
-//! reference for what this module accepts:
+//! Most requests a local proxy sees are `GET`s and small `POST`s on keep-alive connections. For
+//! those, hyper's server dispatch was the largest part of the proxy's own CPU per request. This
+//! module serves them directly: it parses each head with `httparse` (as hyper does) in a reused
+//! buffer, runs the request through [`crate::pipeline::Proxy::handle`], and writes the response
+//! head and body itself. hyper stays the server for everything else, and stays the reference
+//! for what this module accepts:
 //!
 //! - A head is taken only when it is plainly valid and simple: `HTTP/1.1`; `GET`, `POST`, `PUT`,
-//!   `PATCH`, `DELETE` or `OPTIONS`; an origin-form target; no body (no `Content-Length` but a
-//!   single `0`, no `Transfer-Encoding`); no `Expect` or `Upgrade`; at most one `Connection`
-//!   header, saying `keep-alive` or `close`; within `max-header-size` and hyper's 100 headers.
-//! - Anything else — a body, malformed or ambiguous framing, an oversized head, a WebSocket
-//!   upgrade, `HEAD`, `HTTP/1.0` — is **declined**: the connection, with the bytes read so far
-//!   (from the start of that head), goes to hyper's server for the rest of its life, exactly as
-//!   if hyper had read it from the start (see [`Rewind`]). So every framing and limit defence is
-//!   hyper's, and hyper answers every malformed request.
+//!   `PATCH`, `DELETE` or `OPTIONS`; an origin-form target; no body or one `Content-Length` of
+//!   digits (no `Transfer-Encoding`); no `Expect` or `Upgrade`; at most one `Connection` header,
+//!   saying `keep-alive` or `close`; within `max-header-size` and hyper's 100 headers.
+//! - Anything else — a chunked body, malformed or ambiguous framing, an oversized head, a
+//!   WebSocket upgrade, `HEAD`, `HTTP/1.0` — is **declined**: the connection, with the bytes read
+//!   so far (from the start of that head), goes to hyper's server for the rest of its life,
+//!   exactly as if hyper had read it from the start (see [`Rewind`]). So hyper keeps every
+//!   framing defence for what is not plain, and answers every malformed request.
 //! - A taken head becomes the same request hyper would have built (method, URI, version,
-//!   headers in order, values sharing the read buffer); the unit tests check that against hyper
-//!   on generated heads, and responses encoded here against hyper's encoding of the same
-//!   response.
+//!   headers in order, values sharing the read buffer) with the body length hyper would read;
+//!   the unit tests check that against hyper on generated heads, and answers written here
+//!   against hyper's, byte for byte.
+//! - A body streams to the handler as it arrives, one chunk at a time (the next is read once
+//!   the handler took the last), also while the answer is written. A body cut short by the
+//!   client is an error to the handler; a body the handler leaves unread closes the connection
+//!   after the answer, so its bytes are never read as a next request.
 //! - Responses follow hyper's HTTP/1.1 encoding: the same status line, header order and lower
 //!   case, `content-length` from the body's exact size or the handler's header, otherwise
 //!   `transfer-encoding: chunked`; no body for `204` and `304`; a cached `date`; `connection:
@@ -50,17 +54,22 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
 use crate::features::guard::Connection;
-use crate::http::body::ClientBody;
+use crate::http::body::{BodyCut, ClientBody, Fed, Feeder};
 use crate::http::deadline::Deadline;
 
 /// hyper's default limit on the number of request headers; more is declined (hyper: `431`).
 pub const MAX_HEADERS: usize = 100;
+/// The longest request body hyper takes (`u64::MAX - 2`; the two above mean "chunked" and "until
+/// close" to it).
+const MAX_LENGTH: u64 = u64::MAX - 2;
 /// hyper's limit on a request target's length; longer is declined (hyper: `414`).
 const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
 /// The read buffer's first size, and the least free space kept for a read.
 const READ_CHUNK: usize = 8 * 1024;
 /// Body bytes gathered before a write (larger frames are written as they come).
 const WRITE_GATHER: usize = 64 * 1024;
+/// The read buffer's size while a request body streams in.
+const BODY_CHUNK: usize = 16 * 1024;
 
 /// Whether the fast path serves connections (`SECRETPROXY_HTTP1=hyper` turns it off).
 pub fn enabled() -> bool {
@@ -77,6 +86,8 @@ pub enum Parsed {
         request: Request<()>,
         /// The client said `Connection: close`.
         close: bool,
+        /// The body's `Content-Length` (0 without one).
+        length: u64,
     },
     /// The head is not complete yet.
     Partial,
@@ -124,14 +135,18 @@ pub fn parse(buf: &mut BytesMut, max_header_size: usize, scratch: &mut Scratch) 
     let path = (offset(path.as_bytes()), path.len());
     let mut close = false;
     let mut connection = false;
+    let mut length = None;
     let fields = &mut scratch.fields;
     fields.clear();
     for header in parsed.headers.iter() {
         let name = header.name.as_bytes();
         let value = header.value;
         if name.eq_ignore_ascii_case(b"content-length") {
-            if value != b"0" {
-                return Parsed::Decline;
+            // One length, digits only, within what hyper accepts (it drops a repeated equal
+            // value from the headers: declined, so the request is the one hyper builds).
+            match digits(value) {
+                Some(declared) if length.is_none() && declared <= MAX_LENGTH => length = Some(declared),
+                _ => return Parsed::Decline,
             }
         } else if name.eq_ignore_ascii_case(b"connection") {
             if connection {
@@ -174,7 +189,11 @@ pub fn parse(buf: &mut BytesMut, max_header_size: usize, scratch: &mut Scratch) 
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;
-    Parsed::Ready { request, close }
+    Parsed::Ready {
+        request,
+        close,
+        length: length.unwrap_or(0),
+    }
 }
 
 /// Puts a taken head back in front of the rest of the buffer (a decline after the split).
@@ -220,7 +239,10 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
 
 /// A `Content-Length` value: digits only, within `u64` (hyper's `from_digits`).
 fn content_length(value: &HeaderValue) -> Option<u64> {
-    let bytes = value.as_bytes();
+    digits(value.as_bytes())
+}
+
+fn digits(bytes: &[u8]) -> Option<u64> {
     if bytes.is_empty() {
         return None;
     }
@@ -457,10 +479,10 @@ where
     loop {
         // The head, within the header timeout; an idle connection closes when the server drains.
         let mut timeout = Deadline::after(facts.header_timeout);
-        let (request, close) = loop {
+        let (request, close, length) = loop {
             if !buf.is_empty() {
                 match parse(&mut buf, facts.max_header_size, &mut scratch) {
-                    Parsed::Ready { request, close } => break (request, close),
+                    Parsed::Ready { request, close, length } => break (request, close, length),
                     Parsed::Partial => {}
                     Parsed::Decline => return Served::Declined(stream, buf.freeze()),
                 }
@@ -491,22 +513,95 @@ where
             local: facts.local,
             ambiguous_framing: false,
         };
-        // The request runs while the connection is watched for the client closing its side.
-        // Pinned where it is made: the request's future is large, and a move would copy it.
-        let handled = std::pin::pin!(handle(request.map(|()| ClientBody::Empty), connection));
-        let response = tokio::select! {
-            biased;
-            response = handled => response,
-            () = client_gone(&mut stream, &mut buf) => return Served::Closed,
+        let (body, mut reader) = if length == 0 {
+            (ClientBody::Empty, Reader::Watching)
+        } else {
+            let (feeder, body) = Fed::channel(length);
+            (ClientBody::Fed(body), Reader::Feeding { feeder, left: length })
+        };
+        // The request runs while its body is read and the connection watched for the client
+        // closing its side. Pinned where it is made: the future is large, and a move would copy it.
+        let mut handled = std::pin::pin!(handle(request.map(|()| body), connection));
+        let response = loop {
+            tokio::select! {
+                biased;
+                response = &mut handled => break response,
+                gone = reader.run(&mut stream, &mut buf) => if gone {
+                    return Served::Closed;
+                }
+            }
         };
         let close = close || !matches!(draining.has_changed(), Ok(false));
-        match respond(&mut stream, &mut buf, &mut out, &mut scratch, response, close).await {
-            Ok(true) => {}
-            Ok(false) => {
+        match respond(
+            &mut stream,
+            &mut buf,
+            &mut out,
+            &mut scratch,
+            &mut reader,
+            response,
+            close,
+        )
+        .await
+        {
+            // The next head comes after this body: the connection is kept only once it was read.
+            Ok(true) if matches!(reader, Reader::Watching) => {}
+            Ok(_) => {
                 let _ = stream.shutdown().await;
                 return Served::Closed;
             }
             Err(_) => return Served::Closed,
+        }
+    }
+}
+
+/// The read side of a connection while a request is in flight.
+enum Reader {
+    /// Reading the request's body and handing it over chunk by chunk.
+    Feeding { feeder: Feeder, left: u64 },
+    /// The body is read (or there is none): watching for the client closing its side.
+    Watching,
+    /// The body was not read to its end (the handler dropped it, or the client's side ended):
+    /// nothing more is read, and the connection closes after the response.
+    Done,
+}
+
+impl Reader {
+    /// One step: a chunk of the body handed over, or (when watching) the client gone, which
+    /// resolves to `true`. Cancel-safe: bytes read are kept in `buf`.
+    async fn run<IO: AsyncRead + Unpin>(&mut self, stream: &mut IO, buf: &mut BytesMut) -> bool {
+        match self {
+            Reader::Feeding { feeder, left } => {
+                // Room in the body's channel first, so the chunk read next has somewhere to go.
+                let Ok(permit) = feeder.reserve().await else {
+                    *self = Reader::Done;
+                    return false;
+                };
+                if buf.is_empty() {
+                    if buf.capacity() < READ_CHUNK {
+                        buf.reserve(BODY_CHUNK);
+                    }
+                    match stream.read_buf(buf).await {
+                        Ok(0) | Err(_) => {
+                            permit.send(Err(BodyCut));
+                            *self = Reader::Done;
+                            return false;
+                        }
+                        Ok(_) => {}
+                    }
+                }
+                let take = usize::try_from(*left).map_or(buf.len(), |left| left.min(buf.len()));
+                permit.send(Ok(buf.split_to(take).freeze()));
+                *left -= take as u64;
+                if *left == 0 {
+                    *self = Reader::Watching;
+                }
+                false
+            }
+            Reader::Watching => {
+                client_gone(stream, buf).await;
+                true
+            }
+            Reader::Done => std::future::pending().await,
         }
     }
 }
@@ -533,6 +628,7 @@ async fn respond<IO, B>(
     buf: &mut BytesMut,
     out: &mut Vec<u8>,
     scratch: &mut Scratch,
+    reader: &mut Reader,
     response: Response<B>,
     close: bool,
 ) -> io::Result<bool>
@@ -579,10 +675,14 @@ where
             None => {
                 stream.write_all(out).await?;
                 out.clear();
-                tokio::select! {
-                    biased;
-                    frame = body.frame() => frame,
-                    () = client_gone(stream, buf) => return Ok(false),
+                loop {
+                    tokio::select! {
+                        biased;
+                        frame = body.frame() => break frame,
+                        gone = reader.run(stream, buf) => if gone {
+                            return Ok(false);
+                        }
+                    }
                 }
             }
         };

@@ -26,11 +26,12 @@ pub fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
-/// A client's request body: hyper's, or none for a request the HTTP/1 fast path read (it takes
-/// only requests without a body, see `daemon::fast`).
+/// A client's request body: hyper's, one the HTTP/1 fast path reads off the connection and feeds
+/// in ([`Fed`]), or none (see `daemon::fast`).
 #[derive(Debug)]
 pub enum ClientBody {
     Hyper(hyper::body::Incoming),
+    Fed(Fed),
     Empty,
 }
 
@@ -42,11 +43,12 @@ impl From<hyper::body::Incoming> for ClientBody {
 
 impl Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx),
+            ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ClientBody::Fed(body) => body.poll_frame(cx),
             ClientBody::Empty => Poll::Ready(None),
         }
     }
@@ -54,6 +56,7 @@ impl Body for ClientBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ClientBody::Hyper(body) => body.is_end_stream(),
+            ClientBody::Fed(body) => body.left == 0,
             ClientBody::Empty => true,
         }
     }
@@ -61,7 +64,54 @@ impl Body for ClientBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ClientBody::Hyper(body) => body.size_hint(),
+            ClientBody::Fed(body) => SizeHint::with_exact(body.left),
             ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// The client closed the connection (or it failed) before its request body ended.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's connection ended before its request body did")]
+pub struct BodyCut;
+
+/// A `Content-Length` body whose chunks the connection's reader sends as they arrive, one at a
+/// time (the reader waits until this side has taken the last one).
+#[derive(Debug)]
+pub struct Fed {
+    chunks: tokio::sync::mpsc::Receiver<Result<Bytes, BodyCut>>,
+    left: u64,
+}
+
+/// Where the connection's reader sends a [`Fed`] body's chunks.
+pub type Feeder = tokio::sync::mpsc::Sender<Result<Bytes, BodyCut>>;
+
+impl Fed {
+    /// A body of `length` bytes, and where its chunks go in.
+    pub fn channel(length: u64) -> (Feeder, Fed) {
+        let (feeder, chunks) = tokio::sync::mpsc::channel(1);
+        (feeder, Fed { chunks, left: length })
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        match self.chunks.poll_recv(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                self.left = self.left.saturating_sub(chunk.len() as u64);
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+            Poll::Ready(Some(Err(cut))) => {
+                self.left = 0;
+                Poll::Ready(Some(Err(cut.into())))
+            }
+            // The reader went away before the end: the connection is gone.
+            Poll::Ready(None) => {
+                self.left = 0;
+                Poll::Ready(Some(Err(BodyCut.into())))
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 }

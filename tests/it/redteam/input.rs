@@ -339,9 +339,10 @@ async fn an_unreachable_upstream_with_a_query_secret_leaks_nothing() {
     assert_no_secret(&without_client_query, &[SECRET], "daemon logs");
 }
 
-/// One keep-alive connection whose requests go to the fast path (bodiless) and then to hyper (the
-/// first with a body, and every one after it): each is answered in order, the upstream sees each
-/// once, the secret the upstream echoes is redacted on both paths, and `Connection: close` closes.
+/// One keep-alive connection whose requests go to the fast path (bodiless or with a
+/// `Content-Length` body) and then to hyper (the first chunked one, and every one after it): each
+/// is answered in order, the upstream sees each once with its body, the secret the upstream echoes
+/// is redacted on both paths, and `Connection: close` closes.
 #[tokio::test]
 async fn a_connection_moves_from_the_fast_path_to_hyper_with_every_answer_in_order() {
     let upstream = Upstream::start(|request: Recorded| async move {
@@ -369,15 +370,17 @@ async fn a_connection_moves_from_the_fast_path_to_hyper_with_every_answer_in_ord
         "GET /api/one HTTP/1.1\r\nHost: {host}\r\n\r\n\
          DELETE /api/two?x=1 HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n\
          POST /api/three HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\n\r\nhello\
-         GET /api/four HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+         POST /api/four HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nworld\r\n0\r\n\r\n\
+         GET /api/five HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     );
     let (response, closed) = raw(proxy.addr, requests.as_bytes(), Duration::from_secs(10)).await;
     assert!(
         closed,
         "the connection stayed open after `Connection: close`: {response}"
     );
-    assert_eq!(response.matches("HTTP/1.1 200 OK\r\n").count(), 4, "{response}");
-    let order: Vec<usize> = ["/v1/one", "/v1/two?x=1", "/v1/three", "/v1/four"]
+    assert_eq!(response.matches("HTTP/1.1 200 OK\r\n").count(), 5, "{response}");
+    let targets = ["/v1/one", "/v1/two?x=1", "/v1/three", "/v1/four", "/v1/five"];
+    let order: Vec<usize> = targets
         .iter()
         .map(|target| {
             response
@@ -390,9 +393,10 @@ async fn a_connection_moves_from_the_fast_path_to_hyper_with_every_answer_in_ord
         "answers out of order: {response}"
     );
     assert!(response.contains("\"body\":\"hello\""), "{response}");
-    assert_eq!(response.matches("Bearer [REDACTED]").count(), 4, "{response}");
+    assert!(response.contains("\"body\":\"world\""), "{response}");
+    assert_eq!(response.matches("Bearer [REDACTED]").count(), 5, "{response}");
     assert_eq!(response.matches("connection: close").count(), 1, "{response}");
     assert_no_secret(&response, &[SECRET], "answers on both paths");
-    let targets: Vec<String> = upstream.received().into_iter().map(|r| r.target).collect();
-    assert_eq!(targets, ["/v1/one", "/v1/two?x=1", "/v1/three", "/v1/four"]);
+    let received: Vec<String> = upstream.received().into_iter().map(|r| r.target).collect();
+    assert_eq!(received, targets);
 }
