@@ -14,7 +14,7 @@
 //! - Anything else — a chunked body, malformed or ambiguous framing, an oversized head, a
 //!   WebSocket upgrade, `HEAD`, `HTTP/1.0` — is **declined**: the connection, with the bytes read
 //!   so far (from the start of that head), goes to hyper's server for the rest of its life,
-//!   exactly as if hyper had read it from the start (see [`Rewind`]). So hyper keeps every
+//!   exactly as if hyper had read it from the start (see [`crate::daemon::framing::Sniffed`]). So hyper keeps every
 //!   framing defence for what is not plain, and answers every malformed request.
 //! - A taken head becomes the same request hyper would have built (method, URI, version,
 //!   headers in order, values sharing the read buffer) with the body length hyper would read;
@@ -41,16 +41,14 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::BodyExt as _;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::features::guard::Connection;
@@ -766,57 +764,6 @@ where
     // The body (and the access line it writes) is done before the next head is read.
     drop(body);
     Ok(!last)
-}
-
-/// A connection's stream with bytes already read from it put back in front: what hyper serves
-/// after the fast path declined a head.
-pub struct Rewind<IO> {
-    prefix: Bytes,
-    io: IO,
-}
-
-impl<IO> Rewind<IO> {
-    pub fn new(prefix: Bytes, io: IO) -> Self {
-        Rewind { prefix, io }
-    }
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let take = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..take]);
-            self.prefix.advance(take);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The longest head followed; longer ones get `431` from hyper.
@@ -49,14 +50,19 @@ enum State {
 /// A client stream whose request framing is followed as it is read.
 pub struct Sniffed<IO> {
     io: IO,
+    /// Bytes already read from `io` (by the HTTP/1 fast path, from the start of a head), read
+    /// again first.
+    prefix: Bytes,
     state: State,
     verdicts: Verdicts,
 }
 
 impl<IO> Sniffed<IO> {
-    pub fn new(io: IO, verdicts: Verdicts) -> Self {
+    /// Follows `io` from the start of a request head; `prefix` holds bytes of it already read.
+    pub fn new(io: IO, prefix: Bytes, verdicts: Verdicts) -> Self {
         Sniffed {
             io,
+            prefix,
             state: State::Head(Vec::new()),
             verdicts,
         }
@@ -239,6 +245,13 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Sniffed<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
+        if !this.prefix.is_empty() {
+            let take = this.prefix.len().min(buf.remaining());
+            let taken = this.prefix.split_to(take);
+            buf.put_slice(&taken);
+            this.feed(&taken);
+            return Poll::Ready(Ok(()));
+        }
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &polled {
             this.feed(&buf.filled()[before..]);
@@ -279,7 +292,7 @@ mod tests {
 
     fn verdicts(input: &[&[u8]]) -> Vec<bool> {
         let verdicts = Verdicts::default();
-        let mut sniffed = Sniffed::new(tokio::io::empty(), verdicts.clone());
+        let mut sniffed = Sniffed::new(tokio::io::empty(), Bytes::new(), verdicts.clone());
         for piece in input {
             sniffed.feed(piece);
         }
@@ -296,6 +309,25 @@ POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r
         // The same bytes one at a time.
         let bytes: Vec<&[u8]> = input.chunks(1).collect();
         assert_eq!(verdicts(&bytes), [false, false, false, true]);
+    }
+
+    /// Bytes the fast path read before it handed the connection over come first, and their
+    /// framing is followed like the rest.
+    #[tokio::test]
+    async fn a_prefix_is_read_and_followed_first() {
+        use tokio::io::AsyncReadExt;
+        let verdicts = Verdicts::default();
+        let prefix =
+            Bytes::from_static(b"POST /a HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n");
+        let rest: &[u8] = b"\r\nGET /b HTTP/1.1\r\n\r\n";
+        let mut sniffed = Sniffed::new(rest, prefix.clone(), verdicts.clone());
+        let mut read = Vec::new();
+        sniffed.read_to_end(&mut read).await.unwrap();
+        assert_eq!(read, [&prefix[..], rest].concat());
+        assert_eq!(
+            verdicts.0.lock().unwrap().iter().copied().collect::<Vec<_>>(),
+            [true, false]
+        );
     }
 
     #[test]

@@ -206,25 +206,24 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>, mut quitting: watch:
             } else {
                 (stream, bytes::Bytes::new())
             };
-            with_hyper(fast::Rewind::new(read, stream), &shared, peer, local, watch).await;
+            with_hyper(stream, read, &shared, peer, local, watch).await;
             drop(permit);
         });
     }
 }
 
 /// Serves a connection with hyper's server from a request head on: the whole connection, or its
-/// rest after the fast path declined a head.
-async fn with_hyper<IO>(
-    io: IO,
+/// rest after the fast path declined a head (`read`: the bytes it had read from that head on).
+async fn with_hyper(
+    stream: tokio::net::TcpStream,
+    read: bytes::Bytes,
     shared: &Shared,
     peer: SocketAddr,
     local: Option<SocketAddr>,
     mut watch: watch::Receiver<()>,
-) where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let verdicts = framing::Verdicts::default();
-    let stream = framing::Sniffed::new(io, verdicts.clone());
+    let stream = framing::Sniffed::new(stream, read, verdicts.clone());
     let proxy = shared.proxy.clone();
     let session_drain = crate::features::websocket::Draining(shared.draining.clone());
     let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
