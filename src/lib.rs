@@ -5,7 +5,8 @@
 //!
 //! - [`cli`] holds the command-line types, [`commands`] one module per subcommand.
 //! - [`daemon`]: the process — per-core workers with their accept loops ([`daemon::server`]), the
-//!   framing sniffer ([`daemon::framing`]), live reload ([`daemon::reload`]), systemd
+//!   HTTP/1.1 fast path for plain requests ([`daemon::fast`]) with hyper's server for the rest,
+//!   the framing sniffer ([`daemon::framing`]), live reload ([`daemon::reload`]), systemd
 //!   ([`daemon::notify`]), shutdown and logging setup.
 //! - [`pipeline`]: the request path. [`pipeline::Proxy::handle`] runs every request through one
 //!   fixed order of phases — dispatch (guard, admin, preflight, webhook, route, static site) →

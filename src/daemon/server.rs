@@ -10,12 +10,15 @@
 //! gets the shutdown signal through the request's extensions, closes both sides with `1001`,
 //! and is drained under the same deadline.
 //!
+//! A connection is served by the HTTP/1.1 fast path ([`fast`]) until a request that is not plain
+//! comes, and from that request on by hyper's server.
+//!
 //! Limits against hostile clients live here (values from `[server]`, read at start): request
 //! headers over `max-header-size` get `431` from hyper; a client that does not finish its headers
 //! within `header-timeout` is disconnected, and the same timer closes idle keep-alive
 //! connections; past `max-connections` open connections a new one gets a fixed `503` and is
-//! closed. Each connection's bytes pass through [`framing::Sniffed`] so ambiguous request framing
-//! can be refused (see [`crate::daemon::framing`]).
+//! closed. The bytes hyper reads pass through [`framing::Sniffed`] so ambiguous request framing
+//! can be refused (see [`crate::daemon::framing`]); the fast path takes no head that could be.
 
 use std::convert::Infallible;
 use std::future::Future;
