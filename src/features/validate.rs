@@ -11,7 +11,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use crate::http::body::ClientBody;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode, header};
 use http_body::Body as _;
@@ -22,7 +21,7 @@ use serde_json::Value;
 
 use crate::configkit::size::size;
 use crate::configkit::{ConfigError, Source, relative_to_config};
-use crate::http::body::{Upload, Watched};
+use crate::http::body::{ClientBody, Upload, Watched};
 use crate::http::error::ProxyError;
 use crate::upstream::UpstreamBody;
 

@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
-use crate::http::body::ClientBody;
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, header};
@@ -39,7 +38,7 @@ use secrecy::SecretString;
 use tracing::instrument;
 
 use crate::features::{cors, decode, guard, inject, limit, sign, validate};
-use crate::http::body::{BoxError, ProxyBody, Upload};
+use crate::http::body::{BoxError, ClientBody, ProxyBody, Upload};
 use crate::http::error::{ProxyError, Side};
 use crate::upstream as client;
 use access::{AccessRecord, Logged};

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::http::body::ClientBody;
 use bytes::{Bytes, BytesMut};
 use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
@@ -33,7 +32,7 @@ use crate::configkit::duration::{Zero, duration};
 use crate::configkit::size::size;
 use crate::configkit::{ConfigError, Source};
 use crate::features::store::{OnError, Store};
-use crate::http::body::{BoxError, ProxyBody};
+use crate::http::body::{BoxError, ClientBody, ProxyBody};
 use crate::http::error::{ProxyError, json_response};
 use crate::http::headers::strip_hop_by_hop;
 use crate::secrets::{SecretCache, SecretSource};
