@@ -56,7 +56,7 @@ use crate::http::body::{BodyCut, ClientBody, Fed, Feeder};
 use crate::http::deadline::Deadline;
 
 /// hyper's default limit on the number of request headers; more is declined (hyper: `431`).
-pub const MAX_HEADERS: usize = 100;
+const MAX_HEADERS: usize = 100;
 /// The longest request body hyper takes (`u64::MAX - 2`; the two above mean "chunked" and "until
 /// close" to it).
 const MAX_LENGTH: u64 = u64::MAX - 2;
@@ -75,7 +75,6 @@ pub fn enabled() -> bool {
 }
 
 /// What a buffer's first request head is to the fast path.
-#[derive(Debug)]
 // Made once per request and consumed at once: boxing the request would cost an allocation.
 #[allow(clippy::large_enum_variant)]
 pub enum Parsed {
@@ -91,6 +90,23 @@ pub enum Parsed {
     Partial,
     /// hyper serves this head and the rest of the connection; the buffer is untouched.
     Decline,
+}
+
+/// Shows the method and path only: the headers and query may hold a client's key or token.
+impl std::fmt::Debug for Parsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Parsed::Ready { request, close, length } => f
+                .debug_struct("Ready")
+                .field("method", request.method())
+                .field("path", &request.uri().path())
+                .field("close", close)
+                .field("length", length)
+                .finish_non_exhaustive(),
+            Parsed::Partial => f.write_str("Partial"),
+            Parsed::Decline => f.write_str("Decline"),
+        }
+    }
 }
 
 /// What a connection keeps between requests so that parsing a head allocates nothing: the header
@@ -485,9 +501,7 @@ where
                     Parsed::Decline => return Served::Declined(stream, buf.freeze()),
                 }
             }
-            if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-                buf.reserve(READ_CHUNK);
-            }
+            make_room(&mut buf, READ_CHUNK);
             let idle = buf.is_empty();
             tokio::select! {
                 biased;
@@ -575,9 +589,7 @@ impl Reader {
                     return false;
                 };
                 if buf.is_empty() {
-                    if buf.capacity() < READ_CHUNK {
-                        buf.reserve(BODY_CHUNK);
-                    }
+                    make_room(buf, BODY_CHUNK);
                     match stream.read_buf(buf).await {
                         Ok(0) | Err(_) => {
                             permit.send(Err(BodyCut));
@@ -604,14 +616,19 @@ impl Reader {
     }
 }
 
+/// Keeps at least half of `size` free for the next read, reserving `size` when less is left.
+fn make_room(buf: &mut BytesMut, size: usize) {
+    if buf.capacity() - buf.len() < size / 2 {
+        buf.reserve(size);
+    }
+}
+
 /// Resolves when the client closes its side (or the connection fails) while its request is in
 /// flight. Bytes that arrive meanwhile (a pipelined request) are kept, and then it waits no more,
 /// like hyper.
 async fn client_gone<IO: AsyncRead + Unpin>(stream: &mut IO, buf: &mut BytesMut) {
     if buf.is_empty() {
-        if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-            buf.reserve(READ_CHUNK);
-        }
+        make_room(buf, READ_CHUNK);
         match stream.read_buf(buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
@@ -660,100 +677,79 @@ where
         Framing::Length(len) => Some(len),
         Framing::Chunked => None,
     };
-    let mut ended = left == Some(0);
-    if length == BodyLength::None && !ended {
+    // Whether the body went out whole; after a cut one the connection ends with what was written.
+    let whole = if left == Some(0) {
+        true
+    } else if length == BodyLength::None {
         // A chunked head for a body already at its end: only the last chunk follows.
-        out.extend_from_slice(b"0\r\n\r\n");
-        ended = true;
-    }
-    while !ended {
-        // A frame ready now joins the bytes gathered; otherwise they go out while it is awaited.
-        let frame = match futures_util::FutureExt::now_or_never(body.frame()) {
-            Some(frame) => frame,
-            None => {
-                stream.write_all(out).await?;
-                out.clear();
-                loop {
-                    tokio::select! {
-                        biased;
-                        frame = body.frame() => break frame,
-                        gone = reader.run(stream, buf) => if gone {
-                            return Ok(false);
+        end_of_body(left, out)
+    } else {
+        loop {
+            // A frame ready now joins the bytes gathered; otherwise they go out while it is awaited.
+            let frame = match futures_util::FutureExt::now_or_never(body.frame()) {
+                Some(frame) => frame,
+                None => {
+                    stream.write_all(out).await?;
+                    out.clear();
+                    loop {
+                        tokio::select! {
+                            biased;
+                            frame = body.frame() => break frame,
+                            gone = reader.run(stream, buf) => if gone {
+                                return Ok(false);
+                            }
                         }
                     }
                 }
-            }
-        };
-        let data = match frame {
-            None => {
-                if left.is_some_and(|left| left > 0) {
-                    // Shorter than declared: the client must not wait for the rest.
+            };
+            let data = match frame {
+                None => break end_of_body(left, out),
+                Some(Err(_)) => break false,
+                // Trailers are not sent (the client did not ask for them).
+                Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
+            };
+            if !data.is_empty() {
+                let mut data = &data[..];
+                let mut longer = false;
+                match &mut left {
+                    Some(left) => {
+                        let take = usize::try_from(*left).unwrap_or(usize::MAX).min(data.len());
+                        longer = take < data.len();
+                        data = &data[..take];
+                        *left -= take as u64;
+                    }
+                    None => {
+                        let _ = write!(out, "{:x}\r\n", data.len());
+                    }
+                }
+                if data.len() > WRITE_GATHER {
+                    // A large frame goes out as it is, not through the gathering buffer.
                     stream.write_all(out).await?;
-                    return Ok(false);
+                    out.clear();
+                    stream.write_all(data).await?;
+                } else {
+                    out.extend_from_slice(data);
                 }
                 if left.is_none() {
-                    out.extend_from_slice(b"0\r\n\r\n");
+                    out.extend_from_slice(b"\r\n");
                 }
-                break;
-            }
-            Some(Err(_)) => {
-                stream.write_all(out).await?;
-                return Ok(false);
-            }
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => data,
-                // Trailers are not sent (the client did not ask for them).
-                Err(_) => Bytes::new(),
-            },
-        };
-        if !data.is_empty() {
-            let mut data = &data[..];
-            let mut longer = false;
-            match &mut left {
-                Some(left) => {
-                    let take = usize::try_from(*left).unwrap_or(usize::MAX).min(data.len());
-                    longer = take < data.len();
-                    data = &data[..take];
-                    *left -= take as u64;
-                }
-                None => {
-                    let _ = write!(out, "{:x}\r\n", data.len());
+                if longer {
+                    // Longer than declared: what fits is sent, then the connection ends.
+                    break false;
                 }
             }
-            if data.len() > WRITE_GATHER {
-                // A large frame goes out as it is, not through the gathering buffer.
+            if body.is_end_stream() {
+                break end_of_body(left, out);
+            }
+            if left == Some(0) {
+                break true;
+            }
+            if out.len() >= WRITE_GATHER {
                 stream.write_all(out).await?;
                 out.clear();
-                stream.write_all(data).await?;
-            } else {
-                out.extend_from_slice(data);
-            }
-            if left.is_none() {
-                out.extend_from_slice(b"\r\n");
-            }
-            if longer {
-                // Longer than declared: what fits is sent, then the connection ends.
-                stream.write_all(out).await?;
-                return Ok(false);
             }
         }
-        if body.is_end_stream() {
-            match left {
-                Some(0) => {}
-                Some(_) => {
-                    stream.write_all(out).await?;
-                    return Ok(false);
-                }
-                None => out.extend_from_slice(b"0\r\n\r\n"),
-            }
-            ended = true;
-        } else if left == Some(0) {
-            ended = true;
-        } else if out.len() >= WRITE_GATHER {
-            stream.write_all(out).await?;
-            out.clear();
-        }
-    }
+    };
     if !out.is_empty() {
         stream.write_all(out).await?;
         out.clear();
@@ -763,7 +759,19 @@ where
     }
     // The body (and the access line it writes) is done before the next head is read.
     drop(body);
-    Ok(!last)
+    Ok(whole && !last)
+}
+
+/// At the body's end: adds the last chunk of a chunked body. False when a body of declared length
+/// came short (the client must not wait for the rest).
+fn end_of_body(left: Option<u64>, out: &mut Vec<u8>) -> bool {
+    match left {
+        Some(left) => left == 0,
+        None => {
+            out.extend_from_slice(b"0\r\n\r\n");
+            true
+        }
+    }
 }
 
 #[cfg(test)]

@@ -35,12 +35,6 @@ pub enum ClientBody {
     Empty,
 }
 
-impl From<hyper::body::Incoming> for ClientBody {
-    fn from(body: hyper::body::Incoming) -> Self {
-        ClientBody::Hyper(body)
-    }
-}
-
 impl Body for ClientBody {
     type Data = Bytes;
     type Error = BoxError;

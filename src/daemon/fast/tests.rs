@@ -265,6 +265,18 @@ fn plain_heads_are_taken() {
     assert!(matches!(parsed(oversized.as_bytes()).0, Parsed::Decline));
 }
 
+/// The parsed head's `Debug` names the method and path, never a header value or the query: a
+/// client's key or token may be in either.
+#[test]
+fn a_parsed_head_shows_no_credential() {
+    let key = "spk_live_ClientKey_4471";
+    let head = format!("GET /v1/models?key={key} HTTP/1.1\r\nAuthorization: Bearer {key}\r\nX-Api-Key: {key}\r\n\r\n");
+    let (parsed, _) = parsed(head.as_bytes());
+    let shown = format!("{parsed:?}");
+    assert!(shown.contains("/v1/models"), "{shown}");
+    assert!(!shown.contains(key), "{shown}");
+}
+
 /// What `parse` makes of `input`, and what it leaves in the buffer.
 fn parsed(input: &[u8]) -> (Parsed, BytesMut) {
     let mut buf = BytesMut::from(input);
